@@ -1,0 +1,9 @@
+// Two suites: unit runs anywhere; kernel needs the real vhost devices (as root),
+// which scripts/test.js provides by running it inside the test VM when needed.
+const tsJest = ['ts-jest', { tsconfig: 'tsconfig.test.json' }];
+module.exports = {
+  projects: [
+    { displayName: 'unit', testMatch: ['<rootDir>/test/unit/**/*.test.ts'], transform: { '^.+\\.ts$': tsJest }, testEnvironment: 'node' },
+    { displayName: 'kernel', testMatch: ['<rootDir>/test/kernel/**/*.test.ts'], transform: { '^.+\\.ts$': tsJest }, testEnvironment: 'node' },
+  ],
+};

@@ -1,0 +1,64 @@
+// Shared declarations of the addon: per-env data, errors, fd arguments.
+// Each kernel object lives in its own .cc file and registers its functions
+// through one Init* function called from binding.cc.
+#pragma once
+
+#include <napi.h>
+
+#include <cstdint>
+#include <string>
+
+namespace vhost {
+
+// Per-env state (the addon keeps no process-wide mutable globals, so it can
+// be loaded in worker threads).
+struct AddonData {
+  Napi::FunctionReference ownedFdCtor;
+  Napi::FunctionReference mappingCtor;
+  Napi::FunctionReference errorCtor;  // VhostError from lib/errors.ts, once registered
+  bool wrappingFd = false;  // OwnedFd can only be constructed by WrapFd
+};
+AddonData& Data(Napi::Env env);
+
+// ---- errors (errors.cc) ----------------------------------------------------
+// Error shaped like Node core's UVException:
+//   "EBUSY: device or resource busy, ioctl(VHOST_SET_OWNER) '/dev/vhost-net'"
+// with .code, .errno (negative, as in Node), .syscall and .path (if non-empty).
+Napi::Error ErrnoError(Napi::Env env, int err, const std::string& syscall,
+                       const std::string& path);
+// Thrown when an fd-owning object is used after close().
+Napi::Error ClosedError(Napi::Env env, const std::string& syscall,
+                        const std::string& path);
+// Validation error with an ERR_VHOST_* code, thrown before any syscall.
+Napi::Error CodeError(Napi::Env env, const char* code, const std::string& message);
+
+// ---- owned fds (owned_fd.cc) -----------------------------------------------
+class OwnedFd;
+// Wraps a freshly opened fd (must already be O_CLOEXEC) in a JS OwnedFd that
+// becomes its only owner. On failure the fd is closed before throwing.
+Napi::Object WrapFd(Napi::Env env, int fd, const std::string& path);
+// The live fd of an OwnedFd, throwing ERR_VHOST_CLOSED if it was closed.
+int FdOf(const Napi::Value& handle, const std::string& syscall);
+// The path an OwnedFd was opened with (for error messages).
+std::string PathOf(const Napi::Value& handle);
+// An fd argument: an OwnedFd, a raw fd number >= 0, or null/undefined/-1 for
+// "none" (-1). A closed OwnedFd throws ERR_VHOST_CLOSED.
+int FdArg(const Napi::Value& value, const std::string& syscall);
+
+// ---- argument helpers ------------------------------------------------------
+uint64_t U64Arg(const Napi::Value& value, const char* name);
+uint32_t U32Arg(const Napi::Value& value, const char* name);
+uint64_t U64Field(const Napi::Object& obj, const char* name);
+
+// ---- module registration (one per kernel object) ----------------------------
+void InitErrors(Napi::Env env, Napi::Object exports);
+void InitOwnedFd(Napi::Env env, Napi::Object exports);
+void InitVhost(Napi::Env env, Napi::Object exports);
+void InitVhostNet(Napi::Env env, Napi::Object exports);
+void InitVhostVsock(Napi::Env env, Napi::Object exports);
+void InitEventFd(Napi::Env env, Napi::Object exports);
+void InitGuestMemory(Napi::Env env, Napi::Object exports);
+void InitTap(Napi::Env env, Napi::Object exports);
+void InitNetdev(Napi::Env env, Napi::Object exports);
+
+}  // namespace vhost

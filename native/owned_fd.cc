@@ -1,0 +1,198 @@
+// OwnedFd: the one owner of a file descriptor. Every other native function
+// takes an OwnedFd and asks it for the fd, so a closed fd number (which the
+// kernel may already have handed to someone else) is never used again.
+// Optionally watches the fd with uv_poll on the env's own loop.
+#include <uv.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "addon.h"
+
+namespace vhost {
+
+class OwnedFd : public Napi::ObjectWrap<OwnedFd> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "OwnedFd",
+                       {InstanceAccessor<&OwnedFd::GetFd>("fd"),
+                        InstanceAccessor<&OwnedFd::GetPath>("path"),
+                        InstanceAccessor<&OwnedFd::GetClosed>("closed"),
+                        InstanceMethod<&OwnedFd::Close>("close"),
+                        InstanceMethod<&OwnedFd::Watch>("watch"),
+                        InstanceMethod<&OwnedFd::Unwatch>("unwatch"),
+                        InstanceMethod<&OwnedFd::RefPoll>("ref"),
+                        InstanceMethod<&OwnedFd::UnrefPoll>("unref")});
+  }
+
+  explicit OwnedFd(const Napi::CallbackInfo& info) : Napi::ObjectWrap<OwnedFd>(info) {
+    if (!Data(info.Env()).wrappingFd)
+      throw CodeError(info.Env(), "ERR_VHOST_ILLEGAL_CONSTRUCTOR", "OwnedFd is created by the addon only");
+    fd_ = info[0].As<Napi::Number>().Int32Value();
+    path_ = info[1].As<Napi::String>().Utf8Value();
+  }
+
+  // Safety net for objects nobody closed: stop polling and close the fd.
+  ~OwnedFd() override { CloseNow(); }
+
+  int fd() const { return fd_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  Napi::Value GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
+  Napi::Value GetPath(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), path_); }
+  Napi::Value GetClosed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), fd_ < 0); }
+
+  void Close(const Napi::CallbackInfo&) { CloseNow(); }
+
+  // Order matters: stop the poll and hand its handle to uv_close before the
+  // fd is closed, so libuv never watches a recycled fd number.
+  void CloseNow() {
+    StopPoll();
+    if (fd_ >= 0) {
+      ::close(fd_);  // Linux releases the fd even when close reports EINTR
+      fd_ = -1;
+    }
+  }
+
+  void StopPoll() {
+    if (poll_ == nullptr) return;
+    uv_poll_stop(poll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(poll_),
+             [](uv_handle_t* handle) { delete reinterpret_cast<uv_poll_t*>(handle); });
+    poll_ = nullptr;
+    callback_.Reset();
+    if (pinned_) {
+      pinned_ = false;
+      Unref();  // the JS object may be collected again
+    }
+  }
+
+  // watch(events, cb): events is a mask of UV_READABLE (1) and UV_WRITABLE (2);
+  // cb(status, events) runs on the env's loop. Calling again changes both.
+  void Watch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (fd_ < 0) throw ClosedError(env, "watch", path_);
+    int events = info[0].As<Napi::Number>().Int32Value();
+    if (!info[1].IsFunction()) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "watch callback must be a function");
+    if (poll_ == nullptr) {
+      uv_loop_t* loop = nullptr;
+      if (napi_get_uv_event_loop(env, &loop) != napi_ok) throw Napi::Error::New(env, "no event loop");
+      auto* poll = new uv_poll_t();
+      int rc = uv_poll_init(loop, poll, fd_);
+      if (rc != 0) {
+        delete poll;
+        throw ErrnoError(env, -rc, "uv_poll_init", path_);
+      }
+      poll->data = this;
+      poll_ = poll;
+      if (!refed_) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+    }
+    callback_ = Napi::Persistent(info[1].As<Napi::Function>());
+    int rc = uv_poll_start(poll_, events, OnPoll);
+    if (rc != 0) {
+      StopPoll();
+      throw ErrnoError(env, -rc, "uv_poll_start", path_);
+    }
+    if (!pinned_) {
+      pinned_ = true;
+      Ref();  // keep the JS object alive while the loop may call back into it
+    }
+  }
+
+  void Unwatch(const Napi::CallbackInfo&) { StopPoll(); }
+
+  void RefPoll(const Napi::CallbackInfo&) {
+    refed_ = true;
+    if (poll_ != nullptr) uv_ref(reinterpret_cast<uv_handle_t*>(poll_));
+  }
+
+  void UnrefPoll(const Napi::CallbackInfo&) {
+    refed_ = false;
+    if (poll_ != nullptr) uv_unref(reinterpret_cast<uv_handle_t*>(poll_));
+  }
+
+  static void OnPoll(uv_poll_t* handle, int status, int events) {
+    auto* self = static_cast<OwnedFd*>(handle->data);
+    Napi::Env env = self->Env();
+    Napi::HandleScope scope(env);
+    try {
+      self->callback_.MakeCallback(self->Value(), {Napi::Number::New(env, status),
+                                                   Napi::Number::New(env, events)});
+    } catch (const Napi::Error& e) {
+      napi_fatal_exception(env, e.Value());  // like an exception in any Node callback
+    }
+  }
+
+  int fd_ = -1;
+  std::string path_;
+  uv_poll_t* poll_ = nullptr;
+  Napi::FunctionReference callback_;
+  bool refed_ = true;
+  bool pinned_ = false;
+};
+
+Napi::Object WrapFd(Napi::Env env, int fd, const std::string& path) {
+  AddonData& data = Data(env);
+  data.wrappingFd = true;
+  try {
+    Napi::Object obj = data.ownedFdCtor.New({Napi::Number::New(env, fd), Napi::String::New(env, path)});
+    data.wrappingFd = false;
+    return obj;
+  } catch (...) {
+    data.wrappingFd = false;
+    ::close(fd);
+    throw;
+  }
+}
+
+static OwnedFd* Unwrap(const Napi::Value& value) {
+  if (!value.IsObject()) return nullptr;
+  Napi::Object obj = value.As<Napi::Object>();
+  if (!obj.InstanceOf(Data(value.Env()).ownedFdCtor.Value())) return nullptr;
+  return OwnedFd::Unwrap(obj);
+}
+
+int FdOf(const Napi::Value& handle, const std::string& syscall) {
+  OwnedFd* owned = Unwrap(handle);
+  if (owned == nullptr)
+    throw CodeError(handle.Env(), "ERR_VHOST_INVALID_ARG", syscall + ": expected an OwnedFd");
+  if (owned->fd() < 0) throw ClosedError(handle.Env(), syscall, owned->path());
+  return owned->fd();
+}
+
+std::string PathOf(const Napi::Value& handle) {
+  OwnedFd* owned = Unwrap(handle);
+  return owned == nullptr ? std::string() : owned->path();
+}
+
+int FdArg(const Napi::Value& value, const std::string& syscall) {
+  if (value.IsNull() || value.IsUndefined()) return -1;
+  if (value.IsNumber()) {
+    double d = value.As<Napi::Number>().DoubleValue();
+    if (d == -1) return -1;
+    if (d < 0 || d > INT32_MAX || d != static_cast<int>(d))
+      throw CodeError(value.Env(), "ERR_VHOST_INVALID_ARG", syscall + ": fd must be an integer >= -1");
+    return static_cast<int>(d);
+  }
+  return FdOf(value, syscall);
+}
+
+// openPath(path, extraFlags): open(path, O_RDWR | O_CLOEXEC | extraFlags).
+static Napi::Value OpenPath(const Napi::CallbackInfo& info) {
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  int extra = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 0;
+  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | extra);
+  if (fd < 0) throw ErrnoError(info.Env(), errno, "open", path);
+  return WrapFd(info.Env(), fd, path);
+}
+
+void InitOwnedFd(Napi::Env env, Napi::Object exports) {
+  exports.Set("openPath", Napi::Function::New(env, OpenPath, "openPath"));
+  Napi::Function ctor = OwnedFd::Define(env);
+  Data(env).ownedFdCtor = Napi::Persistent(ctor);
+  exports.Set("OwnedFd", ctor);
+}
+
+}  // namespace vhost

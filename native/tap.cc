@@ -1,0 +1,8 @@
+// TODO(owner of this file): implement. Placeholder so the addon builds.
+#include "addon.h"
+
+namespace vhost {
+
+void InitTap(Napi::Env, Napi::Object) {}
+
+}  // namespace vhost

@@ -42,10 +42,18 @@ export function closedError(what: string, path?: string): VhostError {
   return new VhostError(`ERR_VHOST_CLOSED: ${what} is closed${path ? ` '${path}'` : ''}`, { code: 'ERR_VHOST_CLOSED', path });
 }
 
+function moduleFor(path: string): string | undefined {
+  if (path.startsWith('/dev/vhost-vsock')) return 'vhost_vsock';
+  if (path.startsWith('/dev/vhost-net')) return 'vhost_net';
+  if (path === '/dev/net/tun') return 'tun';
+  return undefined;
+}
+
 const DEVICE_HINTS: Record<string, (path: string) => string | undefined> = {
-  ENOENT: (p) =>
-    p.startsWith('/dev/vhost-') ? `the ${p === '/dev/vhost-vsock' ? 'vhost_vsock' : 'vhost_net'} module is not loaded: modprobe ${p === '/dev/vhost-vsock' ? 'vhost_vsock' : 'vhost_net'}`
-      : p === '/dev/net/tun' ? 'the tun module is not loaded: modprobe tun' : undefined,
+  ENOENT: (p) => {
+    const mod = moduleFor(p);
+    return mod ? `the ${mod} module is not loaded: modprobe ${mod}` : undefined;
+  },
   EACCES: (p) => `no permission on ${p}: run as root, or give your user access (e.g. a udev rule and group for ${p})`,
   EPERM: (p) => (p === '/dev/net/tun' ? 'creating or configuring a tap needs CAP_NET_ADMIN' : `operation on ${p} not permitted: run as root or grant CAP_NET_ADMIN`),
 };

@@ -1,6 +1,7 @@
 // Base of every library object that owns a kernel fd: explicit, idempotent
 // close(), `using` support, and use-after-close errors. The native OwnedFd
 // closes the fd on garbage collection as a safety net only.
+import './dispose';
 import { closedError } from './errors';
 import type { OwnedFd } from './native';
 

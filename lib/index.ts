@@ -1,4 +1,5 @@
 // Public API of linux-vhost.
+import './dispose';
 export { VhostError } from './errors';
 export { FdOwner } from './fd';
 export * from './features';
@@ -9,3 +10,4 @@ export * from './eventfd';
 export * from './memory';
 export * from './vring';
 export * from './tap';
+export * from './probe';

@@ -1,0 +1,95 @@
+#!/usr/bin/env node
+// The `linux-vhost` command. Each subcommand is one entry of COMMANDS; modules
+// that load the native addon are required only by the command that needs
+// them, so `help` and `vm` work without a build.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+interface Command {
+  /** One line for the usage text, e.g. 'probe [--json]'. */
+  synopsis: string;
+  summary: string;
+  /** Returns the exit status. */
+  run(args: string[]): number;
+}
+
+/** Exit status for usage errors, as in most Unix tools. */
+const EXIT_USAGE = 2;
+
+const packageRoot = path.resolve(__dirname, '..');
+
+function usage(): string {
+  const lines = ['usage: linux-vhost <command> [args]', '', 'commands:'];
+  const width = Math.max(...Object.values(COMMANDS).map((c) => c.synopsis.length));
+  for (const c of Object.values(COMMANDS)) lines.push(`  ${c.synopsis.padEnd(width)}  ${c.summary}`);
+  return lines.join('\n') + '\n';
+}
+
+function usageError(message: string): number {
+  process.stderr.write(`linux-vhost: ${message}\n\n${usage()}`);
+  return EXIT_USAGE;
+}
+
+function probeCommand(args: string[]): number {
+  const unknown = args.filter((a) => a !== '--json');
+  if (unknown.length > 0) return usageError(`probe: unknown argument '${unknown[0]}'`);
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const { probe, probeToJson, formatProbe } = require('./probe') as typeof import('./probe');
+  const report = probe();
+  process.stdout.write(args.includes('--json') ? probeToJson(report) + '\n' : formatProbe(report));
+  return 0;
+}
+
+function vmCommand(args: string[]): number {
+  if (args.length === 0) return usageError('vm: missing command (linux-vhost vm -- <command...>)');
+  const script = path.join(packageRoot, 'scripts', 'vm.sh');
+  if (!fs.existsSync(script)) {
+    process.stderr.write(`linux-vhost: vm: ${script} is missing from this installation\n`);
+    return 1;
+  }
+  // vm.sh takes its own options before '--' and the command after it.
+  const res = spawnSync('bash', [script, ...args], { stdio: 'inherit' });
+  if (res.error) {
+    process.stderr.write(`linux-vhost: vm: ${res.error.message}\n`);
+    return 1;
+  }
+  if (res.signal) return 128 + (os.constants.signals[res.signal] ?? 0);
+  return res.status ?? 1;
+}
+
+const COMMANDS: Record<string, Command> = {
+  probe: {
+    synopsis: 'probe [--json]',
+    summary: 'show what this host offers for vhost (devices, features, modules) and how to fix what is missing',
+    run: probeCommand,
+  },
+  vm: {
+    synopsis: 'vm [options] -- <command...>',
+    summary: 'run a command as root in a throwaway VM with vhost devices (scripts/vm.sh --help)',
+    run: vmCommand,
+  },
+  help: {
+    synopsis: 'help',
+    summary: 'show this help',
+    run: () => {
+      process.stdout.write(usage());
+      return 0;
+    },
+  },
+};
+
+/** Runs the CLI with argv (without node and the script) and returns the exit status. */
+export function main(argv: string[]): number {
+  const [name, ...args] = argv;
+  if (name === undefined) return usageError('missing command');
+  if (name === '--help' || name === '-h') return COMMANDS.help.run([]);
+  const command = Object.prototype.hasOwnProperty.call(COMMANDS, name) ? COMMANDS[name] : undefined;
+  if (!command) return usageError(`unknown command '${name}'`);
+  return command.run(args);
+}
+
+if (require.main === module) {
+  process.exitCode = main(process.argv.slice(2));
+}

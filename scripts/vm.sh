@@ -1,0 +1,321 @@
+#!/usr/bin/env bash
+# Run a command as root inside a throwaway QEMU VM that has real vhost devices
+# (/dev/vhost-net, /dev/vhost-vsock, /dev/net/tun), on Debian's generic kernel.
+# The VM sees the host root read-only over 9p and the share dir writable at
+# the same path, so the host's node/npm/build outputs work unchanged.
+#
+#   scripts/vm.sh [--mem MiB] [--smp N] [--timeout SECONDS] [--share DIR] -- command [args...]
+#
+# Exit status: the command's; 124 on timeout; 125 when the VM itself failed
+# (boot, init, missing tools). Env: see usage() below.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+init_script=$here/vm/init.sh
+cache=${LINUX_VHOST_CACHE:-$HOME/.cache/linux-vhost}
+# Required modules, then optional ones (CPU-dependent or possibly built in).
+modules_required="virtio_pci 9pnet_virtio 9p vhost_net vhost_vsock tun veth macvtap bridge"
+modules_optional="kvm_amd kvm_intel af_packet virtio_rng"
+
+log() { echo "[vm] $*" >&2; }
+die() { echo "[vm] error: $*" >&2; exit 125; }
+usage() {
+	cat >&2 <<'EOF'
+usage: scripts/vm.sh [--mem MiB] [--smp N] [--timeout SECONDS] [--share DIR] -- command [args...]
+  --mem MiB      guest memory (default 4096)
+  --smp N        guest CPUs (default 2)
+  --timeout S    kill the VM after S seconds and exit 124 (default 1800)
+  --share DIR    writable share, same path in the VM (default: git toplevel of cwd, else cwd)
+env: LINUX_VHOST_CACHE (kernel/initramfs cache, default ~/.cache/linux-vhost)
+     LINUX_VHOST_VM_ACCEL=kvm|tcg (default: kvm if /dev/kvm opens read-write and the CPU has vmx/svm)
+     LINUX_VHOST_VM_CPU=model (qemu -cpu, default host under kvm, max under tcg)
+     LINUX_VHOST_VM_BOOT_TIMEOUT=S (fail if the command has not started after S seconds, default 120)
+     LINUX_VHOST_VM_VERBOSE=1 (show kernel/init boot output on stderr)
+     LINUX_VHOST_VM_APPEND="..." (extra kernel command line)
+passed into the VM when set: CI DEBUG NODE_OPTIONS TERM LINUX_VHOST_* JEST_*; LINUX_VHOST_IN_VM=1 is set.
+EOF
+	exit 125
+}
+
+mem=4096 smp=2 timeout_s=1800 share=
+while [ $# -gt 0 ]; do
+	case $1 in
+	--mem) mem=${2:?}; shift 2 ;;
+	--smp) smp=${2:?}; shift 2 ;;
+	--timeout) timeout_s=${2:?}; shift 2 ;;
+	--share) share=${2:?}; shift 2 ;;
+	--) shift; break ;;
+	-h|--help) usage ;;
+	-*) echo "[vm] unknown option $1" >&2; usage ;;
+	*) break ;;
+	esac
+done
+[ $# -gt 0 ] || usage
+[[ $mem =~ ^[0-9]+$ && $smp =~ ^[0-9]+$ && $timeout_s =~ ^[0-9]+$ ]] || usage
+
+cwd=$(pwd -P)
+[ -n "$share" ] || share=$(git rev-parse --show-toplevel 2>/dev/null || echo "$cwd")
+share=$(cd "$share" && pwd -P) || die "share dir not found"
+[ "$share" != / ] || die "refusing to share / writable"
+
+# --- host tools: install them when we can (root + apt), else say what to install.
+need_pkgs=()
+command -v qemu-system-x86_64 >/dev/null || need_pkgs+=(qemu-system-x86)
+command -v cpio >/dev/null || need_pkgs+=(cpio)
+command -v depmod >/dev/null || need_pkgs+=(kmod)
+command -v xz >/dev/null || need_pkgs+=(xz-utils)
+# The initramfs has no libc, so busybox must be the static build.
+if ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed'; then
+	need_pkgs+=(busybox-static)
+fi
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		log "installing ${need_pkgs[*]}"
+		export DEBIAN_FRONTEND=noninteractive
+		apt-get install -y --no-install-recommends "${need_pkgs[@]}" >&2 ||
+			{ apt-get update >&2 && apt-get install -y --no-install-recommends "${need_pkgs[@]}" >&2; } ||
+			die "could not install ${need_pkgs[*]}"
+	else
+		die "missing tools; run: sudo apt-get install -y --no-install-recommends ${need_pkgs[*]}"
+	fi
+fi
+busybox=/bin/busybox
+[ -x $busybox ] || busybox=/usr/bin/busybox
+
+# --- kernel: Debian's generic kernel, downloaded once. ($cache/kernel/current
+# names the version in use; delete the cache to pick up a newer kernel.)
+mkdir -p "$cache/kernel" "$cache/initramfs"
+# Concurrent runs wait here instead of downloading/building the same thing twice.
+exec 9>"$cache/.lock"
+flock 9
+kver=$(cat "$cache/kernel/current" 2>/dev/null || true)
+if [ -z "$kver" ] || [ ! -e "$cache/kernel/$kver/.complete" ]; then
+	resolve() { apt-cache depends linux-image-amd64 2>/dev/null |
+		sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n1; }
+	pkg=$(resolve)
+	if [ -z "$pkg" ] || ! apt-cache show "$pkg" >/dev/null 2>&1; then
+		[ "$(id -u)" = 0 ] || die "apt does not know linux-image-amd64; run: sudo apt-get update"
+		log "apt-get update (to find the kernel package)"
+		apt-get update >&2 || die "apt-get update failed"
+		pkg=$(resolve)
+	fi
+	[ -n "$pkg" ] || die "cannot resolve linux-image-amd64 to a kernel package"
+	log "downloading $pkg (once, ~70 MB) into $cache/kernel"
+	dl=$(mktemp -d "$cache/kernel/.dl.XXXXXX")
+	trap 'rm -rf "$dl"' EXIT
+	sandbox=(); [ "$(id -u)" != 0 ] || sandbox=(-o APT::Sandbox::User=root) # _apt cannot write here
+	(cd "$dl" && apt-get download "${sandbox[@]}" "$pkg" >&2) || die "apt-get download $pkg failed"
+	log "unpacking $pkg"
+	dpkg -x "$dl"/*.deb "$dl/root"
+	# depmod -b and init expect <root>/lib/modules, whatever the package's usrmerge state.
+	[ -e "$dl/root/lib" ] || ln -s usr/lib "$dl/root/lib"
+	kver=$(ls "$dl/root/lib/modules")
+	[ -f "$dl/root/boot/vmlinuz-$kver" ] || die "no vmlinuz in $pkg"
+	depmod -b "$dl/root" "$kver"
+	# Under TCG, decompressing the bzImage takes ~6 s per boot; an uncompressed
+	# vmlinux boots directly through its PVH entry point instead.
+	if grep -q '^CONFIG_PVH=y' "$dl/root/boot/config-$kver"; then
+		off=$(LC_ALL=C grep -m1 -aboP '\xFD7zXZ\x00' "$dl/root/boot/vmlinuz-$kver" | cut -d: -f1)
+		off=${off%%$'\n'*}
+		# tail gets SIGPIPE when xz stops at the end of the stream: not an error.
+		[ -z "$off" ] || { tail -c +$((off + 1)) "$dl/root/boot/vmlinuz-$kver" || true; } |
+			xz -dc --single-stream >"$dl/root/boot/vmlinux-$kver" 2>/dev/null || true
+		[ "$(head -c4 "$dl/root/boot/vmlinux-$kver" 2>/dev/null)" = $'\x7fELF' ] || rm -f "$dl/root/boot/vmlinux-$kver"
+	fi
+	touch "$dl/root/.complete"
+	rm -rf "$cache/kernel/$kver"
+	mv "$dl/root" "$cache/kernel/$kver"
+	echo "$kver" >"$dl/current" && mv "$dl/current" "$cache/kernel/current"
+	rm -rf "$dl"
+	trap - EXIT
+fi
+kdir=$cache/kernel/$kver
+kernel=$kdir/boot/vmlinux-$kver
+[ -s "$kernel" ] || kernel=$kdir/boot/vmlinuz-$kver
+moddir=$kdir/lib/modules/$kver
+
+# --- initramfs: busybox + init.sh + the listed modules, cached by content.
+key=$( { echo "v1 $kver $modules_required / $modules_optional"; cat "$init_script" "$busybox"; } |
+	sha256sum | cut -c1-16)
+initrd=$cache/initramfs/$kver-$key.cpio
+if [ ! -f "$initrd" ]; then
+	log "building initramfs for $kver"
+	declare -A path_of deps_of builtin order_seen
+	while IFS= read -r line; do
+		p=${line%%:*} n=${p##*/} n=${n%%.ko*} n=${n//-/_}
+		path_of[$n]=$p deps_of[$n]=${line#*:}
+	done <"$moddir/modules.dep"
+	while IFS= read -r p; do
+		n=${p##*/} n=${n%%.ko*}; builtin[${n//-/_}]=1
+	done <"$moddir/modules.builtin"
+	stage=$(mktemp -d "$cache/initramfs/.stage.XXXXXX")
+	trap 'rm -rf "$stage"' EXIT
+	mkdir -p "$stage/bin" "$stage/lib/modules"
+	cp "$busybox" "$stage/bin/busybox"
+	cp "$init_script" "$stage/init"
+	chmod 755 "$stage/init"
+	add() { # depth-first, so dependencies are listed (and loaded) first
+		local n=$1 kind=$2 d p
+		[ -z "${order_seen[$n]:-}" ] || return 0
+		order_seen[$n]=1
+		for d in ${deps_of[$n]}; do d=${d##*/} d=${d%%.ko*}; add "${d//-/_}" "$kind"; done
+		p=$moddir/${path_of[$n]}
+		case $p in
+		*.ko) cp "$p" "$stage/lib/modules/$n.ko" ;;
+		*.ko.xz) xz -dc "$p" >"$stage/lib/modules/$n.ko" ;;
+		*.ko.zst) zstd -qdc "$p" >"$stage/lib/modules/$n.ko" ;;
+		*.ko.gz) gzip -dc "$p" >"$stage/lib/modules/$n.ko" ;;
+		esac
+		echo "$n $kind" >>"$stage/lib/modules/load"
+	}
+	for m in $modules_required $modules_optional; do
+		kind=required; [[ " $modules_optional " == *" $m "* ]] && kind=optional
+		if [ -n "${builtin[$m]:-}" ]; then continue
+		elif [ -n "${path_of[$m]:-}" ]; then add "$m" "$kind"
+		elif [ $kind = required ]; then die "module $m not in $kver"
+		fi
+	done
+	(cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) >"$stage.cpio"
+	mv "$stage.cpio" "$initrd"
+	rm -rf "$stage"
+	trap - EXIT
+	find "$cache/initramfs" -name '*.cpio' -mtime +7 -delete # unused for a week (see touch below)
+fi
+touch "$initrd"
+exec 9>&-
+
+# --- accel: KVM when /dev/kvm opens read-write and the CPU has vmx/svm, else TCG.
+# (Some nested hosts expose a /dev/kvm without hardware virtualization, e.g.
+# kvm_pvm: it cannot run a stock kernel at any usable speed.)
+accel=${LINUX_VHOST_VM_ACCEL:-}
+if [ -z "$accel" ]; then
+	accel=tcg
+	if { : <>/dev/kvm; } 2>/dev/null && grep -qwE 'vmx|svm' /proc/cpuinfo; then accel=kvm; fi
+fi
+case $accel in
+kvm) { : <>/dev/kvm; } 2>/dev/null || die "LINUX_VHOST_VM_ACCEL=kvm but /dev/kvm cannot be opened read-write"
+	cpu=${LINUX_VHOST_VM_CPU:-host} ;;
+tcg) cpu=${LINUX_VHOST_VM_CPU:-max} ;;
+*) die "LINUX_VHOST_VM_ACCEL must be kvm or tcg" ;;
+esac
+
+# --- per-run dir: host-only files in $tmp, the guest's run share in $tmp/guest.
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/linux-vhost-vm.XXXXXX")
+qpid= apid=
+stop_qemu() { kill "$(cat "$tmp/qemu.pid" 2>/dev/null)" 2>/dev/null || true; } # timeout passes it on
+cleanup() {
+	[ -z "$qpid" ] || stop_qemu
+	[ -z "$apid" ] || kill "$apid" 2>/dev/null || true
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM HUP
+mkdir "$tmp/guest"
+printf '%s\n' "$share" >"$tmp/guest/share"
+
+# The command script runs under the host's bash inside the chroot with a clean env.
+# The guest console is a tty; only let the command see one if our stdout is one.
+host_tty=; [ -t 1 ] && host_tty=1
+{
+	printf 'cd -- %q || { echo "[vm] cwd %q does not exist in the VM" >&2; exit 125; }\n' "$cwd" "$cwd"
+	echo 'exec </dev/null # nothing to read: the console input is not forwarded'
+	# The host's PATH first (same node/npm as on the host), then the standard dirs.
+	path=$PATH
+	for d in /usr/local/sbin /usr/local/bin /usr/sbin /usr/bin /sbin /bin; do
+		[[ ":$path:" == *":$d:"* ]] || path+=:$d
+	done
+	printf 'export PATH=%q HOME=/root USER=root LOGNAME=root LINUX_VHOST_IN_VM=1\n' "$path"
+	while IFS= read -r v; do
+		case $v in CI|DEBUG|NODE_OPTIONS|TERM|LINUX_VHOST_*|JEST_*)
+			[ "$v" = LINUX_VHOST_IN_VM ] || printf 'export %s=%q\n' "$v" "${!v}" ;;
+		esac
+	done < <(compgen -e)
+	if [ -n "$host_tty" ]; then
+		printf 'stty cols %d rows %d <&1 2>/dev/null\n' "$(tput cols 2>/dev/null || echo 80)" "$(tput lines 2>/dev/null || echo 24)"
+		printf '%q ' "$@"; echo
+	else
+		printf '%q ' "$@"; echo '2>&1 | cat; exit "${PIPESTATUS[0]}"'
+	fi
+} >"$tmp/guest/cmd"
+
+nonce=$(od -An -N8 -tx8 /dev/urandom | tr -d ' ')
+# Boot-time trims that do not matter in a throwaway test VM (crypto self-tests,
+# lockup watchdogs that misfire under slow TCG, CPU-bug mitigations).
+append="console=ttyS0 panic=-1 lvvm.nonce=$nonce cryptomgr.notests nowatchdog no_timer_check audit=0 mitigations=off"
+if [ "${LINUX_VHOST_VM_VERBOSE:-}" = 1 ]; then append+=" loglevel=6"; else append+=" quiet loglevel=2"; fi # still shows panics/oopses
+append+=" ${LINUX_VHOST_VM_APPEND:-}"
+shares=()
+virtfs() { # path, tag, extra options; qemu wants commas in paths doubled
+	shares+=(-virtfs "local,path=${1//,/,,},mount_tag=$2,security_model=none,multidevs=remap$3")
+}
+virtfs / host ,readonly=on
+virtfs "$kdir" kernel ,readonly=on
+virtfs "$tmp/guest" run ""
+virtfs "$share" share ""
+
+# Console filter: hide boot noise (kept in boot.log for errors), stream the
+# command's output, pick up the exit marker. mawk needs -W interactive to not buffer.
+awk_flags=(); awk -W version 2>&1 | grep -q mawk && awk_flags=(-W interactive)
+mkfifo "$tmp/console"
+log "booting VM ($accel, $smp cpu, $mem MiB, kernel $kver)"
+# The subshell keeps bash from printing "Aborted" when qemu dies of a signal (its
+# status is reported below); qemu.pid is timeout's pid, for stop_qemu.
+{ timeout --foreground -k 10 "$timeout_s" qemu-system-x86_64 \
+	-nodefaults -no-user-config -machine q35 -accel "$accel" -cpu "$cpu" \
+	-smp "$smp" -m "$mem" -display none -nic none -no-reboot \
+	-chardev stdio,id=con,signal=off -serial chardev:con \
+	-kernel "$kernel" -initrd "$initrd" -append "$append" \
+	-device virtio-rng-pci "${shares[@]}" \
+	</dev/null >"$tmp/console" 2>"$tmp/qemu.err" &
+	echo $! >"$tmp/qemu.pid"
+	wait $!; } 2>/dev/null &
+qpid=$!
+SECONDS=0
+awk "${awk_flags[@]}" -v n="@@$nonce@@" -v dir="$tmp" -v verbose="${LINUX_VHOST_VM_VERBOSE:-}" '
+	{ sub(/\r$/, "") }
+	(i = index($0, n " ")) {
+		w = substr($0, i + length(n) + 1)
+		if (w == "START") { phase = 1; printf "" > (dir "/started"); close(dir "/started"); next }
+		if (phase == 1 && i > 1) { print substr($0, 1, i - 1); fflush() }
+		if (w ~ /^EXIT /) { print substr(w, 6) > (dir "/marker"); phase = 2 }
+		if (w ~ /^FAIL /) print substr(w, 6) > (dir "/fail")
+		next
+	}
+	phase == 1 { print; fflush(); next }
+	{ print > (dir "/boot.log"); if (verbose == "1") { print > "/dev/stderr"; fflush("/dev/stderr") } }
+' <"$tmp/console" &
+apid=$!
+
+# Boot watchdog: a VM that cannot boot (e.g. a broken accelerator) should fail
+# fast, not sit out the whole --timeout.
+boot_timeout=${LINUX_VHOST_VM_BOOT_TIMEOUT:-120}
+while [ ! -e "$tmp/started" ] && kill -0 "$qpid" 2>/dev/null; do
+	if [ $SECONDS -ge "$boot_timeout" ]; then touch "$tmp/boot-timeout"; stop_qemu; break; fi
+	sleep 0.1
+done
+[ "${LINUX_VHOST_VM_VERBOSE:-}" != 1 ] || [ ! -e "$tmp/started" ] || log "command started ${SECONDS}s after qemu"
+qrc=0; wait "$qpid" || qrc=$?
+qpid=
+wait "$apid" || true
+apid=
+
+if [ -e "$tmp/boot-timeout" ]; then
+	log "the VM did not boot within ${boot_timeout}s ($accel); qemu killed"
+	[ ! -s "$tmp/boot.log" ] || { log "last console lines:"; tail -n 20 "$tmp/boot.log" >&2; }
+	exit 125
+fi
+if [ $qrc = 124 ] || { [ $qrc = 137 ] && [ $SECONDS -ge "$timeout_s" ]; }; then
+	log "timeout: the VM ran longer than ${timeout_s}s; qemu killed"
+	exit 124
+fi
+st=$(cat "$tmp/guest/status" 2>/dev/null || cat "$tmp/marker" 2>/dev/null || true)
+if [[ $st =~ ^[0-9]+$ ]]; then exit "$st"; fi
+if [ -s "$tmp/fail" ]; then log "guest init failed: $(cat "$tmp/fail")"
+else log "the VM did not run the command (qemu exit status $qrc)"; fi
+[ ! -s "$tmp/qemu.err" ] || { log "qemu said:"; tail -n 20 "$tmp/qemu.err" >&2; }
+if [ -s "$tmp/boot.log" ]; then
+	grep -m3 -E 'Kernel panic|BUG:|Oops' "$tmp/boot.log" >&2 || true
+	log "last console lines:"; tail -n 15 "$tmp/boot.log" >&2
+fi
+exit 125

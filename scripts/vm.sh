@@ -90,21 +90,23 @@ exec 9>"$cache/.lock"
 flock 9
 kver=$(cat "$cache/kernel/current" 2>/dev/null || true)
 if [ -z "$kver" ] || [ ! -e "$cache/kernel/$kver/.complete" ]; then
-	resolve() { apt-cache depends linux-image-amd64 2>/dev/null |
-		sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n1; }
-	pkg=$(resolve)
-	if [ -z "$pkg" ] || ! apt-cache show "$pkg" >/dev/null 2>&1; then
-		[ "$(id -u)" = 0 ] || die "apt does not know linux-image-amd64; run: sudo apt-get update"
-		log "apt-get update (to find the kernel package)"
-		apt-get update >&2 || die "apt-get update failed"
-		pkg=$(resolve)
-	fi
-	[ -n "$pkg" ] || die "cannot resolve linux-image-amd64 to a kernel package"
-	log "downloading $pkg (once, ~70 MB) into $cache/kernel"
 	dl=$(mktemp -d "$cache/kernel/.dl.XXXXXX")
 	trap 'rm -rf "$dl"' EXIT
 	sandbox=(); [ "$(id -u)" != 0 ] || sandbox=(-o APT::Sandbox::User=root) # _apt cannot write here
-	(cd "$dl" && apt-get download "${sandbox[@]}" "$pkg" >&2) || die "apt-get download $pkg failed"
+	# linux-image-amd64 is a metapackage: the kernel is the linux-image-<ver>-amd64 it depends on.
+	fetch() {
+		pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
+			sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n1)
+		[ -n "$pkg" ] || return 1
+		log "downloading $pkg (once, ~70 MB) into $cache/kernel"
+		(cd "$dl" && apt-get download "${sandbox[@]}" "$pkg" >&2)
+	}
+	if ! fetch; then # no or stale package lists
+		[ "$(id -u)" = 0 ] || die "cannot download the kernel package; run: sudo apt-get update"
+		log "apt-get update (to find the kernel package)"
+		apt-get update >&2 || die "apt-get update failed"
+		fetch || die "cannot resolve/download linux-image-amd64's kernel package"
+	fi
 	log "unpacking $pkg"
 	dpkg -x "$dl"/*.deb "$dl/root"
 	# depmod -b and init expect <root>/lib/modules, whatever the package's usrmerge state.
@@ -284,7 +286,7 @@ awk "${awk_flags[@]}" -v n="@@$nonce@@" -v dir="$tmp" -v verbose="${LINUX_VHOST_
 	}
 	phase == 1 { print; fflush(); next }
 	{ print > (dir "/boot.log"); if (verbose == "1") { print > "/dev/stderr"; fflush("/dev/stderr") } }
-' <"$tmp/console" &
+' <"$tmp/console" || { touch "$tmp/output-closed"; stop_qemu; } & # e.g. our stdout was closed
 apid=$!
 
 # Boot watchdog: a VM that cannot boot (e.g. a broken accelerator) should fail
@@ -305,6 +307,7 @@ if [ -e "$tmp/boot-timeout" ]; then
 	[ ! -s "$tmp/boot.log" ] || { log "last console lines:"; tail -n 20 "$tmp/boot.log" >&2; }
 	exit 125
 fi
+[ ! -e "$tmp/output-closed" ] || exit 141 # like a command killed by SIGPIPE
 if [ $qrc = 124 ] || { [ $qrc = 137 ] && [ $SECONDS -ge "$timeout_s" ]; }; then
 	log "timeout: the VM ran longer than ${timeout_s}s; qemu killed"
 	exit 124

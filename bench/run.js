@@ -1,0 +1,248 @@
+#!/usr/bin/env node
+// `npm run bench`: bring-up + teardown of a vhost-net and a vhost-vsock
+// device, from Node (low-level API and builders) against bench/bringup.c
+// issuing the same ioctls, in one run, in interleaved blocks; then 1000
+// cycles per Node variant with fd count and RSS before and after.
+//
+//   node bench/run.js [--iterations N] [--rounds R] [--cycles N] [--device net|vsock]
+//
+// Runs directly when this host has the vhost devices (as root), otherwise
+// re-runs itself inside the test VM (scripts/vm.sh). The C program is built
+// on the host first (build/bench/bringup). Exit 1 when something fails
+// functionally; a missed target only prints MISSED.
+'use strict';
+const { spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const v8 = require('node:v8');
+const vm = require('node:vm');
+
+const root = path.resolve(__dirname, '..');
+const cBin = path.join(root, 'build', 'bench', 'bringup');
+const cSrc = path.join(__dirname, 'bringup.c');
+const TARGET = { 'low-level': 1.3, builder: 1.5 };
+// RSS may move a little with heap layout; a per-cycle leak of even 1 KiB shows as 1 MiB here.
+const RSS_SLACK_BYTES = 2 * 1024 * 1024;
+
+function usage(msg) {
+  if (msg) console.error(`bench: ${msg}`);
+  console.error('usage: node bench/run.js [--iterations N] [--rounds R] [--cycles N] [--device net|vsock]');
+  process.exit(2);
+}
+
+function parseArgs(argv) {
+  const opts = { iterations: 60, rounds: 6, cycles: 1000, devices: ['net', 'vsock'] };
+  for (let i = 0; i < argv.length; i += 2) {
+    const [flag, value] = [argv[i], argv[i + 1]];
+    if (value === undefined) usage(`${flag} needs a value`);
+    const n = Number(value);
+    if (flag === '--device') {
+      if (value !== 'net' && value !== 'vsock') usage('--device must be net or vsock');
+      opts.devices = [value];
+    } else if (['--iterations', '--rounds', '--cycles'].includes(flag)) {
+      if (!Number.isInteger(n) || n < (flag === '--cycles' ? 0 : 1)) usage(`${flag} must be a positive integer`);
+      opts[flag.slice(2)] = n;
+    } else usage(`unknown option ${flag}`);
+  }
+  opts.rounds = Math.min(opts.rounds, opts.iterations);
+  return opts;
+}
+
+function usable(p) {
+  try {
+    fs.accessSync(p, fs.constants.R_OK | fs.constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Builds the C reference unless it is newer than its source. */
+function buildC() {
+  try {
+    if (fs.statSync(cBin).mtimeMs >= fs.statSync(cSrc).mtimeMs) return;
+  } catch {
+    // not built yet
+  }
+  fs.mkdirSync(path.dirname(cBin), { recursive: true });
+  const cc = process.env.CC || 'cc';
+  const res = spawnSync(cc, ['-O2', '-Wall', '-Wextra', '-o', cBin, cSrc], { stdio: 'inherit' });
+  if (res.status !== 0) {
+    console.error(`bench: ${cc} failed to build ${path.relative(root, cSrc)}`);
+    process.exit(1);
+  }
+}
+
+/** Re-runs this script inside the test VM; returns its exit status. */
+function runInVm(argv) {
+  const env = { ...process.env };
+  // In a VM, and above all under TCG, RCU grace periods last tens of ms; the
+  // kernel's synchronize_rcu() calls (vhost-vsock release, tap unregister)
+  // would dominate every cycle and hide the library's overhead. Expedited
+  // grace periods keep the kernel's part short, which makes the ratio stricter.
+  if (!('LINUX_VHOST_VM_APPEND' in env)) env.LINUX_VHOST_VM_APPEND = 'rcupdate.rcu_expedited=1';
+  console.error(`[bench] no usable /dev/vhost-net + /dev/vhost-vsock here: running inside the test VM (kernel args: ${env.LINUX_VHOST_VM_APPEND || 'none'})`);
+  const res = spawnSync(path.join(root, 'scripts', 'vm.sh'), ['--', process.execPath, __filename, ...argv], { cwd: root, stdio: 'inherit', env });
+  return res.status ?? 1;
+}
+
+/** Lets require() load lib/*.ts and bench/*.ts from source (transpile only, no type check). */
+function registerTs() {
+  const ts = require('typescript');
+  const compilerOptions = { target: ts.ScriptTarget.ES2022, module: ts.ModuleKind.CommonJS, esModuleInterop: true };
+  require.extensions['.ts'] = (module, filename) => {
+    const { outputText } = ts.transpileModule(fs.readFileSync(filename, 'utf8'), { compilerOptions, fileName: filename });
+    module._compile(outputText, filename);
+  };
+}
+
+// ---- statistics ----------------------------------------------------------
+
+function quantile(sorted, q) {
+  return sorted[Math.min(sorted.length - 1, Math.ceil(q * sorted.length) - 1)];
+}
+
+function summarize(samples) {
+  const s = [...samples].sort((a, b) => a - b);
+  return { n: s.length, median: quantile(s, 0.5), p90: quantile(s, 0.9) };
+}
+
+const fmt = (us) => us.toFixed(1).padStart(10);
+
+// ---- timing ----------------------------------------------------------------
+
+function timeC(device, n, tapName, cid) {
+  const args = [device, String(n), '--warmup', '2', '--tap', tapName, '--cid', String(cid)];
+  const res = spawnSync(cBin, args, { encoding: 'utf8' });
+  if (res.status !== 0) throw new Error(`C ${device} failed (exit ${res.status ?? res.signal}): ${res.stderr.trim()}`);
+  const samples = res.stdout.trim().split('\n').map((line) => JSON.parse(line).us);
+  if (samples.length !== n) throw new Error(`C ${device} printed ${samples.length} samples, expected ${n}`);
+  return samples;
+}
+
+function timeNode(cycle, rig, n) {
+  for (let i = 0; i < 2; i++) cycle(rig); // warm-up, as the C side does per block
+  const samples = [];
+  for (let i = 0; i < n; i++) {
+    const t0 = process.hrtime.bigint();
+    cycle(rig);
+    samples.push(Number(process.hrtime.bigint() - t0) / 1000);
+  }
+  return samples;
+}
+
+function rss() {
+  return process.memoryUsage().rss;
+}
+
+function main() {
+  const argv = process.argv.slice(2);
+  const opts = parseArgs(argv);
+  const inVm = process.env.LINUX_VHOST_IN_VM === '1';
+  const haveDevices = ['/dev/vhost-net', '/dev/vhost-vsock', '/dev/net/tun'].every(usable);
+  if (!haveDevices) {
+    if (inVm) {
+      console.error('bench: inside the test VM but /dev/vhost-net, /dev/vhost-vsock or /dev/net/tun is missing');
+      process.exit(1);
+    }
+    buildC();
+    process.exit(runInVm(argv));
+  }
+  buildC();
+  if (!fs.existsSync(path.join(root, 'build', 'Release'))) {
+    console.error('bench: the addon is not built (build/Release missing): run `npm run build:native` first');
+    process.exit(1);
+  }
+  registerTs();
+  v8.setFlagsFromString('--expose-gc');
+  const gc = vm.runInNewContext('gc');
+  const bench = require('./bringup.ts');
+
+  const pid = process.pid;
+  const cidBase = 100000 + (pid % 1000000) * 4; // far above the CIDs VMs get (3 upward)
+  const tapOf = (suffix) => `lvb${pid}${suffix}`;
+  const rigs = { 'low-level': bench.createRig(tapOf('l'), cidBase + 1) };
+  const builderCycles = bench.builderCycles?.();
+  if (builderCycles) rigs.builder = bench.createRig(tapOf('b'), cidBase + 2);
+  const cycles = {
+    net: { 'low-level': bench.netLowLevel, builder: builderCycles?.net },
+    vsock: { 'low-level': bench.vsockLowLevel, builder: builderCycles?.vsock },
+  };
+  const variants = Object.keys(rigs); // Node variants available
+
+  const cmdline = fs.existsSync('/proc/cmdline') ? fs.readFileSync('/proc/cmdline', 'utf8') : '';
+  console.log(`linux-vhost bring-up benchmark: kernel ${os.release()}, node ${process.version}, ${inVm ? 'test VM' : 'host'}` +
+    `${/rcu_expedited=1/.test(cmdline) ? ', rcupdate.rcu_expedited=1' : ''}, pid ${pid}`);
+  console.log(`${opts.iterations} timed cycles per variant and device, in ${opts.rounds} interleaved rounds (C and Node alternating)`);
+  if (!builderCycles) console.log('builders: not available in lib/ yet, builder rows skipped');
+
+  // -- interleaved blocks: C, low-level, builder, then the reverse order next round
+  const results = {};
+  for (const device of opts.devices) {
+    const order = ['c', ...variants];
+    const samples = Object.fromEntries(order.map((v) => [v, []]));
+    for (let r = 0; r < opts.rounds; r++) {
+      const n = Math.floor(opts.iterations / opts.rounds) + (r < opts.iterations % opts.rounds ? 1 : 0);
+      for (const v of r % 2 === 0 ? order : [...order].reverse()) {
+        if (v === 'c') samples.c.push(...timeC(device, n, tapOf('c'), cidBase));
+        else samples[v].push(...timeNode(cycles[device][v], rigs[v], n));
+      }
+    }
+    results[device] = Object.fromEntries(order.map((v) => [v, summarize(samples[v])]));
+  }
+
+  console.log('\ndevice  variant      n   median µs      p90 µs   Node/C  target');
+  for (const device of opts.devices) {
+    const c = results[device].c;
+    for (const [v, s] of Object.entries(results[device])) {
+      let tail = '';
+      if (v !== 'c') {
+        const ratio = s.median / c.median;
+        tail = `   ${ratio.toFixed(2).padStart(5)}  ≤ ${TARGET[v]}  ${ratio <= TARGET[v] ? 'ok' : 'MISSED'}`;
+      }
+      const name = v === 'c' ? 'C' : v;
+      console.log(`${device.padEnd(7)} ${name.padEnd(10)} ${String(s.n).padStart(4)}  ${fmt(s.median)}  ${fmt(s.p90)}${tail}`);
+    }
+  }
+
+  // -- leak check: N cycles per Node variant, fds and RSS before and after
+  let leaked = false;
+  if (opts.cycles > 0) {
+    console.log(`\n${opts.cycles} bring-up/teardown cycles per Node variant (after 50 warm-up cycles and a GC):`);
+    for (const device of opts.devices) {
+      for (const v of variants) {
+        const cycle = cycles[device][v];
+        for (let i = 0; i < 50; i++) cycle(rigs[v]);
+        gc();
+        const before = { fds: bench.fdCount(), rss: rss() };
+        const t0 = process.hrtime.bigint();
+        for (let i = 0; i < opts.cycles; i++) cycle(rigs[v]);
+        const secs = Number(process.hrtime.bigint() - t0) / 1e9;
+        gc();
+        const after = { fds: bench.fdCount(), rss: rss() };
+        const dFds = after.fds - before.fds;
+        const dRss = after.rss - before.rss;
+        const flat = dFds === 0 && dRss <= RSS_SLACK_BYTES;
+        if (!flat) leaked = true;
+        const mib = (b) => (b / 1048576).toFixed(1);
+        console.log(`${device.padEnd(7)} ${v.padEnd(10)} fds ${before.fds} → ${after.fds} (Δ ${dFds}), ` +
+          `RSS ${mib(before.rss)} → ${mib(after.rss)} MiB (Δ ${dRss >= 0 ? '+' : ''}${(dRss / 1024).toFixed(0)} KiB), ` +
+          `${secs.toFixed(1)} s: ${flat ? 'flat' : 'NOT FLAT'}`);
+      }
+    }
+  }
+
+  for (const rig of Object.values(rigs)) rig.mem.close();
+  if (leaked) {
+    console.error(`bench: fds or RSS grew over the cycles (RSS slack ${RSS_SLACK_BYTES / 1048576} MiB)`);
+    process.exit(1);
+  }
+}
+
+try {
+  main();
+} catch (err) {
+  console.error(`bench: FAILED: ${err && err.stack ? err.stack : err}`);
+  process.exit(1);
+}

@@ -146,6 +146,12 @@ export interface NativeBinding {
   linkSetMac(name: string, mac: Uint8Array): void;
   linkGetFlags(name: string): number; // IFF_UP = 1, IFF_RUNNING = 0x40 ...
   linkSetUp(name: string, up: boolean): void;
+
+  // virtqueue.cc: split-ring driver (guest role) — section owned by the virtqueue work
+
+  // vsock_socket.cc: AF_VSOCK sockets — section owned by the vsock work
+
+  // netlink.cc: rtnetlink — section owned by the netlink work
 }
 
 function load(): NativeBinding {

@@ -60,5 +60,8 @@ void InitEventFd(Napi::Env env, Napi::Object exports);
 void InitGuestMemory(Napi::Env env, Napi::Object exports);
 void InitTap(Napi::Env env, Napi::Object exports);
 void InitNetdev(Napi::Env env, Napi::Object exports);
+void InitVirtqueue(Napi::Env env, Napi::Object exports);
+void InitVsockSocket(Napi::Env env, Napi::Object exports);
+void InitNetlink(Napi::Env env, Napi::Object exports);
 
 }  // namespace vhost

@@ -17,6 +17,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitGuestMemory(env, exports);
   InitTap(env, exports);
   InitNetdev(env, exports);
+  InitVirtqueue(env, exports);
+  InitVsockSocket(env, exports);
+  InitNetlink(env, exports);
   return exports;
 }
 

@@ -157,12 +157,12 @@ function toU64(value: unknown, arg: string): bigint {
   let v: bigint;
   if (typeof value === 'bigint') v = value;
   else if (typeof value === 'number' && Number.isSafeInteger(value)) v = BigInt(value);
-  else throw invalidArg(arg, `must be a bigint or a safe integer, got ${describe(value)}`);
+  else throw invalidArg(arg, `must be a bigint or a safe integer, got ${describeValue(value)}`);
   if (v < 0n || v >= U64_LIMIT) throw invalidArg(arg, `must be in 0..2^64-1, got ${v}`, 'ERR_VHOST_OUT_OF_RANGE');
   return v;
 }
 
-export function describe(value: unknown): string {
+export function describeValue(value: unknown): string {
   if (value === null) return 'null';
   if (typeof value === 'bigint') return `${value}n`;
   if (typeof value === 'string') return JSON.stringify(value);
@@ -269,11 +269,11 @@ function checkEventFd(value: unknown, arg: string, required: boolean): EventFdRe
     if (value < 0 || value > 0x7fff_ffff) throw invalidArg(arg, `must be an fd number >= 0, got ${value}`, 'ERR_VHOST_OUT_OF_RANGE');
     return value;
   }
-  throw invalidArg(arg, `must be an EventFd or an eventfd number, got ${describe(value)}`);
+  throw invalidArg(arg, `must be an EventFd or an eventfd number, got ${describeValue(value)}`);
 }
 
 function checkQueueSize(size: unknown, arg: string): number {
-  if (typeof size !== 'number' || !Number.isInteger(size)) throw invalidArg(arg, `must be an integer, got ${describe(size)}`);
+  if (typeof size !== 'number' || !Number.isInteger(size)) throw invalidArg(arg, `must be an integer, got ${describeValue(size)}`);
   if (size < 1 || size > MAX_QUEUE_SIZE) throw invalidArg(arg, `must be in 1..${MAX_QUEUE_SIZE}, got ${size}`, 'ERR_VHOST_OUT_OF_RANGE');
   if ((size & (size - 1)) !== 0) throw invalidArg(arg, `must be a power of two, got ${size}`);
   return size;
@@ -282,7 +282,7 @@ function checkQueueSize(size: unknown, arg: string): number {
 /** Checks one queue's options on their own (no memory needed). `indexes` are the device's valid queue indexes. */
 export function checkQueueSpec(index: unknown, spec: unknown, indexes: readonly number[]): { index: number; spec: Required<Pick<QueueSpec, 'size' | 'kick' | 'call' | 'base'>> & QueueSpec & { desc: bigint; avail: bigint; used: bigint } } {
   if (typeof index !== 'number' || !indexes.includes(index)) {
-    throw invalidArg('queue index', `must be ${indexes.join(' or ')} (one device per queue pair), got ${describe(index)}`, 'ERR_VHOST_OUT_OF_RANGE');
+    throw invalidArg('queue index', `must be ${indexes.join(' or ')} (one device per queue pair), got ${describeValue(index)}`, 'ERR_VHOST_OUT_OF_RANGE');
   }
   const q = `queue(${index})`;
   if (typeof spec !== 'object' || spec === null) throw invalidArg(q, 'must be an object { size, desc, avail, used, kick, call }');
@@ -300,20 +300,20 @@ export function checkQueueSpec(index: unknown, spec: unknown, indexes: readonly 
   const err = checkEventFd(s.err, `${q}.err`, false);
   let base = 0;
   if (s.base !== undefined) {
-    if (typeof s.base !== 'number' || !Number.isInteger(s.base)) throw invalidArg(`${q}.base`, `must be an integer, got ${describe(s.base)}`);
+    if (typeof s.base !== 'number' || !Number.isInteger(s.base)) throw invalidArg(`${q}.base`, `must be an integer, got ${describeValue(s.base)}`);
     if (s.base < 0 || s.base > SPLIT_BASE_MAX) throw invalidArg(`${q}.base`, `must be in 0..${SPLIT_BASE_MAX} (split ring index), got ${s.base}`, 'ERR_VHOST_OUT_OF_RANGE');
     base = s.base;
   }
   let busyloopTimeout: number | undefined;
   if (s.busyloopTimeout !== undefined) {
     const t = s.busyloopTimeout;
-    if (typeof t !== 'number' || !Number.isInteger(t)) throw invalidArg(`${q}.busyloopTimeout`, `must be an integer (microseconds), got ${describe(t)}`);
+    if (typeof t !== 'number' || !Number.isInteger(t)) throw invalidArg(`${q}.busyloopTimeout`, `must be an integer (microseconds), got ${describeValue(t)}`);
     if (t < 0 || t > U32_MAX) throw invalidArg(`${q}.busyloopTimeout`, `must be in 0..${U32_MAX}, got ${t}`, 'ERR_VHOST_OUT_OF_RANGE');
     busyloopTimeout = t;
   }
   let endian: VringEndian | undefined;
   if (s.endian !== undefined) {
-    if (s.endian !== 'little' && s.endian !== 'big') throw invalidArg(`${q}.endian`, `must be 'little' or 'big', got ${describe(s.endian)}`);
+    if (s.endian !== 'little' && s.endian !== 'big') throw invalidArg(`${q}.endian`, `must be 'little' or 'big', got ${describeValue(s.endian)}`);
     endian = s.endian;
   }
   return { index, spec: { size, desc, avail, used, kick, call, err, base, busyloopTimeout, endian } };
@@ -372,7 +372,7 @@ export function planQueues(
 
 /** Checks a feature word argument. */
 export function checkFeatureBits(bits: unknown, arg: string): bigint {
-  if (typeof bits !== 'bigint') throw invalidArg(arg, `must be a bigint, got ${describe(bits)}`);
+  if (typeof bits !== 'bigint') throw invalidArg(arg, `must be a bigint, got ${describeValue(bits)}`);
   if (bits < 0n || bits >= U64_LIMIT) throw invalidArg(arg, `must fit in 64 bits, got ${bits}`, 'ERR_VHOST_OUT_OF_RANGE');
   return bits;
 }
@@ -496,14 +496,14 @@ export abstract class VhostDeviceBuilder<D extends VhostDevice> {
       if ((device as VhostDevice).closed) throw closedError(this.deviceName, (device as VhostDevice).path);
       this._source = { dev: device, owned };
     } else {
-      throw invalidArg('device', `must be a ${this.deviceName} or a device path, got ${describe(device)}`);
+      throw invalidArg('device', `must be a ${this.deviceName} or a device path, got ${describeValue(device)}`);
     }
     return this;
   }
 
   /** Overrides max_mem_regions (read from /sys/module/vhost/parameters by default). */
   maxMemRegions(n: number): this {
-    if (typeof n !== 'number' || !Number.isInteger(n) || n < 1) throw invalidArg('maxMemRegions', `must be a positive integer, got ${describe(n)}`);
+    if (typeof n !== 'number' || !Number.isInteger(n) || n < 1) throw invalidArg('maxMemRegions', `must be a positive integer, got ${describeValue(n)}`);
     this._maxMemRegions = n;
     return this;
   }

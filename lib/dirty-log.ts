@@ -73,6 +73,11 @@ export class DirtyLog implements Disposable {
     return this.#mapping.unmapped;
   }
 
+  /** A byte view of the bitmap (bit page % 8 of byte page / 8); detached by close(). */
+  bytes(): Uint8Array {
+    return new Uint8Array(this.#mapping.buffer, 0, Number(this.size));
+  }
+
   /**
    * Returns the dirty page numbers (ascending, as numbers) and clears them.
    * A word is swapped with zero by Atomics.exchange only when a plain read saw

@@ -11,3 +11,10 @@ export * from './memory';
 export * from './vring';
 export * from './tap';
 export * from './probe';
+export {
+  type QueueSpec, type EventFdRef, type DeviceState, type BuildStep, type StepError, type DeviceOptions, type CheckedRegion,
+  VhostDeviceBuilder, RunningVhostDevice, mergeMemoryRegions, readMaxMemRegions, DEFAULT_MAX_MEM_REGIONS, VHOST_RING_BITS,
+} from './builder';
+export * from './net-builder';
+export * from './vsock-builder';
+export * from './dirty-log';

@@ -3,6 +3,7 @@
 import type { FdOwner } from './fd';
 import { native, type OwnedFd } from './native';
 import { VhostDevice } from './vhost';
+import { VhostNetBuilder } from './net-builder';
 
 /** Queue indexes of a vhost-net device. */
 export const VHOST_NET_RX = 0;
@@ -19,6 +20,14 @@ export class VhostNet extends VhostDevice {
   /** Opens /dev/vhost-net (or `path`) O_RDWR | O_CLOEXEC. ENOENT says to load vhost_net. */
   static open(path: string = VhostNet.defaultPath): VhostNet {
     return new VhostNet(VhostDevice.openPath(path));
+  }
+
+  /**
+   * A typed builder that brings the device up in the kernel's order with
+   * everything validated first (see VhostNetBuilder); start() returns the running device.
+   */
+  static builder(): VhostNetBuilder {
+    return new VhostNetBuilder((path) => VhostNet.open(path));
   }
 
   /**

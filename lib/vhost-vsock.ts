@@ -4,6 +4,7 @@
 import { invalidArg } from './errors';
 import { native, type OwnedFd } from './native';
 import { VhostDevice } from './vhost';
+import { VhostVsockBuilder } from './vsock-builder';
 
 /** Queue indexes of a vhost-vsock device. */
 export const VHOST_VSOCK_RX = 0;
@@ -20,6 +21,14 @@ export class VhostVsock extends VhostDevice {
   /** Opens /dev/vhost-vsock (or `path`) O_RDWR | O_CLOEXEC. ENOENT says to load vhost_vsock. */
   static open(path: string = VhostVsock.defaultPath): VhostVsock {
     return new VhostVsock(VhostDevice.openPath(path));
+  }
+
+  /**
+   * A typed builder that brings the device up in the kernel's order with
+   * everything validated first (see VhostVsockBuilder); start() returns the running device.
+   */
+  static builder(): VhostVsockBuilder {
+    return new VhostVsockBuilder((path) => VhostVsock.open(path));
   }
 
   /**

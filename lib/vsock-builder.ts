@@ -1,0 +1,184 @@
+// VhostVsockBuilder: brings up a vhost-vsock device in QEMU's order
+// (hw/virtio/vhost.c vhost_dev_start, hw/virtio/vhost-vsock.c):
+//   open → SET_OWNER → GET_FEATURES → SET_FEATURES → SET_MEM_TABLE → per queue
+//   NUM, BASE, [ENDIAN], ADDR, KICK, CALL, [ERR], [BUSYLOOP_TIMEOUT] →
+//   SET_GUEST_CID (walking upward on EADDRINUSE for 'auto') → SET_RUNNING(1).
+import {
+  RunningVhostDevice,
+  StepRunner,
+  VhostDeviceBuilder,
+  VHOST_RING_BITS,
+  describeValue,
+  memTable,
+  setUpQueue,
+  stepFailure,
+  type RunningInit,
+} from './builder';
+import { invalidArg, VhostError } from './errors';
+import { describeFeatures, features } from './features';
+import type { VhostVsock } from './vhost-vsock';
+
+/** Lowest CID a guest may have (0 hypervisor, 1 local, 2 host are reserved). */
+export const VSOCK_CID_MIN = 3;
+/** Highest: 0xffffffff is VMADDR_CID_ANY, and the kernel takes 32 bits. */
+export const VSOCK_CID_MAX = 0xffff_fffe;
+/** Default number of CIDs cid('auto') tries. */
+export const VSOCK_AUTO_CID_ATTEMPTS = 1024;
+
+/** Bits of the virtio-vsock feature word vhost-vsock implements: ring/transport bits and the socket types. */
+export const VSOCK_VHOST_BITS = VHOST_RING_BITS | features.vsock.STREAM | features.vsock.SEQPACKET | features.vsock.NO_IMPLIED_STREAM;
+
+/** Result of negotiateVsockFeatures. */
+export interface VsockNegotiation {
+  /** The word for VHOST_SET_FEATURES. */
+  vhostFeatures: bigint;
+  /** Acked bits vhost-vsock must implement but does not offer (0n when negotiation succeeds). */
+  unsupported: bigint;
+}
+
+/** Bits for VHOST_SET_FEATURES: what vhost-vsock implements, offers and the guest acked (never LOG_ALL, ACCESS_PLATFORM). */
+export function negotiateVsockFeatures(offered: bigint, acked: bigint): VsockNegotiation {
+  const wanted = acked & VSOCK_VHOST_BITS;
+  return { vhostFeatures: wanted & offered, unsupported: wanted & ~offered };
+}
+
+/** Options of cid('auto'). */
+export interface AutoCidOptions {
+  /** First CID to try (default 3). */
+  from?: number;
+  /** How many consecutive CIDs to try before giving up (default 1024). */
+  attempts?: number;
+}
+
+type CidPlan = { auto: false; cid: number } | { auto: true; from: number; attempts: number };
+
+function checkCid(value: unknown, arg: string): number {
+  let n: number;
+  if (typeof value === 'bigint') {
+    if (value < 0n || value > 0xffff_ffffn) throw invalidArg(arg, `must be in ${VSOCK_CID_MIN}..${VSOCK_CID_MAX}, got ${value}`, 'ERR_VHOST_OUT_OF_RANGE');
+    n = Number(value);
+  } else if (typeof value === 'number' && Number.isInteger(value)) {
+    n = value;
+  } else {
+    throw invalidArg(arg, `must be an integer CID or 'auto', got ${describeValue(value)}`);
+  }
+  if (n < VSOCK_CID_MIN || n > VSOCK_CID_MAX) {
+    throw invalidArg(arg, `must be in ${VSOCK_CID_MIN}..${VSOCK_CID_MAX} (0, 1, 2 and 0xffffffff are reserved), got ${n}`, 'ERR_VHOST_OUT_OF_RANGE');
+  }
+  return n;
+}
+
+/**
+ * Typed bring-up of a /dev/vhost-vsock device (queues 0 = rx and 1 = tx, both
+ * required; the event queue stays with the VMM). Get one with
+ * VhostVsock.builder(). Validation precedes any syscall; a failure midway
+ * closes what the builder opened and names the step.
+ */
+export class VhostVsockBuilder extends VhostDeviceBuilder<VhostVsock> {
+  protected readonly queueIndexes = [0, 1] as const;
+  protected readonly deviceName = 'VhostVsock';
+  readonly #open: (path?: string) => VhostVsock;
+  #cid?: CidPlan;
+
+  /** @internal Use VhostVsock.builder(). */
+  constructor(open: (path?: string) => VhostVsock) {
+    super();
+    this.#open = open;
+  }
+
+  /**
+   * The guest's context id (required): 3..0xfffffffe, or 'auto' to take the
+   * first free one from `from` (default 3) upward, trying `attempts` (default
+   * 1024) CIDs. Free means the kernel accepted it (EADDRINUSE otherwise), so
+   * concurrent allocations, in this process or others, never get the same CID.
+   */
+  cid(cid: number | bigint | 'auto', options: AutoCidOptions = {}): this {
+    if (typeof options !== 'object' || options === null) throw invalidArg('options', 'must be an object');
+    if (cid === 'auto') {
+      const from = checkCid(options.from ?? VSOCK_CID_MIN, 'options.from');
+      const attempts = options.attempts ?? VSOCK_AUTO_CID_ATTEMPTS;
+      if (typeof attempts !== 'number' || !Number.isInteger(attempts) || attempts < 1) {
+        throw invalidArg('options.attempts', `must be a positive integer, got ${describeValue(attempts)}`, 'ERR_VHOST_OUT_OF_RANGE');
+      }
+      this.#cid = { auto: true, from, attempts };
+    } else {
+      if (options.from !== undefined || options.attempts !== undefined) throw invalidArg('options', "from / attempts only apply to cid('auto')");
+      this.#cid = { auto: false, cid: checkCid(cid, 'cid') };
+    }
+    return this;
+  }
+
+  /**
+   * Validates everything, then brings the device up: rings set up, CID set,
+   * SET_RUNNING(1) last. On failure nothing the builder opened stays open
+   * (closing the device releases the CID) and the error carries `.step`.
+   */
+  start(): RunningVhostVsock {
+    const { regions, queues } = this.planCommon([0, 1]);
+    const cidPlan = this.#cid;
+    if (cidPlan === undefined) throw invalidArg('cid', "is required: call .cid(number) or .cid('auto')");
+    const raw = this._vhostFeatures;
+    const runner = new StepRunner();
+    return this.bringUp(this.#open, runner, (dev, offered) => {
+      let vhostFeatures = raw;
+      if (vhostFeatures === undefined) {
+        const neg = negotiateVsockFeatures(offered, this._acked!);
+        if (neg.unsupported !== 0n) {
+          const names = describeFeatures(neg.unsupported, 'vsock').join(', ');
+          runner.fail('SET_FEATURES', undefined, stepFailure(`features the guest acked but the device does not offer: ${names} (offered 0x${offered.toString(16)})`, 'ERR_VHOST_UNSUPPORTED'));
+        }
+        vhostFeatures = neg.vhostFeatures;
+      }
+      const bits = vhostFeatures;
+      runner.run('SET_FEATURES', undefined, () => dev.setFeatures(bits));
+      runner.run('SET_MEM_TABLE', undefined, () => dev.setMemTable(memTable(regions)));
+      for (const q of queues) setUpQueue(dev, q, runner.step);
+      const cid = cidPlan.auto ? allocateCid(dev, cidPlan.from, cidPlan.attempts, runner) : cidPlan.cid;
+      if (!cidPlan.auto) runner.run('SET_GUEST_CID', undefined, () => dev.setGuestCid(cid));
+      runner.run('SET_RUNNING', undefined, () => dev.setRunning(true));
+      return new RunningVhostVsock({ device: dev, features: bits, regions, queues, trace: runner.trace, cid });
+    });
+  }
+}
+
+/** Tries CIDs from `from` upward until the kernel accepts one; EADDRINUSE means taken, anything else fails. */
+function allocateCid(dev: VhostVsock, from: number, attempts: number, runner: StepRunner): number {
+  let last: VhostError | undefined;
+  let cid = from;
+  for (let n = 0; n < attempts && cid <= VSOCK_CID_MAX; n++, cid++) {
+    try {
+      const c = cid;
+      runner.run('SET_GUEST_CID', undefined, () => dev.setGuestCid(c));
+      return cid;
+    } catch (err) {
+      if ((err as VhostError).code !== 'EADDRINUSE') throw err;
+      last = err as VhostError;
+    }
+  }
+  last!.message += ` (cid 'auto': CIDs ${from}..${cid - 1} are all in use)`;
+  throw last;
+}
+
+interface RunningVsockInit extends RunningInit<VhostVsock> {
+  cid: number;
+}
+
+/**
+ * A vhost-vsock device started by VhostVsockBuilder. stop() is SET_RUNNING(0)
+ * then GET_VRING_BASE per queue; close() stops then closes (releasing the
+ * CID); `using` works; after close every method throws ERR_VHOST_CLOSED.
+ */
+export class RunningVhostVsock extends RunningVhostDevice<VhostVsock> {
+  /** The guest CID the device holds. */
+  readonly cid: number;
+
+  /** @internal Created by VhostVsockBuilder.start(). */
+  constructor(init: RunningVsockInit) {
+    super(init);
+    this.cid = init.cid;
+  }
+
+  protected quiesce(step: StepRunner['step']): void {
+    step('SET_RUNNING', undefined, () => this.device.setRunning(false));
+  }
+}

@@ -18,3 +18,9 @@ export {
 export * from './net-builder';
 export * from './vsock-builder';
 export * from './dirty-log';
+export * as netlink from './netlink';
+export * from './links';
+export * from './netns';
+export * from './bridge';
+export * from './macvtap';
+export * from './virtio-net-config';

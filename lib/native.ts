@@ -66,6 +66,46 @@ export interface TapOpenResult {
   name: string; // the name the kernel gave (a template like 'tap%d' is resolved)
 }
 
+/** Byte offsets of a split ring inside its mapping (see NativeBinding.virtqueueCreate). */
+export interface NativeVirtqueueLayout {
+  size: number;
+  desc: number; // with indirect: the table is followed by size * 16 indirect descriptors per slot
+  avail: number;
+  used: number;
+  eventIdx: boolean;
+  indirect: boolean;
+}
+
+/** Segment flags of NativeVirtqueue.post. */
+export const SEG_WRITABLE = 1;
+export const SEG_END = 2;
+
+/** The native split-ring driver (virtqueue.cc). Every method throws ERR_VHOST_CLOSED once closed or unmapped. */
+export interface NativeVirtqueue {
+  readonly size: number;
+  readonly numFree: number;
+  readonly availIdx: number;
+  readonly lastUsedIdx: number;
+  readonly kicks: number;
+  readonly kicksSuppressed: number;
+  readonly closed: boolean;
+  /**
+   * Posts chains described by nsegs triples (offset, len, SEG_WRITABLE | SEG_END)
+   * until one does not fit; heads[i] gets chain i's head. One release store of
+   * avail->idx; then a kick if `notify` and the device asks. Returns chains posted.
+   */
+  post(segs: Uint32Array, nsegs: number, heads: Uint32Array, notify: boolean): number;
+  /** Up to `max` used entries as (head, len) pairs in out; frees their descriptors. */
+  collect(out: Uint32Array, max: number): number;
+  /** Kicks if the device asks for it (EVENT_IDX or NO_NOTIFY); true if it kicked. */
+  notify(): boolean;
+  /** Requests a call at the next used entry (delayed: at ~3/4 of those in flight); true if entries already wait. */
+  enableCallbacks(delayed: boolean): boolean;
+  disableCallbacks(): void;
+  /** Drops the references to the memory and the kick fd. Idempotent. */
+  close(): void;
+}
+
 export interface NativeBinding {
   setErrorClass(ctor: new (message: string) => Error): void;
 
@@ -148,10 +188,55 @@ export interface NativeBinding {
   linkSetUp(name: string, up: boolean): void;
 
   // virtqueue.cc: split-ring driver (guest role) — section owned by the virtqueue work
+  /**
+   * A split-ring driver over `buffer` (one mapping's external ArrayBuffer, whose
+   * byte 0 is guest-physical `regionGpa`). Ring parts are byte offsets in it.
+   * `kick` is written from native code when the device wants a notification.
+   */
+  virtqueueCreate(buffer: ArrayBuffer, regionGpa: bigint, layout: NativeVirtqueueLayout, kick: OwnedFd | null): NativeVirtqueue;
 
   // vsock_socket.cc: AF_VSOCK sockets — section owned by the vsock work
+  /** socket(AF_VSOCK, type | SOCK_NONBLOCK | SOCK_CLOEXEC); type SOCK_STREAM (1) or SOCK_SEQPACKET (5); label names it in errors. */
+  vsockSocket(type: number, label: string): OwnedFd;
+  /** bind(); VMADDR_CID_ANY and VMADDR_PORT_ANY are 0xffffffff. Errors carry path 'vsock:cid:port'. */
+  vsockBind(fd: OwnedFd, cid: number, port: number): void;
+  vsockListen(fd: OwnedFd, backlog: number): void;
+  /** accept4(SOCK_NONBLOCK | SOCK_CLOEXEC): the connection and its peer; null when none is pending (EAGAIN). */
+  vsockAccept(fd: OwnedFd): { fd: OwnedFd; cid: number; port: number } | null;
+  /** Nonblocking connect(): true when connected at once, false when in progress (EINPROGRESS). */
+  vsockConnect(fd: OwnedFd, cid: number, port: number): boolean;
+  /** getsockopt(SO_ERROR): a positive errno, or 0. Reading clears it. */
+  vsockGetSocketError(fd: OwnedFd): number;
+  /** setsockopt(SO_VM_SOCKETS_CONNECT_TIMEOUT); the kernel applies it to nonblocking connects too (default 2000 ms). */
+  vsockSetConnectTimeout(fd: OwnedFd, ms: number): void;
+  /** recv() into buf: bytes read, 0 at end of stream, null when nothing is pending (EAGAIN). */
+  vsockRead(fd: OwnedFd, buf: Uint8Array): number | null;
+  /** recv(MSG_TRUNC) of one SOCK_SEQPACKET message: its full length (> buf.length when truncated), 0 at end, null on EAGAIN. */
+  vsockRecvMessage(fd: OwnedFd, buf: Uint8Array): number | null;
+  /** send(MSG_NOSIGNAL): bytes written (a stream may take fewer), null when the send buffer is full (EAGAIN). */
+  vsockWrite(fd: OwnedFd, buf: Uint8Array): number | null;
+  /** shutdown(how): SHUT_RD (0), SHUT_WR (1), SHUT_RDWR (2). */
+  vsockShutdown(fd: OwnedFd, how: number): void;
+  vsockGetSockName(fd: OwnedFd): { cid: number; port: number };
+  vsockGetPeerName(fd: OwnedFd): { cid: number; port: number };
+  /** ioctl(IOCTL_VM_SOCKETS_GET_LOCAL_CID) on an open /dev/vsock. */
+  vsockGetLocalCid(vsockDev: OwnedFd): number;
 
   // netlink.cc: rtnetlink — section owned by the netlink work
+  /** A bound NETLINK_ROUTE socket (SOCK_CLOEXEC), created inside the netns of `netns` when given (setns on a helper thread). */
+  netlinkOpen(netns: FdArg): OwnedFd;
+  /**
+   * Sends one encoded message (nlmsg_len must equal its length) and returns the reply messages
+   * received before the ACK, NLMSG_DONE, or the only reply of a plain GET. A kernel error throws
+   * ErrnoError (syscall 'netlink(RTM_NEWLINK)', .path = `path`, .detail = the extended ack text).
+   */
+  netlinkRequest(sock: OwnedFd, message: Uint8Array, path: string): Buffer[];
+  /** Like `ip netns add`: a fresh network namespace kept by a bind mount on /run/netns/<name>. */
+  netnsCreate(name: string): void;
+  /** Like `ip netns delete`: umount2(MNT_DETACH) + unlink of /run/netns/<name>. */
+  netnsDelete(name: string): void;
+  /** open(path, O_RDONLY | O_CLOEXEC) of a namespace file. */
+  netnsOpen(path: string): OwnedFd;
 }
 
 function load(): NativeBinding {

@@ -115,6 +115,71 @@ export function vsockLowLevel(rig: Rig): void {
   }
 }
 
+/** The queue specs a builder gets: guest-physical ring addresses (it translates them itself). */
+function queueSpec(rig: Rig, q: number, kick: EventFd[], call: EventFd[]) {
+  const ring = rig.rings[q];
+  return { size: QUEUE_SIZE, desc: ring.desc, avail: ring.avail, used: ring.used, kick: kick[q], call: call[q] };
+}
+
+function checkState(state: { queues: { index: number; base: number }[] }): void {
+  check(state.queues.length === 2 && state.queues.every((q) => q.base === 0), `stop() returned ${JSON.stringify(state)}, expected bases 0`);
+}
+
+/**
+ * vhost-net through VhostNet.builder(): as netLowLevel, plus what start()
+ * adds by design (TUNGETIFF, TUNSETVNETHDRSZ and TUNSETOFFLOAD on the tap,
+ * reading max_mem_regions, validating rings against memory); stop() then close().
+ */
+export function netBuilder(rig: Rig): void {
+  const tap = Tap.create({ name: rig.tapName });
+  const { kick, call } = openEventFds();
+  try {
+    const net = VhostNet.builder()
+      .memory(rig.mem)
+      .backend(tap)
+      .features(features.ring.VERSION_1)
+      .queue(0, queueSpec(rig, 0, kick, call))
+      .queue(1, queueSpec(rig, 1, kick, call))
+      .start();
+    try {
+      checkState(net.stop());
+    } finally {
+      net.close();
+    }
+  } finally {
+    tap.close();
+    closeAll(kick, call);
+  }
+}
+
+/** vhost-vsock through VhostVsock.builder() with a fixed CID (the same one each cycle); stop() then close(). */
+export function vsockBuilder(rig: Rig): void {
+  const { kick, call } = openEventFds();
+  try {
+    const vsock = VhostVsock.builder()
+      .memory(rig.mem)
+      .features(features.ring.VERSION_1)
+      .cid(rig.cid)
+      .queue(0, queueSpec(rig, 0, kick, call))
+      .queue(1, queueSpec(rig, 1, kick, call))
+      .start();
+    try {
+      check(vsock.cid === rig.cid, `builder took CID ${vsock.cid}, expected ${rig.cid}`);
+      checkState(vsock.stop());
+    } finally {
+      vsock.close();
+    }
+  } finally {
+    closeAll(kick, call);
+  }
+}
+
+/** The builder cycles, or null while lib/ has no builders. */
+export function builderCycles(): { net: (rig: Rig) => void; vsock: (rig: Rig) => void } | null {
+  const has = (cls: object) => typeof (cls as { builder?: unknown }).builder === 'function';
+  return has(VhostNet) && has(VhostVsock) ? { net: netBuilder, vsock: vsockBuilder } : null;
+}
+
 /** Open fds of this process. */
 export function fdCount(): number {
   return fs.readdirSync('/proc/self/fd').length - 1; // minus the one readdir itself opened

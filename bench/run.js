@@ -4,7 +4,12 @@
 // issuing the same ioctls, in one run, in interleaved blocks; then 1000
 // cycles per Node variant with fd count and RSS before and after.
 //
-//   node bench/run.js [--iterations N] [--rounds R] [--cycles N] [--device net|vsock]
+//   node bench/run.js [--iterations N] [--block N] [--cycles N] [--device net|vsock] [--smp N]
+//
+//   --iterations  timed cycles per variant (default: net 60, vsock 300)
+//   --block       cycles per interleaved block (default 5)
+//   --cycles      leak-check cycles per Node variant and device (default 1000; 0 skips)
+//   --smp         vCPUs of the test VM (default 1; see bench/README.md)
 //
 // Runs directly when this host has the vhost devices (as root), otherwise
 // re-runs itself inside the test VM (scripts/vm.sh). The C program is built
@@ -22,17 +27,22 @@ const root = path.resolve(__dirname, '..');
 const cBin = path.join(root, 'build', 'bench', 'bringup');
 const cSrc = path.join(__dirname, 'bringup.c');
 const TARGET = { 'low-level': 1.3, builder: 1.5 };
-// RSS may move a little with heap layout; a per-cycle leak of even 1 KiB shows as 1 MiB here.
-const RSS_SLACK_BYTES = 2 * 1024 * 1024;
+// Default timed cycles per variant: a net cycle is ~25 ms in a TCG VM (tap
+// unregister waits for RCU), a vsock cycle ~1-2 ms.
+const DEFAULT_ITERATIONS = { net: 60, vsock: 300 };
+// After a full GC the JS heap is nearly exact; RSS moves with heap layout and
+// allocator caches (±1 MiB seen over 1000 cycles), so it gets more slack.
+const HEAP_SLACK_BYTES = 256 * 1024;
+const RSS_SLACK_BYTES = 4 * 1024 * 1024;
 
 function usage(msg) {
   if (msg) console.error(`bench: ${msg}`);
-  console.error('usage: node bench/run.js [--iterations N] [--rounds R] [--cycles N] [--device net|vsock]');
+  console.error('usage: node bench/run.js [--iterations N] [--block N] [--cycles N] [--device net|vsock] [--smp N]');
   process.exit(2);
 }
 
 function parseArgs(argv) {
-  const opts = { iterations: 60, rounds: 6, cycles: 1000, devices: ['net', 'vsock'] };
+  const opts = { iterations: null, block: 5, cycles: 1000, devices: ['net', 'vsock'], smp: 1 };
   for (let i = 0; i < argv.length; i += 2) {
     const [flag, value] = [argv[i], argv[i + 1]];
     if (value === undefined) usage(`${flag} needs a value`);
@@ -40,12 +50,11 @@ function parseArgs(argv) {
     if (flag === '--device') {
       if (value !== 'net' && value !== 'vsock') usage('--device must be net or vsock');
       opts.devices = [value];
-    } else if (['--iterations', '--rounds', '--cycles'].includes(flag)) {
+    } else if (['--iterations', '--block', '--cycles', '--smp'].includes(flag)) {
       if (!Number.isInteger(n) || n < (flag === '--cycles' ? 0 : 1)) usage(`${flag} must be a positive integer`);
       opts[flag.slice(2)] = n;
     } else usage(`unknown option ${flag}`);
   }
-  opts.rounds = Math.min(opts.rounds, opts.iterations);
   return opts;
 }
 
@@ -75,15 +84,19 @@ function buildC() {
 }
 
 /** Re-runs this script inside the test VM; returns its exit status. */
-function runInVm(argv) {
+function runInVm(argv, smp) {
   const env = { ...process.env };
   // In a VM, and above all under TCG, RCU grace periods last tens of ms; the
   // kernel's synchronize_rcu() calls (vhost-vsock release, tap unregister)
   // would dominate every cycle and hide the library's overhead. Expedited
   // grace periods keep the kernel's part short, which makes the ratio stricter.
   if (!('LINUX_VHOST_VM_APPEND' in env)) env.LINUX_VHOST_VM_APPEND = 'rcupdate.rcu_expedited=1';
-  console.error(`[bench] no usable /dev/vhost-net + /dev/vhost-vsock here: running inside the test VM (kernel args: ${env.LINUX_VHOST_VM_APPEND || 'none'})`);
-  const res = spawnSync(path.join(root, 'scripts', 'vm.sh'), ['--', process.execPath, __filename, ...argv], { cwd: root, stdio: 'inherit', env });
+  // One vCPU by default: with two, an emulated guest on a busy host stalls on
+  // cross-CPU IPIs and wake-ups, and the kernel's time per cycle swings 10x between runs.
+  console.error(`[bench] no usable /dev/vhost-net + /dev/vhost-vsock here: running inside the test VM ` +
+    `(${smp} vCPU, kernel args: ${env.LINUX_VHOST_VM_APPEND || 'none'})`);
+  const vmArgs = ['--smp', String(smp), '--', process.execPath, __filename, ...argv];
+  const res = spawnSync(path.join(root, 'scripts', 'vm.sh'), vmArgs, { cwd: root, stdio: 'inherit', env });
   return res.status ?? 1;
 }
 
@@ -132,8 +145,21 @@ function timeNode(cycle, rig, n) {
   return samples;
 }
 
-function rss() {
-  return process.memoryUsage().rss;
+/** fds, RSS and JS heap after a full GC. */
+function footprint(bench, gc) {
+  gc();
+  gc();
+  const { rss, heapUsed } = process.memoryUsage();
+  return { fds: bench.fdCount(), rss, heap: heapUsed };
+}
+
+/** An emulated (TCG) guest runs JIT-compiled JS far slower relative to syscalls than hardware does. */
+function emulatedCpu() {
+  try {
+    return /QEMU TCG CPU/.test(fs.readFileSync('/proc/cpuinfo', 'utf8'));
+  } catch {
+    return false;
+  }
 }
 
 function main() {
@@ -147,7 +173,7 @@ function main() {
       process.exit(1);
     }
     buildC();
-    process.exit(runInVm(argv));
+    process.exit(runInVm(argv, opts.smp));
   }
   buildC();
   if (!fs.existsSync(path.join(root, 'build', 'Release'))) {
@@ -172,9 +198,12 @@ function main() {
   const variants = Object.keys(rigs); // Node variants available
 
   const cmdline = fs.existsSync('/proc/cmdline') ? fs.readFileSync('/proc/cmdline', 'utf8') : '';
+  const tcg = emulatedCpu();
   console.log(`linux-vhost bring-up benchmark: kernel ${os.release()}, node ${process.version}, ${inVm ? 'test VM' : 'host'}` +
-    `${/rcu_expedited=1/.test(cmdline) ? ', rcupdate.rcu_expedited=1' : ''}, pid ${pid}`);
-  console.log(`${opts.iterations} timed cycles per variant and device, in ${opts.rounds} interleaved rounds (C and Node alternating)`);
+    `${tcg ? ' (TCG, emulated CPU)' : ''}, ${os.cpus().length} CPU${/rcu_expedited=1/.test(cmdline) ? ', rcupdate.rcu_expedited=1' : ''}, pid ${pid}`);
+  const iterationsOf = (device) => opts.iterations ?? DEFAULT_ITERATIONS[device];
+  console.log(`timed cycles per variant: ${opts.devices.map((d) => `${d} ${iterationsOf(d)}`).join(', ')}, ` +
+    `in interleaved blocks of ${opts.block} (C, Node, Node, then the reverse order)`);
   if (!builderCycles) console.log('builders: not available in lib/ yet, builder rows skipped');
 
   // -- interleaved blocks: C, low-level, builder, then the reverse order next round
@@ -182,8 +211,9 @@ function main() {
   for (const device of opts.devices) {
     const order = ['c', ...variants];
     const samples = Object.fromEntries(order.map((v) => [v, []]));
-    for (let r = 0; r < opts.rounds; r++) {
-      const n = Math.floor(opts.iterations / opts.rounds) + (r < opts.iterations % opts.rounds ? 1 : 0);
+    const total = iterationsOf(device);
+    for (let r = 0, done = 0; done < total; r++, done += opts.block) {
+      const n = Math.min(opts.block, total - done);
       for (const v of r % 2 === 0 ? order : [...order].reverse()) {
         if (v === 'c') samples.c.push(...timeC(device, n, tapOf('c'), cidBase));
         else samples[v].push(...timeNode(cycles[device][v], rigs[v], n));
@@ -192,42 +222,43 @@ function main() {
     results[device] = Object.fromEntries(order.map((v) => [v, summarize(samples[v])]));
   }
 
-  console.log('\ndevice  variant      n   median µs      p90 µs   Node/C  target');
+  console.log('\ndevice  variant      n   median µs      p90 µs  Node-C µs  Node/C  target');
   for (const device of opts.devices) {
     const c = results[device].c;
     for (const [v, s] of Object.entries(results[device])) {
       let tail = '';
       if (v !== 'c') {
         const ratio = s.median / c.median;
-        tail = `   ${ratio.toFixed(2).padStart(5)}  ≤ ${TARGET[v]}  ${ratio <= TARGET[v] ? 'ok' : 'MISSED'}`;
+        tail = ` ${fmt(s.median - c.median)}   ${ratio.toFixed(2).padStart(5)}  ≤ ${TARGET[v]}  ${ratio <= TARGET[v] ? 'ok' : 'MISSED'}`;
       }
       const name = v === 'c' ? 'C' : v;
       console.log(`${device.padEnd(7)} ${name.padEnd(10)} ${String(s.n).padStart(4)}  ${fmt(s.median)}  ${fmt(s.p90)}${tail}`);
     }
   }
+  if (tcg) console.log('note: under TCG, JS and N-API code is slowed ~3x more than syscalls are, so Node/C overstates the overhead (bench/README.md)');
 
   // -- leak check: N cycles per Node variant, fds and RSS before and after
   let leaked = false;
   if (opts.cycles > 0) {
-    console.log(`\n${opts.cycles} bring-up/teardown cycles per Node variant (after 50 warm-up cycles and a GC):`);
+    console.log(`\n${opts.cycles} bring-up/teardown cycles per Node variant (after 50 warm-up cycles; measured after a full GC):`);
     for (const device of opts.devices) {
       for (const v of variants) {
         const cycle = cycles[device][v];
         for (let i = 0; i < 50; i++) cycle(rigs[v]);
-        gc();
-        const before = { fds: bench.fdCount(), rss: rss() };
+        const before = footprint(bench, gc);
         const t0 = process.hrtime.bigint();
         for (let i = 0; i < opts.cycles; i++) cycle(rigs[v]);
         const secs = Number(process.hrtime.bigint() - t0) / 1e9;
-        gc();
-        const after = { fds: bench.fdCount(), rss: rss() };
+        const after = footprint(bench, gc);
         const dFds = after.fds - before.fds;
         const dRss = after.rss - before.rss;
-        const flat = dFds === 0 && dRss <= RSS_SLACK_BYTES;
+        const dHeap = after.heap - before.heap;
+        const flat = dFds === 0 && dRss <= RSS_SLACK_BYTES && dHeap <= HEAP_SLACK_BYTES;
         if (!flat) leaked = true;
         const mib = (b) => (b / 1048576).toFixed(1);
+        const kib = (b) => `${b >= 0 ? '+' : ''}${(b / 1024).toFixed(0)} KiB`;
         console.log(`${device.padEnd(7)} ${v.padEnd(10)} fds ${before.fds} → ${after.fds} (Δ ${dFds}), ` +
-          `RSS ${mib(before.rss)} → ${mib(after.rss)} MiB (Δ ${dRss >= 0 ? '+' : ''}${(dRss / 1024).toFixed(0)} KiB), ` +
+          `RSS ${mib(before.rss)} → ${mib(after.rss)} MiB (Δ ${kib(dRss)}), heap Δ ${kib(dHeap)}, ` +
           `${secs.toFixed(1)} s: ${flat ? 'flat' : 'NOT FLAT'}`);
       }
     }
@@ -235,7 +266,7 @@ function main() {
 
   for (const rig of Object.values(rigs)) rig.mem.close();
   if (leaked) {
-    console.error(`bench: fds or RSS grew over the cycles (RSS slack ${RSS_SLACK_BYTES / 1048576} MiB)`);
+    console.error(`bench: fds, RSS or heap grew over the cycles (slack: RSS ${RSS_SLACK_BYTES / 1048576} MiB, heap ${HEAP_SLACK_BYTES / 1024} KiB)`);
     process.exit(1);
   }
 }

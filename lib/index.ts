@@ -24,3 +24,6 @@ export * from './netns';
 export * from './bridge';
 export * from './macvtap';
 export * from './virtio-net-config';
+export * from './virtqueue';
+export * from './virtio-net-guest';
+export * from './net-responder';

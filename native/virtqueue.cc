@@ -1,8 +1,415 @@
-// Placeholder so the addon builds; filled in by the module's owner.
+// Split-ring virtqueue driver (the guest's side of virtio 1.x, section 2.7)
+// over memory this process owns. vhost reads the rings from another thread
+// (its kernel worker), so the hot path lives here with real atomics:
+//   - descriptors and avail ring entries are written first, then avail->idx
+//     with a release store;
+//   - used->idx is read with an acquire load before the used entries;
+//   - before reading the device's notification hints (used->flags or
+//     avail_event) there is a full barrier, as the spec's "driver
+//     notifications" section asks (the device does the mirror image).
+// One call posts or collects a whole batch, so a JS call moves many buffers.
+//
+// Memory: the rings and every buffer lie in one mapping, given as its
+// external ArrayBuffer. Holding a reference to the buffer keeps the pages
+// mapped; an explicit unmap (GuestMemory.close) detaches the buffer first,
+// and every call checks IsDetached() before touching memory, so a closed
+// GuestMemory gives ERR_VHOST_CLOSED rather than a fault. Buffers are named by
+// their offset in that mapping; descriptors carry regionGpa + offset.
+#include <endian.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
 #include "addon.h"
 
 namespace vhost {
 
-void InitVirtqueue(Napi::Env, Napi::Object) {}
+namespace {
+
+// Ring layout (little-endian, as VERSION_1 requires).
+struct VringDesc {
+  uint64_t addr;
+  uint32_t len;
+  uint16_t flags;
+  uint16_t next;
+};
+static_assert(sizeof(VringDesc) == 16, "virtq_desc is 16 bytes");
+
+constexpr uint16_t kDescNext = 1;      // VRING_DESC_F_NEXT
+constexpr uint16_t kDescWrite = 2;     // VRING_DESC_F_WRITE
+constexpr uint16_t kDescIndirect = 4;  // VRING_DESC_F_INDIRECT
+constexpr uint16_t kAvailNoInterrupt = 1;  // VRING_AVAIL_F_NO_INTERRUPT
+constexpr uint16_t kUsedNoNotify = 1;      // VRING_USED_F_NO_NOTIFY
+
+// Segment flags in the post() argument (not ring flags).
+constexpr uint32_t kSegWritable = 1;
+constexpr uint32_t kSegEnd = 2;
+
+constexpr const char kClass[] = "Virtqueue";
+
+// virtio spec 2.7.10: does moving the index from old to next cross event?
+inline bool NeedEvent(uint16_t event, uint16_t next, uint16_t old) {
+  return static_cast<uint16_t>(next - event - 1) < static_cast<uint16_t>(next - old);
+}
+
+inline uint16_t LoadAcquire16(const uint16_t* p) { return le16toh(__atomic_load_n(p, __ATOMIC_ACQUIRE)); }
+inline uint16_t Load16(const uint16_t* p) { return le16toh(__atomic_load_n(p, __ATOMIC_RELAXED)); }
+inline void StoreRelease16(uint16_t* p, uint16_t v) { __atomic_store_n(p, htole16(v), __ATOMIC_RELEASE); }
+inline void Store16(uint16_t* p, uint16_t v) { __atomic_store_n(p, htole16(v), __ATOMIC_RELAXED); }
+
+class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, kClass,
+                       {InstanceMethod<&Virtqueue::Post>("post"),
+                        InstanceMethod<&Virtqueue::Collect>("collect"),
+                        InstanceMethod<&Virtqueue::Notify>("notify"),
+                        InstanceMethod<&Virtqueue::EnableCallbacks>("enableCallbacks"),
+                        InstanceMethod<&Virtqueue::DisableCallbacks>("disableCallbacks"),
+                        InstanceMethod<&Virtqueue::Close>("close"),
+                        InstanceAccessor<&Virtqueue::GetSize>("size"),
+                        InstanceAccessor<&Virtqueue::GetNumFree>("numFree"),
+                        InstanceAccessor<&Virtqueue::GetAvailIdx>("availIdx"),
+                        InstanceAccessor<&Virtqueue::GetLastUsedIdx>("lastUsedIdx"),
+                        InstanceAccessor<&Virtqueue::GetKicks>("kicks"),
+                        InstanceAccessor<&Virtqueue::GetKicksSuppressed>("kicksSuppressed"),
+                        InstanceAccessor<&Virtqueue::GetClosed>("closed")});
+  }
+
+  // new Virtqueue(buffer, regionGpa, { size, desc, avail, used, eventIdx, indirect }, kick)
+  // desc/avail/used are byte offsets in buffer; validated here (TS checks first).
+  explicit Virtqueue(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Virtqueue>(info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsArrayBuffer()) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "virtqueueCreate: buffer must be an ArrayBuffer");
+    Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
+    if (buffer.IsDetached()) throw ClosedError(env, "virtqueueCreate", "guest memory");
+    regionGpa_ = U64Arg(info[1], "regionGpa");
+    if (!info[2].IsObject()) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "virtqueueCreate: layout must be an object");
+    Napi::Object layout = info[2].As<Napi::Object>();
+    uint64_t size = U64Field(layout, "size");
+    uint64_t desc = U64Field(layout, "desc");
+    uint64_t avail = U64Field(layout, "avail");
+    uint64_t used = U64Field(layout, "used");
+    eventIdx_ = layout.Get("eventIdx").ToBoolean().Value();
+    indirect_ = layout.Get("indirect").ToBoolean().Value();
+    if (size == 0 || size > 32768 || (size & (size - 1)) != 0)
+      throw CodeError(env, "ERR_VHOST_INVALID_ARG", "virtqueueCreate: size must be a power of two in 1..32768");
+    size_ = static_cast<uint32_t>(size);
+    length_ = buffer.ByteLength();
+    // desc table (+ one indirect table per descriptor when enabled), avail and used rings.
+    uint64_t descBytes = 16 * size * (indirect_ ? 1 + kIndirectMax : 1);
+    if (desc % 16 || avail % 2 || used % 4) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "virtqueueCreate: misaligned ring");
+    if (!Inside(desc, descBytes) || !Inside(avail, 6 + 2 * size) || !Inside(used, 6 + 8 * size))
+      throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "virtqueueCreate: ring does not fit in the memory region");
+    descOff_ = desc;
+    availOff_ = avail;
+    usedOff_ = used;
+    buffer_ = Napi::Persistent(buffer);
+    if (!info[3].IsNull() && !info[3].IsUndefined()) {
+      FdOf(info[3], "virtqueueCreate");  // validates: an open OwnedFd
+      kick_ = Napi::Persistent(info[3].As<Napi::Object>());
+    }
+    // Free list: every descriptor, chained through next_ (a driver-side copy,
+    // so a misbehaving device cannot corrupt it through the shared table).
+    next_.resize(size_);
+    chainLen_.assign(size_, 0);
+    for (uint32_t i = 0; i < size_; i++) next_[i] = static_cast<uint16_t>(i + 1 == size_ ? 0 : i + 1);
+    freeHead_ = 0;
+    numFree_ = size_;
+    uint8_t* base = Base(env, "virtqueueCreate");
+    // Start from a clean ring: the device reads these before the first kick.
+    std::memset(base + descOff_, 0, descBytes);
+    std::memset(base + availOff_, 0, 6 + 2 * size);
+    std::memset(base + usedOff_, 0, 6 + 8 * size);
+  }
+
+ private:
+  // Indirect tables hold up to this many descriptors (one table per ring slot).
+  static constexpr uint32_t kIndirectMax = 16;
+
+  bool Inside(uint64_t off, uint64_t len) const { return off <= length_ && len <= length_ - off; }
+
+  // The mapping's base, or ERR_VHOST_CLOSED when closed or unmapped.
+  uint8_t* Base(Napi::Env env, const char* what) {
+    if (closed_ || buffer_.IsEmpty()) throw ClosedError(env, std::string("Virtqueue.") + what, "virtqueue");
+    Napi::ArrayBuffer buffer = buffer_.Value();
+    if (buffer.IsDetached() || buffer.ByteLength() != length_)
+      throw ClosedError(env, std::string("Virtqueue.") + what, "guest memory");
+    return static_cast<uint8_t*>(buffer.Data());
+  }
+
+  VringDesc* Desc(uint8_t* base) { return reinterpret_cast<VringDesc*>(base + descOff_); }
+  VringDesc* IndirectTable(uint8_t* base, uint16_t head) {
+    return reinterpret_cast<VringDesc*>(base + descOff_ + 16 * size_ + 16 * kIndirectMax * static_cast<uint64_t>(head));
+  }
+  uint16_t* AvailFlags(uint8_t* base) { return reinterpret_cast<uint16_t*>(base + availOff_); }
+  uint16_t* AvailIdx(uint8_t* base) { return reinterpret_cast<uint16_t*>(base + availOff_ + 2); }
+  uint16_t* AvailRing(uint8_t* base) { return reinterpret_cast<uint16_t*>(base + availOff_ + 4); }
+  uint16_t* UsedEvent(uint8_t* base) { return reinterpret_cast<uint16_t*>(base + availOff_ + 4 + 2 * size_); }
+  uint16_t* UsedFlags(uint8_t* base) { return reinterpret_cast<uint16_t*>(base + usedOff_); }
+  uint16_t* UsedIdx(uint8_t* base) { return reinterpret_cast<uint16_t*>(base + usedOff_ + 2); }
+  uint8_t* UsedRing(uint8_t* base) { return base + usedOff_ + 4; }
+  uint16_t* AvailEvent(uint8_t* base) { return reinterpret_cast<uint16_t*>(base + usedOff_ + 4 + 8 * size_); }
+
+  static Napi::Uint32Array U32ArrayArg(const Napi::Value& v, const char* name) {
+    if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array)
+      throw CodeError(v.Env(), "ERR_VHOST_INVALID_ARG", std::string(name) + " must be a Uint32Array");
+    return v.As<Napi::Uint32Array>();
+  }
+
+  // post(segs, nsegs, heads, notify): segs holds nsegs triples
+  // (offset, len, flags: 1 writable, 2 last of its chain). Posts whole chains
+  // in order until one does not fit; heads[i] gets the head descriptor of
+  // chain i. Publishes them with one release store of avail->idx, then
+  // notifies the device if notify is true and the device asks for it.
+  // Returns the number of chains posted.
+  Napi::Value Post(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Uint32Array segs = U32ArrayArg(info[0], "segs");
+    uint32_t nsegs = U32Arg(info[1], "nsegs");
+    Napi::Uint32Array heads = U32ArrayArg(info[2], "heads");
+    bool notify = info[3].ToBoolean().Value();
+    if (static_cast<uint64_t>(nsegs) * 3 > segs.ElementLength())
+      throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "nsegs is larger than segs holds");
+    const uint32_t* s = segs.Data();
+    // Validate every segment before writing anything.
+    uint32_t chains = 0, inChain = 0;
+    for (uint32_t i = 0; i < nsegs; i++) {
+      uint32_t off = s[3 * i], len = s[3 * i + 1], flags = s[3 * i + 2];
+      if (len == 0 || !Inside(off, len))
+        throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "segment " + std::to_string(i) + " is empty or outside the memory region");
+      if (flags & ~(kSegWritable | kSegEnd)) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "segment flags must be 1 (writable) | 2 (end)");
+      inChain++;
+      if (flags & kSegEnd) {
+        if (inChain > size_ && !(indirect_ && inChain <= kIndirectMax))
+          throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "a chain is longer than the queue size");
+        chains++;
+        inChain = 0;
+      }
+    }
+    if (inChain != 0) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "the last segment must end its chain (flag 2)");
+    if (heads.ElementLength() < chains) throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "heads is shorter than the number of chains");
+    uint8_t* base = Base(env, "post");
+    uint32_t* headsOut = heads.Data();
+
+    VringDesc* desc = Desc(base);
+    uint16_t* ring = AvailRing(base);
+    uint16_t avail = availIdx_;
+    uint32_t posted = 0;
+    uint32_t i = 0;
+    while (i < nsegs) {
+      uint32_t n = 0;
+      while (!(s[3 * (i + n) + 2] & kSegEnd)) n++;
+      n++;
+      bool useIndirect = indirect_ && n > 1 && n <= kIndirectMax;
+      uint32_t need = useIndirect ? 1 : n;
+      if (need > numFree_) break;
+      uint16_t head = freeHead_;
+      if (useIndirect) {
+        VringDesc* table = IndirectTable(base, head);
+        for (uint32_t k = 0; k < n; k++) {
+          const uint32_t* seg = s + 3 * (i + k);
+          table[k].addr = htole64(regionGpa_ + seg[0]);
+          table[k].len = htole32(seg[1]);
+          table[k].flags = htole16(static_cast<uint16_t>(((seg[2] & kSegWritable) ? kDescWrite : 0) | (k + 1 < n ? kDescNext : 0)));
+          table[k].next = htole16(static_cast<uint16_t>(k + 1 < n ? k + 1 : 0));
+        }
+        uint64_t tableOff = reinterpret_cast<uint8_t*>(table) - base;
+        desc[head].addr = htole64(regionGpa_ + tableOff);
+        desc[head].len = htole32(16 * n);
+        desc[head].flags = htole16(kDescIndirect);
+        desc[head].next = 0;
+        freeHead_ = next_[head];
+      } else {
+        uint16_t d = head;
+        for (uint32_t k = 0; k < n; k++) {
+          const uint32_t* seg = s + 3 * (i + k);
+          desc[d].addr = htole64(regionGpa_ + seg[0]);
+          desc[d].len = htole32(seg[1]);
+          uint16_t nxt = next_[d];
+          desc[d].flags = htole16(static_cast<uint16_t>(((seg[2] & kSegWritable) ? kDescWrite : 0) | (k + 1 < n ? kDescNext : 0)));
+          desc[d].next = htole16(nxt);
+          if (k + 1 == n) freeHead_ = nxt;
+          d = nxt;
+        }
+      }
+      numFree_ -= need;
+      chainLen_[head] = static_cast<uint16_t>(need);
+      ring[avail & (size_ - 1)] = htole16(head);
+      avail++;
+      headsOut[posted++] = head;
+      i += n;
+    }
+    if (posted > 0) {
+      // Everything above becomes visible before the device sees the new index.
+      StoreRelease16(AvailIdx(base), avail);
+      availIdx_ = avail;
+      pendingSinceKick_ += posted;
+      if (notify) NotifyNow(env, base);
+    }
+    return Napi::Number::New(env, posted);
+  }
+
+  // Kick the device if it asked for it (spec 2.7.13.4). A full barrier first:
+  // our avail->idx store must be visible before we read its suppression hint,
+  // or both sides could wait for each other.
+  bool NotifyNow(Napi::Env env, uint8_t* base) {
+    if (pendingSinceKick_ == 0) return false;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    uint16_t newIdx = availIdx_;
+    uint16_t oldIdx = static_cast<uint16_t>(newIdx - pendingSinceKick_);
+    bool wanted = eventIdx_ ? NeedEvent(Load16(AvailEvent(base)), newIdx, oldIdx) || pendingSinceKick_ >= 65536
+                            : !(Load16(UsedFlags(base)) & kUsedNoNotify);
+    pendingSinceKick_ = 0;
+    if (!wanted) {
+      kicksSuppressed_++;
+      return false;
+    }
+    if (kick_.IsEmpty()) return false;
+    int fd = FdOf(kick_.Value(), "write");
+    uint64_t one = 1;
+    ssize_t n;
+    do {
+      n = ::write(fd, &one, sizeof one);
+    } while (n < 0 && errno == EINTR);
+    // EAGAIN: the counter is saturated, so the device has a kick pending anyway.
+    if (n < 0 && errno != EAGAIN) throw ErrnoError(env, errno, "write", PathOf(kick_.Value()));
+    kicks_++;
+    return true;
+  }
+
+  Napi::Value Notify(const Napi::CallbackInfo& info) {
+    uint8_t* base = Base(info.Env(), "notify");
+    return Napi::Boolean::New(info.Env(), NotifyNow(info.Env(), base));
+  }
+
+  // collect(out, max): up to max used entries as pairs (head, len) in out;
+  // their descriptors go back to the free list. Returns the number collected.
+  Napi::Value Collect(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Uint32Array out = U32ArrayArg(info[0], "out");
+    uint32_t max = U32Arg(info[1], "max");
+    if (static_cast<uint64_t>(max) * 2 > out.ElementLength())
+      throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "max is larger than out holds (2 entries each)");
+    uint8_t* base = Base(env, "collect");
+    uint16_t usedIdx = LoadAcquire16(UsedIdx(base));  // entries below it are complete
+    uint16_t ready = static_cast<uint16_t>(usedIdx - lastUsed_);
+    if (ready > size_) throw DeviceError(env, "used->idx moved " + std::to_string(ready) + " entries past the last seen");
+    uint32_t n = ready < max ? ready : max;
+    uint32_t* o = out.Data();
+    const uint8_t* usedRing = UsedRing(base);
+    for (uint32_t k = 0; k < n; k++) {
+      const uint8_t* elem = usedRing + 8 * (lastUsed_ & (size_ - 1));
+      uint32_t id, len;
+      std::memcpy(&id, elem, 4);
+      std::memcpy(&len, elem + 4, 4);
+      id = le32toh(id);
+      len = le32toh(len);
+      if (id >= size_ || chainLen_[id] == 0) throw DeviceError(env, "used id " + std::to_string(id) + " is not a buffer in flight");
+      // Return the chain to the free list, following our own copy of next.
+      uint16_t count = chainLen_[id];
+      uint16_t last = static_cast<uint16_t>(id);
+      for (uint16_t c = 1; c < count; c++) last = next_[last];
+      next_[last] = freeHead_;
+      freeHead_ = static_cast<uint16_t>(id);
+      numFree_ += count;
+      chainLen_[id] = 0;
+      o[2 * k] = id;
+      o[2 * k + 1] = len;
+      lastUsed_++;
+    }
+    if (n > 0 && callbacksOn_ && eventIdx_) Store16(UsedEvent(base), lastUsed_);
+    return Napi::Number::New(env, n);
+  }
+
+  // enableCallbacks(delayed): ask the device to signal the call eventfd at the
+  // next used entry (or, delayed, when about 3/4 of the buffers in flight are
+  // used). Returns true when entries are already waiting (collect now: the
+  // device may have added them before it saw the request).
+  Napi::Value EnableCallbacks(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    bool delayed = info[0].ToBoolean().Value();
+    uint8_t* base = Base(env, "enableCallbacks");
+    callbacksOn_ = true;
+    uint16_t inFlight = static_cast<uint16_t>(availIdx_ - lastUsed_);
+    uint16_t event = delayed ? static_cast<uint16_t>(lastUsed_ + inFlight * 3 / 4) : lastUsed_;
+    if (eventIdx_) Store16(UsedEvent(base), event);
+    else Store16(AvailFlags(base), 0);
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);  // publish the request before re-reading used->idx
+    uint16_t usedIdx = LoadAcquire16(UsedIdx(base));
+    bool pending = delayed ? static_cast<uint16_t>(usedIdx - lastUsed_) > static_cast<uint16_t>(event - lastUsed_)
+                           : usedIdx != lastUsed_;
+    return Napi::Boolean::New(env, pending);
+  }
+
+  // disableCallbacks(): a hint only; the device may still signal. With
+  // EVENT_IDX the used_event is put half the index space away.
+  void DisableCallbacks(const Napi::CallbackInfo& info) {
+    uint8_t* base = Base(info.Env(), "disableCallbacks");
+    callbacksOn_ = false;
+    if (eventIdx_) Store16(UsedEvent(base), static_cast<uint16_t>(lastUsed_ + 0x8000));
+    else Store16(AvailFlags(base), kAvailNoInterrupt);
+  }
+
+  Napi::Error DeviceError(Napi::Env env, const std::string& what) {
+    return CodeError(env, "ERR_VHOST_DEVICE", "the device broke the ring protocol: " + what);
+  }
+
+  // Drops the references (the mapping may be unmapped now); idempotent.
+  void Close(const Napi::CallbackInfo&) {
+    closed_ = true;
+    buffer_.Reset();
+    kick_.Reset();
+  }
+
+  Napi::Value GetSize(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), size_); }
+  Napi::Value GetNumFree(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), numFree_); }
+  Napi::Value GetAvailIdx(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), availIdx_); }
+  Napi::Value GetLastUsedIdx(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), lastUsed_); }
+  Napi::Value GetKicks(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), static_cast<double>(kicks_)); }
+  Napi::Value GetKicksSuppressed(const Napi::CallbackInfo& info) {
+    return Napi::Number::New(info.Env(), static_cast<double>(kicksSuppressed_));
+  }
+  Napi::Value GetClosed(const Napi::CallbackInfo& info) { return Napi::Boolean::New(info.Env(), closed_); }
+
+  Napi::Reference<Napi::ArrayBuffer> buffer_;
+  Napi::ObjectReference kick_;
+  size_t length_ = 0;
+  uint64_t regionGpa_ = 0;
+  uint64_t descOff_ = 0, availOff_ = 0, usedOff_ = 0;
+  uint32_t size_ = 0;
+  bool eventIdx_ = false;
+  bool indirect_ = false;
+  bool callbacksOn_ = true;
+  bool closed_ = false;
+  std::vector<uint16_t> next_;      // driver's copy of each descriptor's next
+  std::vector<uint16_t> chainLen_;  // descriptors held by each head in flight (0: free)
+  uint16_t freeHead_ = 0;
+  uint32_t numFree_ = 0;
+  uint16_t availIdx_ = 0;  // shadow of avail->idx
+  uint16_t lastUsed_ = 0;  // next used entry to read
+  uint32_t pendingSinceKick_ = 0;
+  uint64_t kicks_ = 0;
+  uint64_t kicksSuppressed_ = 0;
+};
+
+}  // namespace
+
+void InitVirtqueue(Napi::Env env, Napi::Object exports) {
+  Napi::Function ctor = Virtqueue::Define(env);
+  // The class is reachable only through this factory (not exported itself).
+  Napi::FunctionReference* ref = new Napi::FunctionReference(Napi::Persistent(ctor));
+  env.AddCleanupHook([ref]() { delete ref; });
+  exports.Set("virtqueueCreate", Napi::Function::New(
+                                     env,
+                                     [ref](const Napi::CallbackInfo& info) -> Napi::Value {
+                                       return ref->New({info[0], info[1], info[2], info[3]});
+                                     },
+                                     "virtqueueCreate"));
+}
 
 }  // namespace vhost

@@ -41,6 +41,9 @@ Napi::Object WrapFd(Napi::Env env, int fd, const std::string& path);
 int FdOf(const Napi::Value& handle, const std::string& syscall);
 // The path an OwnedFd was opened with (for error messages).
 std::string PathOf(const Napi::Value& handle);
+// ioctl(2) on an OwnedFd, retried on EINTR. On failure throws an ErrnoError
+// with syscall "ioctl(<name>)" and the handle's path. Returns the result.
+int IoctlOn(const Napi::Value& handle, unsigned long request, void* arg, const char* name);
 // An fd argument: an OwnedFd, a raw fd number >= 0, or null/undefined/-1 for
 // "none" (-1). A closed OwnedFd throws ERR_VHOST_CLOSED.
 int FdArg(const Napi::Value& value, const std::string& syscall);

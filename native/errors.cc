@@ -2,6 +2,9 @@
 // errno name, lowercase description, the syscall and the path.
 #include <uv.h>
 
+#include <cctype>
+#include <cstring>
+
 #include "addon.h"
 
 namespace vhost {
@@ -15,10 +18,27 @@ static Napi::Error MakeError(Napi::Env env, const std::string& message) {
   return Napi::Error::New(env, message);
 }
 
+// libuv names only the errnos it knows ("Unknown system error -77" for
+// EBADFD, which a deleted tap gives); fall back to glibc's name for the rest.
+static bool UvKnows(int err) { return std::strncmp(uv_err_name(-err), "Unknown", 7) != 0; }
+
+static std::string ErrnoName(int err) {
+  if (UvKnows(err)) return uv_err_name(-err);
+  const char* name = strerrorname_np(err);
+  return name != nullptr ? name : uv_err_name(-err);
+}
+
+static std::string ErrnoDescription(int err) {
+  if (UvKnows(err)) return uv_strerror(-err);
+  std::string text = std::strerror(err);
+  if (!text.empty()) text[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(text[0])));
+  return text;
+}
+
 Napi::Error ErrnoError(Napi::Env env, int err, const std::string& syscall,
                        const std::string& path) {
-  const char* code = uv_err_name(-err);
-  std::string message = std::string(code) + ": " + uv_strerror(-err) + ", " + syscall;
+  std::string code = ErrnoName(err);
+  std::string message = code + ": " + ErrnoDescription(err) + ", " + syscall;
   if (!path.empty()) message += " '" + path + "'";
   Napi::Error error = MakeError(env, message);
   Napi::Object obj = error.Value();

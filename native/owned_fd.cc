@@ -4,6 +4,7 @@
 // Optionally watches the fd with uv_poll on the env's own loop.
 #include <uv.h>
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -165,6 +166,17 @@ int FdOf(const Napi::Value& handle, const std::string& syscall) {
 std::string PathOf(const Napi::Value& handle) {
   OwnedFd* owned = Unwrap(handle);
   return owned == nullptr ? std::string() : owned->path();
+}
+
+int IoctlOn(const Napi::Value& handle, unsigned long request, void* arg, const char* name) {
+  std::string syscall = std::string("ioctl(") + name + ")";
+  int fd = FdOf(handle, syscall);
+  int rc;
+  do {
+    rc = ::ioctl(fd, request, arg);
+  } while (rc < 0 && errno == EINTR);
+  if (rc < 0) throw ErrnoError(handle.Env(), errno, syscall, PathOf(handle));
+  return rc;
 }
 
 int FdArg(const Napi::Value& value, const std::string& syscall) {

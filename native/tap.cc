@@ -62,19 +62,16 @@ static Napi::Value TapOpen(const Napi::CallbackInfo& info) {
 }
 
 static Napi::Value TapGetFeatures(const Napi::CallbackInfo& info) {
-  int fd = FdOf(info[0], "ioctl(TUNGETFEATURES)");
   unsigned int features = 0;
-  if (::ioctl(fd, TUNGETFEATURES, &features) < 0)
-    throw ErrnoError(info.Env(), errno, "ioctl(TUNGETFEATURES)", PathOf(info[0]));
+  IoctlOn(info[0], TUNGETFEATURES, &features, "TUNGETFEATURES");
   return Napi::Number::New(info.Env(), features);
 }
 
 static Napi::Value TapGetIff(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = FdOf(info[0], "ioctl(TUNGETIFF)");
   struct ifreq ifr;
   std::memset(&ifr, 0, sizeof ifr);
-  if (::ioctl(fd, TUNGETIFF, &ifr) < 0) throw ErrnoError(env, errno, "ioctl(TUNGETIFF)", PathOf(info[0]));
+  IoctlOn(info[0], TUNGETIFF, &ifr, "TUNGETIFF");
   Napi::Object result = Napi::Object::New(env);
   result.Set("name", std::string(ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ)));
   result.Set("flags", Napi::Number::New(env, static_cast<unsigned short>(ifr.ifr_flags)));
@@ -82,61 +79,53 @@ static Napi::Value TapGetIff(const Napi::CallbackInfo& info) {
 }
 
 // Ioctls whose argument is a pointer to an int the kernel reads or writes.
-static void SetIntIoctl(const Napi::CallbackInfo& info, unsigned long request, const char* syscall,
+static void SetIntIoctl(const Napi::CallbackInfo& info, unsigned long request, const char* name,
                         int value) {
-  int fd = FdOf(info[0], syscall);
-  if (::ioctl(fd, request, &value) < 0) throw ErrnoError(info.Env(), errno, syscall, PathOf(info[0]));
+  IoctlOn(info[0], request, &value, name);
 }
 
-static Napi::Value GetIntIoctl(const Napi::CallbackInfo& info, unsigned long request, const char* syscall) {
-  int fd = FdOf(info[0], syscall);
+static Napi::Value GetIntIoctl(const Napi::CallbackInfo& info, unsigned long request, const char* name) {
   int value = 0;
-  if (::ioctl(fd, request, &value) < 0) throw ErrnoError(info.Env(), errno, syscall, PathOf(info[0]));
+  IoctlOn(info[0], request, &value, name);
   return Napi::Number::New(info.Env(), value);
 }
 
 static void TapSetVnetHdrSize(const Napi::CallbackInfo& info) {
-  SetIntIoctl(info, TUNSETVNETHDRSZ, "ioctl(TUNSETVNETHDRSZ)", IntArg(info[1], "size", INT_MIN, INT_MAX));
+  SetIntIoctl(info, TUNSETVNETHDRSZ, "TUNSETVNETHDRSZ", IntArg(info[1], "size", INT_MIN, INT_MAX));
 }
 
 static Napi::Value TapGetVnetHdrSize(const Napi::CallbackInfo& info) {
-  return GetIntIoctl(info, TUNGETVNETHDRSZ, "ioctl(TUNGETVNETHDRSZ)");
+  return GetIntIoctl(info, TUNGETVNETHDRSZ, "TUNGETVNETHDRSZ");
 }
 
 static void TapSetSndbuf(const Napi::CallbackInfo& info) {
-  SetIntIoctl(info, TUNSETSNDBUF, "ioctl(TUNSETSNDBUF)", IntArg(info[1], "size", INT_MIN, INT_MAX));
+  SetIntIoctl(info, TUNSETSNDBUF, "TUNSETSNDBUF", IntArg(info[1], "size", INT_MIN, INT_MAX));
 }
 
 static Napi::Value TapGetSndbuf(const Napi::CallbackInfo& info) {
-  return GetIntIoctl(info, TUNGETSNDBUF, "ioctl(TUNGETSNDBUF)");
+  return GetIntIoctl(info, TUNGETSNDBUF, "TUNGETSNDBUF");
 }
 
 // TUNSETOFFLOAD and TUNSETPERSIST take their value as the ioctl argument itself.
 static void TapSetOffload(const Napi::CallbackInfo& info) {
-  const char* syscall = "ioctl(TUNSETOFFLOAD)";
-  int fd = FdOf(info[0], syscall);
-  unsigned long flags = U32Arg(info[1], "flags");
-  if (::ioctl(fd, TUNSETOFFLOAD, flags) < 0) throw ErrnoError(info.Env(), errno, syscall, PathOf(info[0]));
+  uintptr_t flags = U32Arg(info[1], "flags");
+  IoctlOn(info[0], TUNSETOFFLOAD, reinterpret_cast<void*>(flags), "TUNSETOFFLOAD");
 }
 
 static void TapSetPersist(const Napi::CallbackInfo& info) {
-  const char* syscall = "ioctl(TUNSETPERSIST)";
-  int fd = FdOf(info[0], syscall);
   if (!info[1].IsBoolean())
     throw CodeError(info.Env(), "ERR_VHOST_INVALID_ARG", "persist must be a boolean");
-  unsigned long on = info[1].As<Napi::Boolean>().Value() ? 1 : 0;
-  if (::ioctl(fd, TUNSETPERSIST, on) < 0) throw ErrnoError(info.Env(), errno, syscall, PathOf(info[0]));
+  uintptr_t on = info[1].As<Napi::Boolean>().Value() ? 1 : 0;
+  IoctlOn(info[0], TUNSETPERSIST, reinterpret_cast<void*>(on), "TUNSETPERSIST");
 }
 
 static void TapSetQueue(const Napi::CallbackInfo& info) {
-  const char* syscall = "ioctl(TUNSETQUEUE)";
-  int fd = FdOf(info[0], syscall);
   if (!info[1].IsBoolean())
     throw CodeError(info.Env(), "ERR_VHOST_INVALID_ARG", "attach must be a boolean");
   struct ifreq ifr;
   std::memset(&ifr, 0, sizeof ifr);
   ifr.ifr_flags = info[1].As<Napi::Boolean>().Value() ? IFF_ATTACH_QUEUE : IFF_DETACH_QUEUE;
-  if (::ioctl(fd, TUNSETQUEUE, &ifr) < 0) throw ErrnoError(info.Env(), errno, syscall, PathOf(info[0]));
+  IoctlOn(info[0], TUNSETQUEUE, &ifr, "TUNSETQUEUE");
 }
 
 void InitTap(Napi::Env env, Napi::Object exports) {

@@ -19,17 +19,6 @@ namespace vhost {
 
 namespace {
 
-// ioctl with EINTR retried, throwing a Node-style error on failure.
-void Ioctl(const Napi::Value& dev, unsigned long request, void* arg, const char* name) {
-  std::string syscall = std::string("ioctl(") + name + ")";
-  int fd = FdOf(dev, syscall);
-  int rc;
-  do {
-    rc = ::ioctl(fd, request, arg);
-  } while (rc < 0 && errno == EINTR);
-  if (rc < 0) throw ErrnoError(dev.Env(), errno, syscall, PathOf(dev));
-}
-
 void CheckArgs(const Napi::CallbackInfo& info, size_t count) {
   if (info.Length() < count)
     throw CodeError(info.Env(), "ERR_VHOST_INVALID_ARG",
@@ -42,7 +31,7 @@ void SetVringState(const Napi::CallbackInfo& info, unsigned long request, const 
   vhost_vring_state s{};
   s.index = U32Arg(info[1], "index");
   s.num = U32Arg(info[2], "num");
-  Ioctl(info[0], request, &s, name);
+  IoctlOn(info[0], request, &s, name);
 }
 
 // struct vhost_vring_state {index} in; num out.
@@ -50,7 +39,7 @@ Napi::Value GetVringState(const Napi::CallbackInfo& info, unsigned long request,
   CheckArgs(info, 2);
   vhost_vring_state s{};
   s.index = U32Arg(info[1], "index");
-  Ioctl(info[0], request, &s, name);
+  IoctlOn(info[0], request, &s, name);
   return Napi::Number::New(info.Env(), s.num);
 }
 
@@ -60,25 +49,25 @@ void SetVringFile(const Napi::CallbackInfo& info, unsigned long request, const c
   vhost_vring_file f{};
   f.index = U32Arg(info[1], "index");
   f.fd = FdArg(info[2], std::string("ioctl(") + name + ")");
-  Ioctl(info[0], request, &f, name);
+  IoctlOn(info[0], request, &f, name);
 }
 
 void SetU64(const Napi::CallbackInfo& info, unsigned long request, const char* name, const char* arg) {
   CheckArgs(info, 2);
   uint64_t v = U64Arg(info[1], arg);
-  Ioctl(info[0], request, &v, name);
+  IoctlOn(info[0], request, &v, name);
 }
 
 Napi::Value GetU64(const Napi::CallbackInfo& info, unsigned long request, const char* name) {
   CheckArgs(info, 1);
   uint64_t v = 0;
-  Ioctl(info[0], request, &v, name);
+  IoctlOn(info[0], request, &v, name);
   return Napi::BigInt::New(info.Env(), v);
 }
 
 void SetOwner(const Napi::CallbackInfo& info) {
   CheckArgs(info, 1);
-  Ioctl(info[0], VHOST_SET_OWNER, nullptr, "VHOST_SET_OWNER");
+  IoctlOn(info[0], VHOST_SET_OWNER, nullptr, "VHOST_SET_OWNER");
 }
 
 // VHOST_RESET_OWNER takes no argument, but a device that does not implement
@@ -88,7 +77,7 @@ void SetOwner(const Napi::CallbackInfo& info) {
 void ResetOwner(const Napi::CallbackInfo& info) {
   CheckArgs(info, 1);
   vhost_vring_state unused{};
-  Ioctl(info[0], VHOST_RESET_OWNER, &unused, "VHOST_RESET_OWNER");
+  IoctlOn(info[0], VHOST_RESET_OWNER, &unused, "VHOST_RESET_OWNER");
 }
 
 Napi::Value GetFeatures(const Napi::CallbackInfo& info) {
@@ -128,7 +117,7 @@ void SetMemTable(const Napi::CallbackInfo& info) {
     mem->regions[i].memory_size = U64Field(region, "memorySize");
     mem->regions[i].userspace_addr = U64Field(region, "userspaceAddr");
   }
-  Ioctl(info[0], VHOST_SET_MEM_TABLE, mem, "VHOST_SET_MEM_TABLE");
+  IoctlOn(info[0], VHOST_SET_MEM_TABLE, mem, "VHOST_SET_MEM_TABLE");
 }
 
 void SetLogBase(const Napi::CallbackInfo& info) {
@@ -138,7 +127,7 @@ void SetLogBase(const Napi::CallbackInfo& info) {
 void SetLogFd(const Napi::CallbackInfo& info) {
   CheckArgs(info, 2);
   int fd = FdArg(info[1], "ioctl(VHOST_SET_LOG_FD)");
-  Ioctl(info[0], VHOST_SET_LOG_FD, &fd, "VHOST_SET_LOG_FD");
+  IoctlOn(info[0], VHOST_SET_LOG_FD, &fd, "VHOST_SET_LOG_FD");
 }
 
 void SetVringNum(const Napi::CallbackInfo& info) {
@@ -164,7 +153,7 @@ void SetVringAddr(const Napi::CallbackInfo& info) {
   a.avail_user_addr = U64Field(addr, "avail");
   a.used_user_addr = U64Field(addr, "used");
   a.log_guest_addr = U64Field(addr, "log");
-  Ioctl(info[0], VHOST_SET_VRING_ADDR, &a, "VHOST_SET_VRING_ADDR");
+  IoctlOn(info[0], VHOST_SET_VRING_ADDR, &a, "VHOST_SET_VRING_ADDR");
 }
 
 void SetVringKick(const Napi::CallbackInfo& info) {

@@ -19,16 +19,10 @@ namespace {
 Napi::Value SetBackend(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 3) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "expected 3 arguments");
-  const char* syscall = "ioctl(VHOST_NET_SET_BACKEND)";
   vhost_vring_file f{};
   f.index = U32Arg(info[1], "index");
-  f.fd = FdArg(info[2], syscall);
-  int dev = FdOf(info[0], syscall);
-  int rc;
-  do {
-    rc = ::ioctl(dev, VHOST_NET_SET_BACKEND, &f);
-  } while (rc < 0 && errno == EINTR);
-  if (rc < 0) throw ErrnoError(env, errno, syscall, PathOf(info[0]));
+  f.fd = FdArg(info[2], "ioctl(VHOST_NET_SET_BACKEND)");
+  IoctlOn(info[0], VHOST_NET_SET_BACKEND, &f, "VHOST_NET_SET_BACKEND");
   return env.Undefined();
 }
 

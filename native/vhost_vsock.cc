@@ -13,21 +13,12 @@ namespace vhost {
 
 namespace {
 
-void Ioctl(const Napi::Value& dev, unsigned long request, void* arg, const char* syscall) {
-  int fd = FdOf(dev, syscall);
-  int rc;
-  do {
-    rc = ::ioctl(fd, request, arg);
-  } while (rc < 0 && errno == EINTR);
-  if (rc < 0) throw ErrnoError(dev.Env(), errno, syscall, PathOf(dev));
-}
-
 // vhostVsockSetGuestCid(dev, cid): the kernel takes a __u64 and rejects the
 // reserved CIDs (0, 1, 2, U32_MAX) and anything above 32 bits with EINVAL.
 Napi::Value SetGuestCid(const Napi::CallbackInfo& info) {
   if (info.Length() < 2) throw CodeError(info.Env(), "ERR_VHOST_INVALID_ARG", "expected 2 arguments");
   uint64_t cid = U64Arg(info[1], "cid");
-  Ioctl(info[0], VHOST_VSOCK_SET_GUEST_CID, &cid, "ioctl(VHOST_VSOCK_SET_GUEST_CID)");
+  IoctlOn(info[0], VHOST_VSOCK_SET_GUEST_CID, &cid, "VHOST_VSOCK_SET_GUEST_CID");
   return info.Env().Undefined();
 }
 
@@ -36,7 +27,7 @@ Napi::Value SetRunning(const Napi::CallbackInfo& info) {
   if (info.Length() < 2 || !info[1].IsBoolean())
     throw CodeError(info.Env(), "ERR_VHOST_INVALID_ARG", "running must be a boolean");
   int start = info[1].As<Napi::Boolean>().Value() ? 1 : 0;
-  Ioctl(info[0], VHOST_VSOCK_SET_RUNNING, &start, "ioctl(VHOST_VSOCK_SET_RUNNING)");
+  IoctlOn(info[0], VHOST_VSOCK_SET_RUNNING, &start, "VHOST_VSOCK_SET_RUNNING");
   return info.Env().Undefined();
 }
 

@@ -9,7 +9,7 @@ import { GuestMemory } from '../../lib/memory';
 import { Tap } from '../../lib/tap';
 import { VhostNet } from '../../lib/vhost-net';
 import { VhostVsock } from '../../lib/vhost-vsock';
-import { describeKernel, thrown } from './helpers';
+import { describeKernel, thrown, waitFor, closeAfterEach } from './helpers';
 
 const { ring } = features;
 const QSIZE = 256;
@@ -18,23 +18,8 @@ const TX = 1;
 const TX_RING = { desc: 0x20000n, avail: 0x21000n, used: 0x22000n };
 const USED_PAGE = Number(TX_RING.used >> 12n);
 
-async function waitFor(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 describeKernel('dirty logging on the real kernel', ['/dev/vhost-net', '/dev/vhost-vsock', '/dev/net/tun'], () => {
-  const opened: { close(): void }[] = [];
-  function track<T extends { close(): void }>(r: T): T {
-    opened.push(r);
-    return r;
-  }
-  afterEach(() => {
-    for (const r of opened.splice(0).reverse()) r.close();
-  });
+  const track = closeAfterEach();
 
   let mem: GuestMemory;
   beforeEach(() => {

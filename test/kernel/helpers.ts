@@ -56,3 +56,27 @@ export function thrown(fn: () => unknown): Error & { code?: string; errno?: numb
   }
   throw new Error('expected a throw');
 }
+
+/** Polls cond every 5 ms until it holds; fails after ms with what was awaited. */
+export async function waitFor(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/**
+ * Call inside a describe(): returns track(), which registers a resource to be
+ * closed after each test, newest first, so a failing test leaks nothing.
+ */
+export function closeAfterEach(): <T extends { close(): void }>(resource: T) => T {
+  const opened: { close(): void }[] = [];
+  afterEach(() => {
+    for (const resource of opened.splice(0).reverse()) resource.close();
+  });
+  return (resource) => {
+    opened.push(resource);
+    return resource;
+  };
+}

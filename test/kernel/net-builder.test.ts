@@ -10,7 +10,7 @@ import { GuestMemory } from '../../lib/memory';
 import type { RunningVhostNet } from '../../lib/net-builder';
 import { Tap } from '../../lib/tap';
 import { VhostNet } from '../../lib/vhost-net';
-import { describeKernel, openFdCount, thrown } from './helpers';
+import { describeKernel, openFdCount, thrown, waitFor, closeAfterEach } from './helpers';
 
 type Err = ReturnType<typeof thrown> & { queue?: number; trace?: string[] };
 
@@ -28,23 +28,8 @@ const ringAt = (q: number) => {
   return { desc: base, avail: base + 0x1000n, used: base + 0x2000n };
 };
 
-async function waitFor(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 describeKernel('VhostNet.builder() on the real kernel', ['/dev/vhost-net', '/dev/net/tun'], () => {
-  const opened: { close(): void }[] = [];
-  function track<T extends { close(): void }>(r: T): T {
-    opened.push(r);
-    return r;
-  }
-  afterEach(() => {
-    for (const r of opened.splice(0).reverse()) r.close();
-  });
+  const track = closeAfterEach();
 
   let mem: GuestMemory;
   beforeEach(() => {

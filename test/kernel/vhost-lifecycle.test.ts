@@ -10,7 +10,7 @@ import { Tap } from '../../lib/tap';
 import type { VhostDevice } from '../../lib/vhost';
 import { VhostNet } from '../../lib/vhost-net';
 import { VhostVsock } from '../../lib/vhost-vsock';
-import { describeKernel, fdFlags, O_CLOEXEC, O_NONBLOCK, openFdCount, thrown } from './helpers';
+import { describeKernel, fdFlags, O_CLOEXEC, O_NONBLOCK, openFdCount, thrown, closeAfterEach } from './helpers';
 
 const O_ACCMODE = 3;
 const O_RDWR = 2;
@@ -35,14 +35,7 @@ function vhostWorkers(): number {
 }
 
 describeKernel('vhost device lifecycle', ['/dev/vhost-net', '/dev/vhost-vsock', '/dev/net/tun'], () => {
-  const opened: { close(): void }[] = [];
-  function track<T extends { close(): void }>(res: T): T {
-    opened.push(res);
-    return res;
-  }
-  afterEach(() => {
-    for (const res of opened.splice(0).reverse()) res.close();
-  });
+  const track = closeAfterEach();
 
   describe.each(devices)('$name', ({ path, module, open }) => {
     test('opens O_RDWR | O_CLOEXEC, blocking, and knows its path', () => {

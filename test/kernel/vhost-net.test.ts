@@ -8,7 +8,7 @@ import { GuestMemory } from '../../lib/memory';
 import { Tap } from '../../lib/tap';
 import { VhostNet } from '../../lib/vhost-net';
 import { layoutSplitRing, type SplitRingLayout } from '../../lib/vring';
-import { describeKernel, thrown } from './helpers';
+import { describeKernel, thrown, waitFor } from './helpers';
 
 const QUEUE_SIZE = 256;
 const EOPNOTSUPP = -os.constants.errno.EOPNOTSUPP;
@@ -26,14 +26,6 @@ function expectErrno(fn: () => unknown, code: string, ioctl: string): void {
 function dataView(mem: GuestMemory, gpa: bigint, length: number): DataView {
   const bytes = mem.view(gpa, length);
   return new DataView(bytes.buffer, bytes.byteOffset, length);
-}
-
-async function waitFor(what: string, cond: () => boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 // One device with owner set, 1 MiB of guest memory at gpa 0 in its memory

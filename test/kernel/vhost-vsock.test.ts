@@ -6,7 +6,7 @@ import { features } from '../../lib/features';
 import { GuestMemory } from '../../lib/memory';
 import { VhostVsock } from '../../lib/vhost-vsock';
 import { layoutSplitRing, type SplitRingLayout } from '../../lib/vring';
-import { describeKernel, thrown } from './helpers';
+import { describeKernel, thrown, closeAfterEach } from './helpers';
 
 const QUEUE_SIZE = 256;
 const EOPNOTSUPP = -os.constants.errno.EOPNOTSUPP;
@@ -21,14 +21,7 @@ let nextCid = 1000 + Math.floor(Math.random() * 100_000);
 const freshCid = (): number => nextCid++;
 
 describeKernel('vhost-vsock ioctls', ['/dev/vhost-vsock'], () => {
-  const opened: { close(): void }[] = [];
-  function track<T extends { close(): void }>(res: T): T {
-    opened.push(res);
-    return res;
-  }
-  afterEach(() => {
-    for (const res of opened.splice(0).reverse()) res.close();
-  });
+  const track = closeAfterEach();
 
   /** Opens a device with owner set, 1 MiB of guest memory and rings for both queues at `base` (+0x10000 per queue). */
   function rig(opts: { iommu?: boolean } = {}) {

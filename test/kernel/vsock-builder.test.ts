@@ -11,7 +11,7 @@ import { features } from '../../lib/features';
 import { GuestMemory } from '../../lib/memory';
 import type { RunningVhostVsock } from '../../lib/vsock-builder';
 import { VhostVsock } from '../../lib/vhost-vsock';
-import { describeKernel, openFdCount, thrown } from './helpers';
+import { describeKernel, openFdCount, thrown, closeAfterEach } from './helpers';
 
 type Err = ReturnType<typeof thrown> & { queue?: number; trace?: string[] };
 
@@ -83,14 +83,7 @@ function lines(child: ChildProcess): { next(prefix: RegExp): Promise<string> } {
 }
 
 describeKernel('VhostVsock.builder() on the real kernel', ['/dev/vhost-vsock'], () => {
-  const opened: { close(): void }[] = [];
-  function track<T extends { close(): void }>(r: T): T {
-    opened.push(r);
-    return r;
-  }
-  afterEach(() => {
-    for (const r of opened.splice(0).reverse()) r.close();
-  });
+  const track = closeAfterEach();
 
   let mem: GuestMemory;
   beforeEach(() => {

@@ -27,3 +27,4 @@ export * from './virtio-net-config';
 export * from './virtqueue';
 export * from './virtio-net-guest';
 export * from './net-responder';
+export * as vsock from './vsock';

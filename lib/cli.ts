@@ -11,8 +11,8 @@ interface Command {
   /** One line for the usage text, e.g. 'probe [--json]'. */
   synopsis: string;
   summary: string;
-  /** Returns the exit status. */
-  run(args: string[]): number;
+  /** Returns the exit status (a promise for commands that wait on I/O). */
+  run(args: string[]): number | Promise<number>;
 }
 
 /** Exit status for usage errors, as in most Unix tools. */
@@ -59,11 +59,69 @@ function vmCommand(args: string[]): number {
   return res.status ?? 1;
 }
 
+/** Exit status after SIGINT, as shells report it. */
+const EXIT_INTERRUPTED = 130;
+
+/**
+ * Runs the demo here when this process can (root, /dev/vhost-net,
+ * /dev/net/tun), else re-runs `demo` inside the test VM (never from inside it).
+ */
+function demoCommand(args: string[]): number | Promise<number> {
+  const demo = require('./demo') as typeof import('./demo');
+  const parsed = demo.parseDemoArgs(args);
+  if (typeof parsed === 'string') {
+    process.stderr.write(`linux-vhost: ${parsed}\n\n${demo.demoUsage()}`);
+    return EXIT_USAGE;
+  }
+  if (parsed.help) {
+    process.stdout.write(demo.demoUsage());
+    return 0;
+  }
+  if (!demo.canRunDemoHere()) {
+    if (process.env.LINUX_VHOST_IN_VM === '1') {
+      process.stderr.write('linux-vhost: demo: inside the test VM but not root or /dev/vhost-net or /dev/net/tun is missing\n');
+      return 1;
+    }
+    process.stderr.write('linux-vhost: demo: this host lacks root, /dev/vhost-net or /dev/net/tun: running the demo inside the test VM (scripts/vm.sh)\n');
+    return vmCommand(['--', process.execPath, __filename, 'demo', ...args]);
+  }
+  return runDemoHere(demo, parsed);
+}
+
+async function runDemoHere(demo: typeof import('./demo'), parsed: { frames?: number; frameSize?: number }): Promise<number> {
+  const controller = new AbortController();
+  // The first Ctrl-C aborts (the demo cleans up); a second one exits at once (the kernel drops the tap and device with our fds).
+  const onSigint = () => (controller.signal.aborted ? process.exit(EXIT_INTERRUPTED) : controller.abort());
+  process.on('SIGINT', onSigint);
+  process.on('SIGTERM', onSigint);
+  try {
+    const report = await demo.runDemo({ frames: parsed.frames, frameSize: parsed.frameSize, signal: controller.signal });
+    process.stdout.write(demo.formatDemoReport(report));
+    const ok = report.ping.received === report.ping.transmitted && report.ping.received > 0 && report.burst.arrived === report.burst.frames;
+    return ok ? 0 : 1;
+  } catch (err) {
+    if (controller.signal.aborted) {
+      process.stderr.write('\nlinux-vhost: demo: interrupted, everything it set up is removed\n');
+      return EXIT_INTERRUPTED;
+    }
+    process.stderr.write(`\nlinux-vhost: demo failed: ${(err as Error).message}\n`);
+    return 1;
+  } finally {
+    process.off('SIGINT', onSigint);
+    process.off('SIGTERM', onSigint);
+  }
+}
+
 const COMMANDS: Record<string, Command> = {
   probe: {
     synopsis: 'probe [--json]',
     summary: 'show what this host offers for vhost (devices, features, modules) and how to fix what is missing',
     run: probeCommand,
+  },
+  demo: {
+    synopsis: 'demo [--frames N] [--size BYTES]',
+    summary: 'ping a virtio-net guest in this process over vhost-net and a tap, push a burst, print figures (runs in the test VM when needed)',
+    run: demoCommand,
   },
   vm: {
     synopsis: 'vm [options] -- <command...>',
@@ -81,7 +139,7 @@ const COMMANDS: Record<string, Command> = {
 };
 
 /** Runs the CLI with argv (without node and the script) and returns the exit status. */
-export function main(argv: string[]): number {
+export function main(argv: string[]): number | Promise<number> {
   const [name, ...args] = argv;
   if (name === undefined) return usageError('missing command');
   if (name === '--help' || name === '-h') return COMMANDS.help.run([]);
@@ -91,5 +149,14 @@ export function main(argv: string[]): number {
 }
 
 if (require.main === module) {
-  process.exitCode = main(process.argv.slice(2));
+  const status = main(process.argv.slice(2));
+  if (typeof status === 'number') process.exitCode = status;
+  else
+    status.then(
+      (code) => (process.exitCode = code),
+      (err: Error) => {
+        process.stderr.write(`linux-vhost: ${err.message}\n`);
+        process.exitCode = 1;
+      },
+    );
 }

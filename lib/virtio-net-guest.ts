@@ -19,9 +19,11 @@ import { EventFd } from './eventfd';
 import { features } from './features';
 import { GuestMemory } from './memory';
 import { SEG_END, SEG_WRITABLE } from './native';
+import type { DeviceState } from './builder';
 import type { RunningVhostNet } from './net-builder';
 import { NetResponder } from './net-responder';
-import { formatMac, parseMac, Tap } from './tap';
+import { Macvtap } from './macvtap';
+import { formatMac, parseMac, Tap, TapQueue } from './tap';
 import { VhostNet, VHOST_NET_RX, VHOST_NET_TX } from './vhost-net';
 import { BufferPool, placeVirtqueue, Virtqueue } from './virtqueue';
 import { validateQueueSize } from './vring';
@@ -34,8 +36,12 @@ const PAGE = 4096n;
 const EBADFD = 77; // the tun driver's answer once its link is gone
 
 export interface VirtioNetGuestOptions {
-  /** The tap vhost-net moves frames to and from (not closed by the guest). */
-  tap: Tap;
+  /**
+   * The tap-like backend vhost-net moves frames to and from (not closed by the
+   * guest): a Tap, one TapQueue of a multi-queue tap (one guest per queue
+   * pair), or a Macvtap (e.g. a NIC dedicated by Macvtap.passthrough()).
+   */
+  tap: VirtioNetGuestBackend;
   /** Entries per ring (power of two, 1..32768). Default 256. */
   queueSize?: number;
   /** VIRTIO_NET_F_MRG_RXBUF: frames larger than one RX buffer span several. Default true. */
@@ -55,6 +61,9 @@ export interface VirtioNetGuestOptions {
   /** How often to check that the tap still exists (ms). Default 500. */
   linkCheckIntervalMs?: number;
 }
+
+/** What a VirtioNetGuest can sit on: each answers TUNGETIFF and takes the vnet header. */
+export type VirtioNetGuestBackend = Tap | TapQueue | Macvtap;
 
 /** Counters of a VirtioNetGuest. */
 export interface VirtioNetGuestStats {
@@ -95,7 +104,7 @@ function randomMac(): Uint8Array {
 }
 
 interface GuestPlan {
-  tap: Tap;
+  tap: VirtioNetGuestBackend;
   queueSize: number;
   mergeableRx: boolean;
   mtu: number;
@@ -128,7 +137,7 @@ function boolOption(v: unknown, arg: string, dflt: boolean): boolean {
 export function planVirtioNetGuest(options: VirtioNetGuestOptions): GuestPlan {
   if (options === null || typeof options !== 'object') throw invalidArg('options', 'must be an object');
   for (const k of Object.keys(options)) if (!OPTION_KEYS.has(k)) throw invalidArg(`options.${k}`, 'is not a VirtioNetGuest option');
-  if (!(options.tap instanceof Tap)) throw invalidArg('options.tap', 'must be a Tap');
+  if (!(options.tap instanceof Tap || options.tap instanceof TapQueue || options.tap instanceof Macvtap)) throw invalidArg('options.tap', 'must be a Tap, a TapQueue or a Macvtap');
   if (options.tap.closed) throw closedError('Tap (options.tap)', options.tap.path);
   const queueSize = validateQueueSize(options.queueSize ?? 256, 'options.queueSize');
   const mergeableRx = boolOption(options.mergeableRx, 'options.mergeableRx', true);
@@ -167,7 +176,9 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
   readonly #plan: GuestPlan;
   readonly #mem: GuestMemory;
   readonly #fds: EventFd[];
-  readonly #device: RunningVhostNet;
+  #device: RunningVhostNet;
+  /** Builds the device over the same memory, rings, eventfds and tap; with a state, each ring resumes at its saved base. */
+  readonly #startDevice: (state?: DeviceState) => RunningVhostNet;
   readonly #rxq: Virtqueue;
   readonly #txq: Virtqueue;
   readonly #rxPool: BufferPool;
@@ -190,13 +201,14 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
   #draining = false;
   #rxScheduled = false;
 
-  private constructor(init: { plan: GuestPlan; mem: GuestMemory; fds: EventFd[]; device: RunningVhostNet; rxq: Virtqueue; txq: Virtqueue; rxPool: BufferPool; txPool: BufferPool }) {
+  private constructor(init: { plan: GuestPlan; mem: GuestMemory; fds: EventFd[]; device: RunningVhostNet; startDevice: (state?: DeviceState) => RunningVhostNet; rxq: Virtqueue; txq: Virtqueue; rxPool: BufferPool; txPool: BufferPool }) {
     super();
     const { plan } = init;
     this.#plan = plan;
     this.#mem = init.mem;
     this.#fds = init.fds;
     this.#device = init.device;
+    this.#startDevice = init.startDevice;
     this.#rxq = init.rxq;
     this.#txq = init.txq;
     this.#rxPool = init.rxPool;
@@ -246,16 +258,19 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
       let acked = features.ring.VERSION_1;
       if (plan.mergeableRx) acked |= features.net.MRG_RXBUF;
       if (plan.eventIdx) acked |= features.ring.RING_EVENT_IDX;
-      const device = VhostNet.builder()
-        .memory(mem)
-        .backend(plan.tap)
-        .features(acked)
-        .queue(VHOST_NET_RX, { size: n, ...ring(rxRing), kick: rxKick, call: rxCall })
-        .queue(VHOST_NET_TX, { size: n, ...ring(txRing), kick: txKick, call: txCall })
-        .start();
+      const baseOf = (state: DeviceState | undefined, index: number) => state?.queues.find((q) => q.index === index)?.base ?? 0;
+      const startDevice = (state?: DeviceState) =>
+        VhostNet.builder()
+          .memory(mem)
+          .backend(plan.tap)
+          .features(acked)
+          .queue(VHOST_NET_RX, { size: n, ...ring(rxRing), kick: rxKick, call: rxCall, base: baseOf(state, VHOST_NET_RX) })
+          .queue(VHOST_NET_TX, { size: n, ...ring(txRing), kick: txKick, call: txCall, base: baseOf(state, VHOST_NET_TX) })
+          .start();
+      const device = startDevice();
       made.push(device);
       const guest = new VirtioNetGuest({
-        plan, mem, fds, device, rxq, txq,
+        plan, mem, fds, device, startDevice, rxq, txq,
         rxPool: new BufferPool(mem, 0n, rxPoolGpa, plan.rxBufferSize, n),
         txPool: new BufferPool(mem, 0n, txPoolGpa, plan.txBufferSize, n),
       });
@@ -295,8 +310,10 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
   }
 
   /**
-   * The running vhost-net device, for what the guest does not wrap (e.g.
-   * enableDirtyLog() / readDirtyLog()). stop() or detachBackend() on it stalls the guest.
+   * The vhost-net device, for what the guest does not wrap (e.g.
+   * enableDirtyLog() / readDirtyLog()). stop() or detachBackend() on it stalls
+   * the guest; pause() / resume() is the way to stop and restart it. A
+   * different object after resume().
    */
   get device(): RunningVhostNet {
     if (this.#closed) throw closedError('VirtioNetGuest (device)');
@@ -307,6 +324,47 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
   get memory(): GuestMemory {
     if (this.#closed) throw closedError('VirtioNetGuest (memory)');
     return this.#mem;
+  }
+
+  /** True between pause() and resume(). */
+  get paused(): boolean {
+    return !this.#closed && !this.#device.running;
+  }
+
+  /**
+   * Stops the device mid-traffic (backend detached, rings quiesced) and
+   * returns each ring's saved base (GET_VRING_BASE). The guest stays usable:
+   * send() keeps filling the TX ring (and returns false when it is full),
+   * frames from the host wait in the tap's queue. Calling it again returns
+   * the same state. Throws ERR_VHOST_CLOSED after close().
+   */
+  pause(): DeviceState {
+    if (this.#closed) throw closedError('VirtioNetGuest (pause)');
+    return this.#device.stop();
+  }
+
+  /**
+   * Restarts a paused guest on a new vhost-net device over the same memory,
+   * rings, eventfds and tap, each ring resuming at its base from `state`
+   * (default: the state pause() returned), then kicks both rings so frames
+   * posted meanwhile go out. Nothing is lost or repeated when the bases are
+   * the saved ones. Dirty logging, if it was on, is off on the new device.
+   * If the new device cannot be built the guest closes and the error is thrown.
+   */
+  resume(state?: DeviceState): void {
+    if (this.#closed) throw closedError('VirtioNetGuest (resume)');
+    if (this.#device.running) throw invalidArg('resume', 'the guest is not paused (call pause() first)');
+    if (state !== undefined) checkDeviceState(state);
+    const saved = state ?? this.#device.stop();
+    this.#device.close(); // stopped already: releases the old device fd
+    try {
+      this.#device = this.#startDevice(saved);
+    } catch (err) {
+      this.close();
+      throw err;
+    }
+    this.#fds[0].write(1n); // RX kick: look at the buffers posted while paused
+    this.#fds[2].write(1n); // TX kick: send what was queued while paused
   }
 
   /** TX buffers posted and not yet returned by the device. */
@@ -577,7 +635,7 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
       const e = err as VhostError;
       // libuv has no name for EBADFD (77): say what happened.
       if (e.errno === -EBADFD) {
-        this.#fail(new VhostError(`EBADFD: the tap '${tap.name}' was deleted under the running device, ioctl(TUNGETIFF)`, { code: 'EBADFD', errno: e.errno, syscall: e.syscall, path: e.path }));
+        this.#fail(new VhostError(`EBADFD: the tap '${tap instanceof TapQueue ? tap.path : tap.name}' was deleted under the running device, ioctl(TUNGETIFF)`, { code: 'EBADFD', errno: e.errno, syscall: e.syscall, path: e.path }));
       } else {
         this.#fail(e);
       }
@@ -642,6 +700,16 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
 
   [Symbol.dispose](): void {
     this.close();
+  }
+}
+
+/** A DeviceState as pause() returns it: { queues: [{ index, base }] }, bases 0..65535. */
+function checkDeviceState(state: unknown): void {
+  const queues = (state as DeviceState | null)?.queues;
+  if (state === null || typeof state !== 'object' || !Array.isArray(queues)) throw invalidArg('state', 'must be the { queues: [{ index, base }] } that pause() returned');
+  for (const [i, q] of queues.entries()) {
+    if (q === null || typeof q !== 'object' || !Number.isInteger(q.index) || !Number.isInteger(q.base)) throw invalidArg(`state.queues[${i}]`, 'must be { index, base } with integers');
+    if (q.base < 0 || q.base > 0xffff) throw invalidArg(`state.queues[${i}].base`, `must be in 0..65535 (split ring index), got ${q.base}`, 'ERR_VHOST_OUT_OF_RANGE');
   }
 }
 

@@ -1,0 +1,343 @@
+// `linux-vhost demo`: the library end to end in one command. This process
+// plays a virtio-net guest (VirtioNetGuest) over vhost-net and a tap of its
+// own, answers the host's ping, pushes a burst of frames through the kernel
+// and prints what it measured. Everything it creates (tap, address, device,
+// memory) goes away when it ends, also on an error or Ctrl-C.
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import type { VirtioNetGuest as Guest } from './virtio-net-guest';
+
+/** Host side of the demo's tap (the address exists only on that tap). */
+export const DEMO_HOST_IP = '10.77.7.1';
+/** The guest's address, answered by its responder. */
+export const DEMO_GUEST_IP = '10.77.7.2';
+const PREFIX_LEN = 24;
+const PING_COUNT = 5;
+/** Without --frames the burst stops at this many frames or after BURST_BUDGET_MS, whichever comes first. */
+const DEFAULT_FRAMES = 1_000_000;
+const BURST_BUDGET_MS = 8_000;
+const ETHERTYPE = 0x88b5; // IEEE local experimental: the host stack drops it after counting it
+const BATCH = 64;
+
+export interface DemoOptions {
+  /** Burst size; default: up to 1M frames within 8 s (adapts to slow hosts such as TCG). */
+  frames?: number;
+  /** Frame size in bytes (60..1514). Default 1514. */
+  frameSize?: number;
+  /** Where progress lines go. Default: stderr. */
+  progress?: (line: string, final: boolean) => void;
+  /** Aborts the demo (cleaning up) when signalled. */
+  signal?: AbortSignal;
+}
+
+export interface DemoReport {
+  tap: string;
+  hostIp: string;
+  guestIp: string;
+  guestMac: string;
+  queueSize: number;
+  mergeableRx: boolean;
+  ping: { command: string; transmitted: number; received: number; rttMinMs: number | null; rttAvgMs: number | null; rttMaxMs: number | null };
+  /** Frames sent by the guest, how many the tap counted in (rx_packets), and the rate over the whole burst. */
+  burst: { frames: number; frameSize: number; arrived: number; seconds: number; pps: number; gbps: number };
+  /** Where it ran: kernel release, and whether inside the test VM. */
+  host: { kernel: string; inVm: boolean };
+  guest: { txKicks: number; kicksSuppressed: number; txRingFull: number; rxAnswered: number };
+}
+
+/** Parsed `demo` arguments, or a usage error message. */
+export type DemoArgs = { help: true } | { help: false; frames?: number; frameSize?: number };
+
+export function demoUsage(): string {
+  return [
+    'usage: linux-vhost demo [--frames N] [--size BYTES]',
+    '',
+    'Brings up a tap (host 10.77.7.1/24), vhost-net and a virtio-net guest in this',
+    'process (10.77.7.2), pings the guest from the host stack, pushes a burst of',
+    'frames guest -> host through the kernel and prints the figures. Needs root,',
+    '/dev/vhost-net and /dev/net/tun; otherwise it runs itself in the test VM.',
+    '',
+    '  --frames N     burst size (default: up to 1000000 frames within 8 s)',
+    '  --size BYTES   frame size, 60..1514 (default 1514)',
+    '',
+  ].join('\n');
+}
+
+function positiveInt(flag: string, value: string | undefined, min: number, max: number): number | string {
+  if (value === undefined) return `${flag} needs a value`;
+  if (!/^[0-9]+$/.test(value)) return `${flag}: '${value}' is not a whole number`;
+  const n = Number(value);
+  if (n < min || n > max) return `${flag}: ${n} is not in ${min}..${max}`;
+  return n;
+}
+
+/** Parses `demo` arguments without touching the system. */
+export function parseDemoArgs(args: string[]): DemoArgs | string {
+  const out: { help: false; frames?: number; frameSize?: number } = { help: false };
+  for (let i = 0; i < args.length; i++) {
+    const [flag, inline] = args[i].startsWith('--') && args[i].includes('=') ? args[i].split(/=(.*)/s, 2) : [args[i], undefined];
+    if (flag === '--help' || flag === '-h') return { help: true };
+    if (flag !== '--frames' && flag !== '--size') return `demo: unknown argument '${args[i]}'`;
+    const value = inline ?? args[++i];
+    const n = flag === '--frames' ? positiveInt(flag, value, 1, 100_000_000) : positiveInt(flag, value, 60, 1514);
+    if (typeof n === 'string') return `demo: ${n}`;
+    if (flag === '--frames') out.frames = n;
+    else out.frameSize = n;
+  }
+  return out;
+}
+
+function usable(path: string): boolean {
+  try {
+    fs.accessSync(path, fs.constants.R_OK | fs.constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether this process can run the demo itself: root with /dev/vhost-net and /dev/net/tun. */
+export function canRunDemoHere(): boolean {
+  return process.getuid?.() === 0 && usable('/dev/vhost-net') && usable('/dev/net/tun');
+}
+
+function abortError(): Error {
+  const err = new Error('demo interrupted');
+  err.name = 'AbortError';
+  return err;
+}
+
+/** Runs a command; resolves with its output, calling onLine for each stdout line. */
+function runCommand(cmd: string, args: string[], signal: AbortSignal | undefined, onLine?: (line: string) => void): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(abortError());
+      return;
+    }
+    let child: ChildProcess;
+    try {
+      child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    } catch (err) {
+      reject(err);
+      return;
+    }
+    let stdout = '';
+    let stderr = '';
+    let pending = '';
+    const onAbort = () => child.kill('SIGTERM');
+    signal?.addEventListener('abort', onAbort, { once: true });
+    child.stdout!.on('data', (d: Buffer) => {
+      stdout += d;
+      pending += d;
+      let nl: number;
+      while ((nl = pending.indexOf('\n')) >= 0) {
+        onLine?.(pending.slice(0, nl));
+        pending = pending.slice(nl + 1);
+      }
+    });
+    child.stderr!.on('data', (d: Buffer) => (stderr += d));
+    child.on('error', (err) => {
+      signal?.removeEventListener('abort', onAbort);
+      reject(err);
+    });
+    child.on('close', (code) => {
+      signal?.removeEventListener('abort', onAbort);
+      if (signal?.aborted) reject(abortError());
+      else resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+function onPath(name: string): boolean {
+  return (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':').some((dir) => dir !== '' && fs.existsSync(`${dir}/${name}`));
+}
+
+/** `ping`, else `busybox ping`. */
+export function pingCommand(): string[] {
+  if (onPath('ping')) return ['ping'];
+  if (onPath('busybox')) return ['busybox', 'ping'];
+  throw new Error('demo: neither ping nor busybox is installed (needed for the ping step)');
+}
+
+/** Reads counts and RTTs from the summary of iputils or busybox ping. */
+export function parsePingSummary(out: string): { transmitted: number; received: number; rttMinMs: number | null; rttAvgMs: number | null; rttMaxMs: number | null } {
+  const counts = /(\d+) packets transmitted, (\d+) (?:packets )?received/.exec(out);
+  const rtt = /(?:rtt|round-trip) min\/avg\/max(?:\/mdev)? = ([\d.]+)\/([\d.]+)\/([\d.]+)/.exec(out);
+  return {
+    transmitted: counts ? Number(counts[1]) : 0,
+    received: counts ? Number(counts[2]) : 0,
+    rttMinMs: rtt ? Number(rtt[1]) : null,
+    rttAvgMs: rtt ? Number(rtt[2]) : null,
+    rttMaxMs: rtt ? Number(rtt[3]) : null,
+  };
+}
+
+function readStat(tap: string, name: string): number {
+  return Number(fs.readFileSync(`/sys/class/net/${tap}/statistics/${name}`, 'utf8'));
+}
+
+/** Resolves on the guest's next 'drain' (or 'close'), removing both listeners. */
+function drainOrClose(g: import('node:events').EventEmitter): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      g.off('drain', done);
+      g.off('close', done);
+      resolve();
+    };
+    g.on('drain', done);
+    g.on('close', done);
+  });
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+let lastProgressLine = 0;
+
+/** On a terminal one line rewritten in place; otherwise a line at most every 1.5 s, and each step's last one. */
+function defaultProgress(line: string, final: boolean): void {
+  if (process.stderr.isTTY) {
+    process.stderr.write(`\r\x1b[K${line}${final ? '\n' : ''}`);
+    return;
+  }
+  const now = Date.now();
+  if (!final && now - lastProgressLine < 1500) return;
+  lastProgressLine = now;
+  process.stderr.write(`${line}\n`);
+}
+
+/**
+ * Runs the demo in this process (root, vhost-net and tun needed) and returns
+ * its figures. The tap, its address, the device and the guest memory are
+ * released before it returns or throws.
+ */
+export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
+  // The addon is loaded only here, so `demo --help` works without a build.
+  /* eslint-disable @typescript-eslint/no-var-requires */
+  const { Tap } = require('./tap') as typeof import('./tap');
+  const { VirtioNetGuest } = require('./virtio-net-guest') as typeof import('./virtio-net-guest');
+  /* eslint-enable @typescript-eslint/no-var-requires */
+  const frameSize = options.frameSize ?? 1514;
+  if (!Number.isInteger(frameSize) || frameSize < 60 || frameSize > 1514) throw new RangeError(`demo: frameSize must be in 60..1514, got ${frameSize}`);
+  if (options.frames !== undefined && (!Number.isInteger(options.frames) || options.frames < 1)) throw new RangeError(`demo: frames must be a positive integer, got ${options.frames}`);
+  const progress = options.progress ?? defaultProgress;
+  const signal = options.signal;
+  const check = () => {
+    if (signal?.aborted) throw abortError();
+  };
+  const ping = pingCommand();
+  check();
+
+  const tap = Tap.create({ name: 'lvdemo%d', up: true });
+  let guest: Guest | null = null;
+  try {
+    progress(`setting up: tap ${tap.name}, ${DEMO_HOST_IP}/${PREFIX_LEN} on the host side`, false);
+    const ip = await runCommand('ip', ['addr', 'add', `${DEMO_HOST_IP}/${PREFIX_LEN}`, 'dev', tap.name], signal);
+    if (ip.code !== 0) throw new Error(`demo: ip addr add ${DEMO_HOST_IP}/${PREFIX_LEN} dev ${tap.name} failed: ${ip.stderr.trim()}`);
+    guest = VirtioNetGuest.create({ tap, queueSize: 256, mergeableRx: true, responder: { ipv4: DEMO_GUEST_IP } });
+    const g = guest;
+    g.on('error', () => {
+      // the guest closes itself; the step in progress reports it
+    });
+    check();
+
+    // 1. The host's ping against the guest's responder.
+    let replies = 0;
+    const pingArgs = [...ping.slice(1), '-c', String(PING_COUNT), '-W', '2', DEMO_GUEST_IP];
+    progress(`ping: ${[ping[0], ...pingArgs].join(' ')}`, false);
+    const pr = await runCommand(ping[0], pingArgs, signal, (line) => {
+      const t = /time[=<]([\d.]+) ?ms/.exec(line);
+      if (t) progress(`ping: reply ${++replies}/${PING_COUNT} from ${DEMO_GUEST_IP}, ${t[1]} ms`, false);
+    });
+    const pingSummary = { command: [ping[0], ...pingArgs].join(' '), ...parsePingSummary(pr.stdout) };
+    progress(`ping: ${pingSummary.received}/${pingSummary.transmitted} replies`, true);
+    check();
+
+    // 2. A burst guest → host: TX ring → vhost worker → tap → host stack, counted by the tap's rx counters.
+    const limit = options.frames ?? DEFAULT_FRAMES;
+    const budgetMs = options.frames === undefined ? BURST_BUDGET_MS : Infinity;
+    const batch: Buffer[] = [];
+    for (let i = 0; i < BATCH; i++) {
+      const f = Buffer.alloc(frameSize, 0xa5);
+      f.fill(0xff, 0, 6); // broadcast
+      Buffer.from(g.mac.split(':').map((h: string) => parseInt(h, 16))).copy(f, 6);
+      f.writeUInt16BE(ETHERTYPE, 12);
+      batch.push(f);
+    }
+    const rx0 = readStat(tap.name, 'rx_packets');
+    const start = process.hrtime.bigint();
+    const elapsedMs = () => Number(process.hrtime.bigint() - start) / 1e6;
+    let sent = 0;
+    let lastReport = 0;
+    const report = (final: boolean) => {
+      const arrived = readStat(tap.name, 'rx_packets') - rx0;
+      const s = elapsedMs() / 1000;
+      progress(`burst: ${sent}${options.frames ? `/${limit}` : ''} sent, ${arrived} arrived, ${s.toFixed(1)} s`, final);
+    };
+    while (sent < limit && elapsedMs() < budgetMs) {
+      check();
+      if (g.closed) throw new Error('demo: the guest closed during the burst');
+      const want = Math.min(BATCH, limit - sent);
+      for (let i = 0; i < want; i++) batch[i].writeUInt32BE(sent + i, 14);
+      const n = g.sendBatch(want === BATCH ? batch : batch.slice(0, want));
+      sent += n;
+      if (n < want) await drainOrClose(g);
+      if (elapsedMs() - lastReport > 250) {
+        lastReport = elapsedMs();
+        report(false);
+        await new Promise<void>((r) => setImmediate(r)); // let Ctrl-C and the call watchers in
+      }
+    }
+    // Wait for the tail: the device may still be moving the last ring's worth.
+    let arrived = readStat(tap.name, 'rx_packets') - rx0;
+    let idleSince = Date.now();
+    while (arrived < sent && Date.now() - idleSince < 3000) {
+      check();
+      await sleep(5);
+      const a = readStat(tap.name, 'rx_packets') - rx0;
+      if (a !== arrived) idleSince = Date.now();
+      arrived = a;
+    }
+    const seconds = elapsedMs() / 1000;
+    report(true);
+    const stats = g.stats;
+    const pps = arrived / seconds;
+    return {
+      tap: tap.name,
+      hostIp: DEMO_HOST_IP,
+      guestIp: DEMO_GUEST_IP,
+      guestMac: g.mac,
+      queueSize: g.queueSize,
+      mergeableRx: g.mergeableRx,
+      ping: pingSummary,
+      burst: { frames: sent, frameSize, arrived, seconds, pps, gbps: (pps * frameSize * 8) / 1e9 },
+      host: { kernel: os.release(), inVm: process.env.LINUX_VHOST_IN_VM === '1' },
+      guest: { txKicks: stats.kicks.tx, kicksSuppressed: stats.kicks.suppressed, txRingFull: stats.txRingFull, rxAnswered: stats.rxAnswered },
+    };
+  } finally {
+    try {
+      guest?.close();
+    } finally {
+      tap.close(); // a non-persistent tap (and its address) disappears with its last fd
+    }
+  }
+}
+
+const fmt = (n: number, digits = 0) => n.toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+
+/** The report as a few readable lines. */
+export function formatDemoReport(r: DemoReport): string {
+  const p = r.ping;
+  const rtt = p.rttAvgMs === null ? 'no RTT' : `RTT avg ${p.rttAvgMs.toFixed(3)} ms (min ${p.rttMinMs!.toFixed(3)}, max ${p.rttMaxMs!.toFixed(3)})`;
+  const b = r.burst;
+  return [
+    'linux-vhost demo: this Node process is a virtio-net guest, vhost-net moves its frames',
+    `  host     Linux ${r.host.kernel}${r.host.inVm ? ', inside the test VM (scripts/vm.sh)' : ''}`,
+    `  link     tap ${r.tap}: host ${r.hostIp}/${PREFIX_LEN} <-> guest ${r.guestIp} (${r.guestMac}), ${r.queueSize}-entry rings${r.mergeableRx ? ', mergeable RX' : ''}`,
+    `  ping     ${p.received}/${p.transmitted} replies from the guest, ${rtt}`,
+    `  burst    ${fmt(b.frames)} frames of ${b.frameSize} B guest -> host: ${fmt(b.arrived)} arrived on the tap in ${b.seconds.toFixed(2)} s`,
+    `           ${fmt(b.pps)} frames/s, ${fmt(b.gbps, 3)} Gbit/s`,
+    `  guest    ${fmt(r.guest.txKicks)} TX kicks (${fmt(r.guest.kicksSuppressed)} saved by EVENT_IDX), ring full ${fmt(r.guest.txRingFull)} times, ${r.guest.rxAnswered} frames answered`,
+    '',
+  ].join('\n');
+}

@@ -2,6 +2,9 @@
 // which scripts/test.js provides by running it inside the test VM when needed.
 const tsJest = ['ts-jest', { tsconfig: 'tsconfig.test.json' }];
 module.exports = {
+  // Kernel tests run under software emulation in CI (JS ~25x slower) on a
+  // busy 2-core machine: a generous default; tests that need more set their own.
+  testTimeout: 60_000,
   projects: [
     { displayName: 'unit', testMatch: ['<rootDir>/test/unit/**/*.test.ts'], transform: { '^.+\\.ts$': tsJest }, testEnvironment: 'node' },
     { displayName: 'kernel', testMatch: ['<rootDir>/test/kernel/**/*.test.ts'], transform: { '^.+\\.ts$': tsJest }, testEnvironment: 'node' },

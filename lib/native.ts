@@ -110,6 +110,8 @@ export interface NativeBinding {
   setErrorClass(ctor: new (message: string) => Error): void;
 
   // owned_fd.cc
+  /** The OwnedFd class (constructed only by the addon; exposed for instanceof). */
+  readonly OwnedFd: { readonly prototype: OwnedFd };
   openPath(path: string, extraFlags?: number): OwnedFd; // O_RDWR | O_CLOEXEC | extraFlags
 
   // vhost.cc: ioctls common to every vhost device
@@ -237,6 +239,10 @@ export interface NativeBinding {
   netnsDelete(name: string): void;
   /** open(path, O_RDONLY | O_CLOEXEC) of a namespace file. */
   netnsOpen(path: string): OwnedFd;
+
+  // fd_adopt.cc: fds inherited from a parent (VMM handoff) — section owned by the handoff work
+  /** Takes ownership of an open inherited fd: fcntl(F_GETFD) checks it (EBADF), then FD_CLOEXEC is set. */
+  fdAdopt(fd: number, label: string): OwnedFd;
 }
 
 function load(): NativeBinding {

@@ -26,10 +26,19 @@ static Napi::Value EventfdCreate(const Napi::CallbackInfo& info) {
   return WrapFd(env, fd, kLabel);
 }
 
+// Only fds this file created: read(2) on another kind could block the loop or
+// return a short count taken for a value.
+static int EventFdOf(const Napi::Value& handle, const char* syscall) {
+  int fd = FdOf(handle, syscall);
+  if (PathOf(handle) != kLabel)
+    throw CodeError(handle.Env(), "ERR_VHOST_INVALID_ARG", std::string(syscall) + ": not an eventfd '" + PathOf(handle) + "'");
+  return fd;
+}
+
 // eventfdRead(fd): the counter (1 in semaphore mode), or null when it is zero.
 static Napi::Value EventfdRead(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = FdOf(info[0], "read");
+  int fd = EventFdOf(info[0], "read");
   uint64_t value = 0;
   ssize_t n;
   do {
@@ -46,7 +55,7 @@ static Napi::Value EventfdRead(const Napi::CallbackInfo& info) {
 // (EAGAIN on a nonblocking eventfd). The kernel rejects 2^64-1 with EINVAL.
 static Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  int fd = FdOf(info[0], "write");
+  int fd = EventFdOf(info[0], "write");
   uint64_t value = U64Arg(info[1], "value");
   ssize_t n;
   do {

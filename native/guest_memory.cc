@@ -13,6 +13,7 @@
 // ERR_VHOST_OUT_OF_RANGE.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -85,14 +86,14 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
     return Napi::BigInt::New(info.Env(), static_cast<uint64_t>(state_->size));
   }
   Napi::Value GetUnmapped(const Napi::CallbackInfo& info) {
-    return Napi::Boolean::New(info.Env(), state_->unmapped);
+    return Napi::Boolean::New(info.Env(), released_ || state_->unmapped);
   }
 
   Napi::Value GetBuffer(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (!buffer_.IsEmpty()) return buffer_.Value();
     Napi::ArrayBuffer buffer;
-    if (state_->unmapped) {
+    if (state_->unmapped || released_) {
       // Never viewed before unmap(): stand in with an empty, detached buffer.
       buffer = Napi::ArrayBuffer::New(env, 0);
       buffer.Detach();
@@ -119,17 +120,26 @@ class Mapping : public Napi::ObjectWrap<Mapping> {
 
   // Detach first so no view can reach the pages, then munmap. If detaching
   // fails the memory stays mapped (an error beats a dangling view).
+  //
+  // A buffer detached by someone else (ArrayBuffer.prototype.transfer moves
+  // the pages to a new ArrayBuffer) may still be viewed through its successor:
+  // then leave the munmap to the buffer's finalizer, which holds a share.
   void UnmapMethod(const Napi::CallbackInfo&) {
-    if (state_->unmapped) return;
+    if (state_->unmapped || released_) return;
     if (!buffer_.IsEmpty()) {
       Napi::ArrayBuffer buffer = buffer_.Value();
-      if (!buffer.IsDetached()) buffer.Detach();
+      if (buffer.IsDetached()) {
+        released_ = true;  // our share goes with this object; the pages with the last view
+        return;
+      }
+      buffer.Detach();
     }
     state_->Unmap();
   }
 
   StatePtr state_;
   Napi::Reference<Napi::ArrayBuffer> buffer_;
+  bool released_ = false;  // our share given up after a foreign detach
 };
 
 std::string MemfdPath(const std::string& name) { return "memfd:" + name; }
@@ -184,6 +194,17 @@ Napi::Value MmapShared(const Napi::CallbackInfo& info) {
     throw CodeError(env, "ERR_VHOST_INVALID_ARG", "extraFlags must not contain MAP_PRIVATE, MAP_SHARED or MAP_FIXED");
   if (offset > static_cast<uint64_t>(INT64_MAX))
     throw CodeError(env, "ERR_VHOST_INVALID_ARG", "offset must be below 2^63");
+  // Pages past the end of a file fault with SIGBUS when touched: refuse a
+  // mapping that reaches beyond the file (memfds are regular files).
+  if (!anonymous) {
+    struct stat st;
+    if (::fstat(fd, &st) != 0) throw ErrnoError(env, errno, "fstat", PathOf(info[0]));
+    if (S_ISREG(st.st_mode) && (offset > static_cast<uint64_t>(st.st_size) ||
+                                size > static_cast<uint64_t>(st.st_size) - offset))
+      throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE",
+                      "mmap of " + std::to_string(size) + " bytes at offset " + std::to_string(offset) +
+                          " reaches past the end of '" + PathOf(info[0]) + "' (" + std::to_string(st.st_size) + " bytes)");
+  }
   int flags = MAP_SHARED | (anonymous ? MAP_ANONYMOUS : 0) | static_cast<int>(extra);
   void* addr = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, flags, fd, static_cast<off_t>(offset));
   if (addr == MAP_FAILED) throw ErrnoError(env, errno, "mmap", anonymous ? std::string() : PathOf(info[0]));

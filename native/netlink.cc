@@ -16,6 +16,7 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -118,6 +119,19 @@ Napi::Error NetlinkError(Napi::Env env, int err, const std::string& syscall, con
 
 }  // namespace
 
+// std::thread throws std::system_error when it cannot start a thread (EAGAIN);
+// report that as an errno instead of letting it terminate the process.
+template <typename F>
+static int RunInThread(F&& fn) {
+  try {
+    std::thread worker(std::forward<F>(fn));
+    worker.join();
+    return 0;
+  } catch (const std::system_error& e) {
+    return e.code().value() != 0 ? e.code().value() : EAGAIN;
+  }
+}
+
 // netlinkOpen(netns): a bound NETLINK_ROUTE socket, in the namespace of the
 // given netns fd (null: this process's).
 static Napi::Value NetlinkOpen(const Napi::CallbackInfo& info) {
@@ -127,23 +141,26 @@ static Napi::Value NetlinkOpen(const Napi::CallbackInfo& info) {
   if (nsfd < 0) {
     r.fd = OpenRouteSocket(r);
   } else {
-    std::thread worker(SocketInNetns, nsfd, std::ref(r));
-    worker.join();
+    int err = RunInThread([nsfd, &r] { SocketInNetns(nsfd, r); });
+    if (err != 0) throw ErrnoError(env, err, "pthread_create", PathOf(info[0]));
   }
   if (r.fd < 0) throw ErrnoError(env, r.err, r.syscall, nsfd < 0 ? "" : PathOf(info[0]));
-  Napi::Object handle = WrapFd(env, r.fd, "rtnetlink");
   int one = 1;
   // Best effort: short error acks, and the kernel's explanation with them.
   ::setsockopt(r.fd, SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof one);
   ::setsockopt(r.fd, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof one);
   timeval tv{kReplyTimeoutSec, 0};
-  if (::setsockopt(r.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0)
-    throw ErrnoError(env, errno, "setsockopt(SO_RCVTIMEO)", "rtnetlink");
   sockaddr_nl local{};
   local.nl_family = AF_NETLINK;
-  if (::bind(r.fd, reinterpret_cast<sockaddr*>(&local), sizeof local) < 0)
-    throw ErrnoError(env, errno, "bind(AF_NETLINK)", "rtnetlink");
-  return handle;
+  const char* failed = nullptr;
+  if (::setsockopt(r.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0) failed = "setsockopt(SO_RCVTIMEO)";
+  else if (::bind(r.fd, reinterpret_cast<sockaddr*>(&local), sizeof local) < 0) failed = "bind(AF_NETLINK)";
+  if (failed != nullptr) {
+    int err = errno;
+    ::close(r.fd);
+    throw ErrnoError(env, err, failed, "rtnetlink");
+  }
+  return WrapFd(env, r.fd, "rtnetlink");
 }
 
 // netlinkRequest(sock, message, path): sends one request and returns the
@@ -226,7 +243,7 @@ static void NetnsCreate(const Napi::CallbackInfo& info) {
   if (fd < 0) throw ErrnoError(env, errno, "open", path);
   ::close(fd);
   ThreadResult r;
-  std::thread worker([&r, &path] {
+  int spawnErr = RunInThread([&r, &path] {
     if (::unshare(CLONE_NEWNET) < 0) {
       r.err = errno;
       r.syscall = "unshare(CLONE_NEWNET)";
@@ -237,7 +254,10 @@ static void NetnsCreate(const Napi::CallbackInfo& info) {
       r.syscall = "mount(MS_BIND)";
     }
   });
-  worker.join();
+  if (spawnErr != 0) {
+    r.err = spawnErr;
+    r.syscall = "pthread_create";
+  }
   if (r.err != 0) {
     ::unlink(path.c_str());
     throw ErrnoError(env, r.err, r.syscall, path);

@@ -13,6 +13,10 @@
 
 namespace vhost {
 
+// Tags every OwnedFd so Unwrap can trust what it gets: InstanceOf follows
+// Symbol.hasInstance and prototype chains, which JS can forge.
+constexpr napi_type_tag kOwnedFdTag = {0x6c696e7578766873ULL, 0x6f776e6564666421ULL};
+
 class OwnedFd : public Napi::ObjectWrap<OwnedFd> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -32,6 +36,7 @@ class OwnedFd : public Napi::ObjectWrap<OwnedFd> {
       throw CodeError(info.Env(), "ERR_VHOST_ILLEGAL_CONSTRUCTOR", "OwnedFd is created by the addon only");
     fd_ = info[0].As<Napi::Number>().Int32Value();
     path_ = info[1].As<Napi::String>().Utf8Value();
+    info.This().As<Napi::Object>().TypeTag(&kOwnedFdTag);
   }
 
   // Safety net for objects nobody closed: stop polling and close the fd.
@@ -75,7 +80,11 @@ class OwnedFd : public Napi::ObjectWrap<OwnedFd> {
   void Watch(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (fd_ < 0) throw ClosedError(env, "watch", path_);
+    if (!info[0].IsNumber()) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "watch events must be a number");
     int events = info[0].As<Napi::Number>().Int32Value();
+    // libuv asserts (aborts the process) on any other bit.
+    if (events == 0 || (events & ~(UV_READABLE | UV_WRITABLE | UV_DISCONNECT | UV_PRIORITIZED)) != 0)
+      throw CodeError(env, "ERR_VHOST_INVALID_ARG", "watch events must be a non-empty mask of READABLE (1), WRITABLE (2), DISCONNECT (4), PRIORITIZED (8)");
     if (!info[1].IsFunction()) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "watch callback must be a function");
     if (poll_ == nullptr) {
       uv_loop_t* loop = nullptr;
@@ -151,7 +160,7 @@ Napi::Object WrapFd(Napi::Env env, int fd, const std::string& path) {
 static OwnedFd* Unwrap(const Napi::Value& value) {
   if (!value.IsObject()) return nullptr;
   Napi::Object obj = value.As<Napi::Object>();
-  if (!obj.InstanceOf(Data(value.Env()).ownedFdCtor.Value())) return nullptr;
+  if (!obj.CheckTypeTag(&kOwnedFdTag)) return nullptr;
   return OwnedFd::Unwrap(obj);
 }
 
@@ -193,8 +202,12 @@ int FdArg(const Napi::Value& value, const std::string& syscall) {
 
 // openPath(path, extraFlags): open(path, O_RDWR | O_CLOEXEC | extraFlags).
 static Napi::Value OpenPath(const Napi::CallbackInfo& info) {
+  if (!info[0].IsString()) throw CodeError(info.Env(), "ERR_VHOST_INVALID_ARG", "path must be a string");
   std::string path = info[0].As<Napi::String>().Utf8Value();
   int extra = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 0;
+  // Only flags that make sense for a device; never O_CREAT/O_TMPFILE (they need a mode).
+  if ((extra & ~(O_NONBLOCK | O_NOCTTY)) != 0)
+    throw CodeError(info.Env(), "ERR_VHOST_INVALID_ARG", "openPath flags may only add O_NONBLOCK or O_NOCTTY");
   int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC | extra);
   if (fd < 0) throw ErrnoError(info.Env(), errno, "open", path);
   return WrapFd(info.Env(), fd, path);

@@ -98,13 +98,16 @@ void SetBackendFeatures(const Napi::CallbackInfo& info) {
 
 // struct vhost_memory ends in a flexible array of regions; build it in one
 // 8-byte aligned buffer. The region count limit (max_mem_regions) is the
-// kernel's to enforce (E2BIG).
+// kernel's to enforce (E2BIG); we only refuse counts no kernel accepts
+// (the parameter is a ushort), so a huge array cannot exhaust memory.
 void SetMemTable(const Napi::CallbackInfo& info) {
   CheckArgs(info, 2);
   Napi::Env env = info.Env();
+  FdOf(info[0], "ioctl(VHOST_SET_MEM_TABLE)");  // closed or wrong handle: fail before any work
   if (!info[1].IsArray()) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "regions must be an array");
   Napi::Array regions = info[1].As<Napi::Array>();
   uint32_t count = regions.Length();
+  if (count > 65535) throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "regions: at most 65535 (the kernel's max_mem_regions is a ushort)");
   size_t bytes = sizeof(vhost_memory) + size_t(count) * sizeof(vhost_memory_region);
   std::vector<uint64_t> storage((bytes + sizeof(uint64_t) - 1) / sizeof(uint64_t), 0);
   auto* mem = reinterpret_cast<vhost_memory*>(storage.data());

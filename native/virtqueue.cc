@@ -175,7 +175,10 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
     bool notify = info[3].ToBoolean().Value();
     if (static_cast<uint64_t>(nsegs) * 3 > segs.ElementLength())
       throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "nsegs is larger than segs holds");
-    const uint32_t* s = segs.Data();
+    // Work on a private copy: segs may alias heads or guest memory, which the
+    // loops below write, and must not change between validation and use.
+    std::vector<uint32_t> segCopy(segs.Data(), segs.Data() + static_cast<size_t>(nsegs) * 3);
+    const uint32_t* s = segCopy.data();
     // Validate every segment before writing anything.
     uint32_t chains = 0, inChain = 0;
     for (uint32_t i = 0; i < nsegs; i++) {
@@ -194,6 +197,8 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
     if (inChain != 0) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "the last segment must end its chain (flag 2)");
     if (heads.ElementLength() < chains) throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "heads is shorter than the number of chains");
     uint8_t* base = Base(env, "post");
+    // A closed kick fd must fail before anything is published, not after.
+    if (notify && !kick_.IsEmpty()) FdOf(kick_.Value(), "write");
     uint32_t* headsOut = heads.Data();
 
     VringDesc* desc = Desc(base);
@@ -249,7 +254,15 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
       StoreRelease16(AvailIdx(base), avail);
       availIdx_ = avail;
       pendingSinceKick_ += posted;
-      if (notify) NotifyNow(env, base);
+      if (notify) {
+        // The chains are published: a failed kick must not hide that from JS,
+        // or a retry would post the same buffers twice. A later notify() retries.
+        try {
+          NotifyNow(env, base);
+        } catch (const Napi::Error&) {
+          pendingSinceKick_ = posted;
+        }
+      }
     }
     return Napi::Number::New(env, posted);
   }

@@ -82,9 +82,9 @@ class OwnedFd : public Napi::ObjectWrap<OwnedFd> {
     if (fd_ < 0) throw ClosedError(env, "watch", path_);
     if (!info[0].IsNumber()) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "watch events must be a number");
     int events = info[0].As<Napi::Number>().Int32Value();
-    // libuv asserts (aborts the process) on any other bit.
-    if (events == 0 || (events & ~(UV_READABLE | UV_WRITABLE | UV_DISCONNECT | UV_PRIORITIZED)) != 0)
-      throw CodeError(env, "ERR_VHOST_INVALID_ARG", "watch events must be a non-empty mask of READABLE (1), WRITABLE (2), DISCONNECT (4), PRIORITIZED (8)");
+    // libuv asserts (aborts the process) on any other bit; 0 pauses the watcher.
+    if ((events & ~(UV_READABLE | UV_WRITABLE | UV_DISCONNECT | UV_PRIORITIZED)) != 0)
+      throw CodeError(env, "ERR_VHOST_INVALID_ARG", "watch events must be a mask of READABLE (1), WRITABLE (2), DISCONNECT (4), PRIORITIZED (8)");
     if (!info[1].IsFunction()) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "watch callback must be a function");
     if (poll_ == nullptr) {
       uv_loop_t* loop = nullptr;

@@ -28,3 +28,5 @@ export * from './virtqueue';
 export * from './virtio-net-guest';
 export * from './net-responder';
 export * as vsock from './vsock';
+export * from './vmm-handoff';
+export * from './kvm';

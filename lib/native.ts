@@ -243,6 +243,18 @@ export interface NativeBinding {
   // fd_adopt.cc: fds inherited from a parent (VMM handoff) — section owned by the handoff work
   /** Takes ownership of an open inherited fd: fcntl(F_GETFD) checks it (EBADF), then FD_CLOEXEC is set. */
   fdAdopt(fd: number, label: string): OwnedFd;
+
+  // kvm.cc: wiring vhost into a KVM VM — section owned by the handoff work
+  kvmGetApiVersion(kvm: OwnedFd): number;
+  /** KVM_CREATE_VM (type 0) on /dev/kvm; the VM fd is O_CLOEXEC, labelled 'kvm-vm'. */
+  kvmCreateVm(kvm: OwnedFd): OwnedFd;
+  kvmCreateIrqchip(vm: OwnedFd): void;
+  /** KVM_IOEVENTFD; flags are KVM_IOEVENTFD_FLAG_* (DATAMATCH 1, PIO 2, DEASSIGN 4). */
+  kvmIoeventfd(vm: OwnedFd, addr: bigint, len: number, fd: FdArg, flags: number, datamatch: bigint): void;
+  /** KVM_IRQFD; flags are KVM_IRQFD_FLAG_* (DEASSIGN 1, RESAMPLE 2); resampleFd null/-1 for none. */
+  kvmIrqfd(vm: OwnedFd, fd: FdArg, gsi: number, flags: number, resampleFd: FdArg): void;
+  /** KVM_SET_USER_MEMORY_REGION; size 0n deletes the slot. */
+  kvmSetUserMemoryRegion(vm: OwnedFd, slot: number, flags: number, gpa: bigint, size: bigint, hva: bigint): void;
 }
 
 function load(): NativeBinding {

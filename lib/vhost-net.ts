@@ -23,6 +23,16 @@ export class VhostNet extends VhostDevice {
   }
 
   /**
+   * Adopts an open /dev/vhost-net fd this process inherited by number (a VMM
+   * spawned with spawnVmm): the object becomes its only owner and marks it
+   * FD_CLOEXEC. EBADF when `fd` is not open. Nothing checks the fd's kind.
+   */
+  static fromFd(fd: number): VhostNet {
+    const n = VhostDevice.checkU32(fd, 'fd');
+    return new VhostNet(native.fdAdopt(n, VhostNet.defaultPath));
+  }
+
+  /**
    * A typed builder that brings the device up in the kernel's order with
    * everything validated first (see VhostNetBuilder); start() returns the running device.
    */

@@ -24,6 +24,16 @@ export class VhostVsock extends VhostDevice {
   }
 
   /**
+   * Adopts an open /dev/vhost-vsock fd this process inherited by number (a VMM
+   * spawned with spawnVmm): the object becomes its only owner and marks it
+   * FD_CLOEXEC. EBADF when `fd` is not open. Nothing checks the fd's kind.
+   */
+  static fromFd(fd: number): VhostVsock {
+    const n = VhostDevice.checkU32(fd, 'fd');
+    return new VhostVsock(native.fdAdopt(n, VhostVsock.defaultPath));
+  }
+
+  /**
    * A typed builder that brings the device up in the kernel's order with
    * everything validated first (see VhostVsockBuilder); start() returns the running device.
    */

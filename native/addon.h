@@ -6,7 +6,9 @@
 #include <napi.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <unordered_set>
 
 namespace vhost {
 
@@ -17,6 +19,9 @@ struct AddonData {
   Napi::FunctionReference mappingCtor;
   Napi::FunctionReference errorCtor;  // VhostError from lib/errors.ts, once registered
   bool wrappingFd = false;  // OwnedFd can only be constructed by WrapFd
+  // fd numbers an OwnedFd of this env owns now, so fdAdopt cannot give one a
+  // second owner. Shared with each OwnedFd: its finalizer may outlive this.
+  std::shared_ptr<std::unordered_set<int>> liveFds = std::make_shared<std::unordered_set<int>>();
 };
 AddonData& Data(Napi::Env env);
 
@@ -37,6 +42,8 @@ class OwnedFd;
 // Wraps a freshly opened fd (must already be O_CLOEXEC) in a JS OwnedFd that
 // becomes its only owner. On failure the fd is closed before throwing.
 Napi::Object WrapFd(Napi::Env env, int fd, const std::string& path);
+// Whether an OwnedFd of this env owns fd now.
+bool FdOwned(Napi::Env env, int fd);
 // The live fd of an OwnedFd, throwing ERR_VHOST_CLOSED if it was closed.
 int FdOf(const Napi::Value& handle, const std::string& syscall);
 // The path an OwnedFd was opened with (for error messages).
@@ -66,5 +73,7 @@ void InitNetdev(Napi::Env env, Napi::Object exports);
 void InitVirtqueue(Napi::Env env, Napi::Object exports);
 void InitVsockSocket(Napi::Env env, Napi::Object exports);
 void InitNetlink(Napi::Env env, Napi::Object exports);
+void InitFdAdopt(Napi::Env env, Napi::Object exports);
+void InitKvm(Napi::Env env, Napi::Object exports);
 
 }  // namespace vhost

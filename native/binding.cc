@@ -20,6 +20,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitVirtqueue(env, exports);
   InitVsockSocket(env, exports);
   InitNetlink(env, exports);
+  InitFdAdopt(env, exports);
+  InitKvm(env, exports);
   return exports;
 }
 

@@ -37,6 +37,8 @@ class OwnedFd : public Napi::ObjectWrap<OwnedFd> {
     fd_ = info[0].As<Napi::Number>().Int32Value();
     path_ = info[1].As<Napi::String>().Utf8Value();
     info.This().As<Napi::Object>().TypeTag(&kOwnedFdTag);
+    live_ = Data(info.Env()).liveFds;
+    live_->insert(fd_);
   }
 
   // Safety net for objects nobody closed: stop polling and close the fd.
@@ -57,6 +59,7 @@ class OwnedFd : public Napi::ObjectWrap<OwnedFd> {
   void CloseNow() {
     StopPoll();
     if (fd_ >= 0) {
+      live_->erase(fd_);
       ::close(fd_);  // Linux releases the fd even when close reports EINTR
       fd_ = -1;
     }
@@ -137,6 +140,7 @@ class OwnedFd : public Napi::ObjectWrap<OwnedFd> {
 
   int fd_ = -1;
   std::string path_;
+  std::shared_ptr<std::unordered_set<int>> live_;
   uv_poll_t* poll_ = nullptr;
   Napi::FunctionReference callback_;
   bool refed_ = true;
@@ -163,6 +167,8 @@ static OwnedFd* Unwrap(const Napi::Value& value) {
   if (!obj.CheckTypeTag(&kOwnedFdTag)) return nullptr;
   return OwnedFd::Unwrap(obj);
 }
+
+bool FdOwned(Napi::Env env, int fd) { return Data(env).liveFds->count(fd) != 0; }
 
 int FdOf(const Napi::Value& handle, const std::string& syscall) {
   OwnedFd* owned = Unwrap(handle);

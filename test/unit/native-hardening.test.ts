@@ -78,4 +78,13 @@ describe('native input hardening', () => {
     expect(codeOf(() => native.openPath(5 as never))).toBe('ERR_VHOST_INVALID_ARG');
     expect(codeOf(() => native.openPath('/tmp/linux-vhost-never-created', 0o100 /* O_CREAT */))).toBe('ERR_VHOST_INVALID_ARG');
   });
+
+  test('fdAdopt refuses an fd another OwnedFd owns (a second close would hit a reused number)', () => {
+    const ev = native.eventfdCreate(0, false);
+    try {
+      expect(codeOf(() => native.fdAdopt(ev.fd, 'twice'))).toBe('ERR_VHOST_INVALID_ARG');
+    } finally {
+      ev.close();
+    }
+  });
 });

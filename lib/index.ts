@@ -28,5 +28,7 @@ export * from './virtqueue';
 export * from './virtio-net-guest';
 export * from './net-responder';
 export * as vsock from './vsock';
+export * from './vsock-packet';
+export * from './virtio-vsock-guest';
 export * from './vmm-handoff';
 export * from './kvm';

@@ -1,0 +1,113 @@
+// struct virtio_vsock_hdr (linux/virtio_vsock.h): the 44-byte little-endian
+// header in front of every virtio-vsock packet, both directions.
+import { invalidArg } from './errors';
+
+/** sizeof(struct virtio_vsock_hdr). */
+export const VSOCK_HDR_SIZE = 44;
+
+/** enum virtio_vsock_type. */
+export const VSOCK_TYPE = { STREAM: 1, SEQPACKET: 2 } as const;
+
+/** enum virtio_vsock_op. */
+export const VSOCK_OP = {
+  INVALID: 0,
+  REQUEST: 1,
+  RESPONSE: 2,
+  RST: 3,
+  SHUTDOWN: 4,
+  RW: 5,
+  CREDIT_UPDATE: 6,
+  CREDIT_REQUEST: 7,
+} as const;
+
+/** enum virtio_vsock_shutdown: flags of OP_SHUTDOWN. */
+export const VSOCK_SHUTDOWN = { RCV: 1, SEND: 2 } as const;
+
+/** A decoded virtio_vsock_hdr; CIDs are bigint because the wire field is 64 bits. */
+export interface VsockHeader {
+  srcCid: bigint;
+  dstCid: bigint;
+  srcPort: number;
+  dstPort: number;
+  /** Payload bytes following the header. */
+  len: number;
+  type: number;
+  op: number;
+  flags: number;
+  /** The sender's receive buffer size (credit it grants). */
+  bufAlloc: number;
+  /** Bytes the sender has consumed from its receive buffer so far (wraps at 2^32). */
+  fwdCnt: number;
+}
+
+const U32 = 0xffff_ffff;
+const U64 = (1n << 64n) - 1n;
+
+function checkU32(v: unknown, arg: string): void {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > U32) throw invalidArg(arg, `must be an integer in 0..2^32-1, got ${String(v)}`, 'ERR_VHOST_OUT_OF_RANGE');
+}
+
+function checkU16(v: unknown, arg: string): void {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffff) throw invalidArg(arg, `must be an integer in 0..65535, got ${String(v)}`, 'ERR_VHOST_OUT_OF_RANGE');
+}
+
+function checkU64(v: unknown, arg: string): void {
+  if (typeof v !== 'bigint' || v < 0n || v > U64) throw invalidArg(arg, `must be a bigint in 0..2^64-1, got ${String(v)}`, 'ERR_VHOST_OUT_OF_RANGE');
+}
+
+/** Checks every field's range (what encodeVsockHeader would otherwise truncate). */
+export function checkVsockHeader(h: VsockHeader): void {
+  if (h === null || typeof h !== 'object') throw invalidArg('header', 'must be an object');
+  checkU64(h.srcCid, 'header.srcCid');
+  checkU64(h.dstCid, 'header.dstCid');
+  for (const k of ['srcPort', 'dstPort', 'len', 'flags', 'bufAlloc', 'fwdCnt'] as const) checkU32(h[k], `header.${k}`);
+  checkU16(h.type, 'header.type');
+  checkU16(h.op, 'header.op');
+}
+
+/**
+ * Writes `h` into `out` at `offset` (44 bytes). Hot path: fields are not
+ * range-checked here (see checkVsockHeader); `out` must have room.
+ */
+export function writeVsockHeader(out: Uint8Array, offset: number, h: VsockHeader): void {
+  const dv = new DataView(out.buffer, out.byteOffset + offset, VSOCK_HDR_SIZE);
+  dv.setBigUint64(0, h.srcCid, true);
+  dv.setBigUint64(8, h.dstCid, true);
+  dv.setUint32(16, h.srcPort, true);
+  dv.setUint32(20, h.dstPort, true);
+  dv.setUint32(24, h.len, true);
+  dv.setUint16(28, h.type, true);
+  dv.setUint16(30, h.op, true);
+  dv.setUint32(32, h.flags, true);
+  dv.setUint32(36, h.bufAlloc, true);
+  dv.setUint32(40, h.fwdCnt, true);
+}
+
+/** Encodes a header (validated) into a new 44-byte Buffer. */
+export function encodeVsockHeader(h: VsockHeader): Buffer {
+  checkVsockHeader(h);
+  const out = Buffer.alloc(VSOCK_HDR_SIZE);
+  writeVsockHeader(out, 0, h);
+  return out;
+}
+
+/** Decodes the header at `offset`; throws ERR_VHOST_OUT_OF_RANGE when fewer than 44 bytes remain. */
+export function decodeVsockHeader(buf: Uint8Array, offset = 0): VsockHeader {
+  if (!(buf instanceof Uint8Array)) throw invalidArg('buf', 'must be a Uint8Array');
+  if (!Number.isInteger(offset) || offset < 0 || offset + VSOCK_HDR_SIZE > buf.length) {
+    throw invalidArg('buf', `has no ${VSOCK_HDR_SIZE}-byte header at offset ${offset} (length ${buf.length})`, 'ERR_VHOST_OUT_OF_RANGE');
+  }
+  const dv = new DataView(buf.buffer, buf.byteOffset + offset, VSOCK_HDR_SIZE);
+  return {
+    srcCid: dv.getBigUint64(0, true),
+    dstCid: dv.getBigUint64(8, true),
+    srcPort: dv.getUint32(16, true),
+    dstPort: dv.getUint32(20, true),
+    len: dv.getUint32(24, true),
+    type: dv.getUint16(28, true),
+    op: dv.getUint16(30, true),
+    flags: dv.getUint32(32, true),
+    bufAlloc: dv.getUint32(36, true),
+    fwdCnt: dv.getUint32(40, true),
+  };
+}

@@ -1,0 +1,83 @@
+// virtio_vsock_hdr codec: round trips for every field value, the layout of
+// linux/virtio_vsock.h (offsets, little-endian), range errors; and the
+// VirtioVsockGuest option checks that run before any syscall.
+import fc from 'fast-check';
+import { decodeVsockHeader, encodeVsockHeader, VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_SHUTDOWN, VSOCK_TYPE, writeVsockHeader, type VsockHeader } from '../../lib/vsock-packet';
+import { planVirtioVsockGuest } from '../../lib/virtio-vsock-guest';
+import { thrown } from '../kernel/helpers';
+
+const u32 = fc.integer({ min: 0, max: 0xffff_ffff });
+const u16 = fc.integer({ min: 0, max: 0xffff });
+const u64 = fc.bigInt({ min: 0n, max: (1n << 64n) - 1n });
+const header: fc.Arbitrary<VsockHeader> = fc.record({
+  srcCid: u64, dstCid: u64, srcPort: u32, dstPort: u32, len: u32, type: u16, op: u16, flags: u32, bufAlloc: u32, fwdCnt: u32,
+});
+
+describe('virtio_vsock_hdr codec', () => {
+  test('decode(encode(h)) is h for every header', () => {
+    fc.assert(fc.property(header, (h) => {
+      const buf = encodeVsockHeader(h);
+      expect(buf.length).toBe(VSOCK_HDR_SIZE);
+      expect(decodeVsockHeader(buf)).toEqual(h);
+    }));
+  });
+
+  test('encode(decode(bytes)) is bytes for every 44 bytes, at any offset', () => {
+    fc.assert(fc.property(fc.uint8Array({ minLength: 44, maxLength: 44 }), fc.nat(16), (bytes, pad) => {
+      const framed = new Uint8Array(pad + 44 + 3);
+      framed.set(bytes, pad);
+      const h = decodeVsockHeader(framed, pad);
+      expect(Buffer.from(encodeVsockHeader(h)).equals(Buffer.from(bytes))).toBe(true);
+      const out = new Uint8Array(pad + 44);
+      writeVsockHeader(out, pad, h);
+      expect(Buffer.from(out.subarray(pad)).equals(Buffer.from(bytes))).toBe(true);
+    }));
+  });
+
+  test('fields sit at the offsets of linux/virtio_vsock.h, little-endian', () => {
+    const buf = encodeVsockHeader({
+      srcCid: 0x0102030405060708n, dstCid: 2n, srcPort: 0x11223344, dstPort: 1234, len: 5, type: VSOCK_TYPE.STREAM,
+      op: VSOCK_OP.SHUTDOWN, flags: VSOCK_SHUTDOWN.RCV | VSOCK_SHUTDOWN.SEND, bufAlloc: 262144, fwdCnt: 0xdeadbeef,
+    });
+    expect(buf.subarray(0, 8)).toEqual(Buffer.from([8, 7, 6, 5, 4, 3, 2, 1]));
+    expect(buf.readBigUInt64LE(8)).toBe(2n);
+    expect(buf.readUInt32LE(16)).toBe(0x11223344);
+    expect(buf.readUInt32LE(20)).toBe(1234);
+    expect(buf.readUInt32LE(24)).toBe(5);
+    expect(buf.readUInt16LE(28)).toBe(1);
+    expect(buf.readUInt16LE(30)).toBe(4);
+    expect(buf.readUInt32LE(32)).toBe(3);
+    expect(buf.readUInt32LE(36)).toBe(262144);
+    expect(buf.readUInt32LE(40)).toBe(0xdeadbeef);
+  });
+
+  test('the enums match the kernel uapi values', () => {
+    expect(VSOCK_TYPE).toEqual({ STREAM: 1, SEQPACKET: 2 });
+    expect(VSOCK_OP).toEqual({ INVALID: 0, REQUEST: 1, RESPONSE: 2, RST: 3, SHUTDOWN: 4, RW: 5, CREDIT_UPDATE: 6, CREDIT_REQUEST: 7 });
+    expect(VSOCK_SHUTDOWN).toEqual({ RCV: 1, SEND: 2 });
+  });
+
+  test('out-of-range fields and short buffers are refused with ERR_VHOST_OUT_OF_RANGE', () => {
+    const ok: VsockHeader = { srcCid: 3n, dstCid: 2n, srcPort: 1, dstPort: 2, len: 0, type: 1, op: 1, flags: 0, bufAlloc: 0, fwdCnt: 0 };
+    expect(thrown(() => encodeVsockHeader({ ...ok, srcPort: 2 ** 32 })).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(thrown(() => encodeVsockHeader({ ...ok, op: -1 })).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(thrown(() => encodeVsockHeader({ ...ok, dstCid: 1n << 64n })).message).toMatch(/header\.dstCid/);
+    expect(thrown(() => decodeVsockHeader(new Uint8Array(43))).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(thrown(() => decodeVsockHeader(new Uint8Array(50), 7)).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+  });
+});
+
+describe('planVirtioVsockGuest (validation before any syscall)', () => {
+  test('defaults', () => {
+    expect(planVirtioVsockGuest()).toEqual({ cid: 'auto', queueSize: 128, bufferSize: 32768, bufAlloc: 262144 });
+    expect(planVirtioVsockGuest({ cid: 42, queueSize: 64, bufferSize: 4096, bufAlloc: 65536 })).toEqual({ cid: 42, queueSize: 64, bufferSize: 4096, bufAlloc: 65536 });
+  });
+
+  test('refuses reserved CIDs, bad sizes and unknown options, naming the option', () => {
+    for (const cid of [0, 1, 2, 0xffff_ffff]) expect(thrown(() => planVirtioVsockGuest({ cid })).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(thrown(() => planVirtioVsockGuest({ queueSize: 100 })).message).toMatch(/options\.queueSize/);
+    expect(thrown(() => planVirtioVsockGuest({ bufferSize: 65537 })).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(thrown(() => planVirtioVsockGuest({ bufAlloc: 1.5 })).code).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => planVirtioVsockGuest({ port: 1 } as never)).message).toMatch(/options\.port is not a VirtioVsockGuest option/);
+  });
+});

@@ -15,6 +15,7 @@ import { Tap } from '../../lib/tap';
 import { VirtioNetGuest } from '../../lib/virtio-net-guest';
 import { placeVirtqueue } from '../../lib/virtqueue';
 import { describeKernel, thrown, waitFor } from './helpers';
+import { inject } from './net-helpers';
 
 jest.setTimeout(120_000);
 
@@ -51,22 +52,6 @@ while len(out) < count:
 sys.stdout.write("\\n".join(out) + "\\n")
 `;
 
-// Sends each hex frame read from stdin out of the tap (towards the guest), `gap` s apart.
-const INJECT = `
-import socket, sys, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind((sys.argv[1], 0))
-gap, n = float(sys.argv[2]), 0
-for line in sys.stdin:
-    line = line.strip()
-    if line:
-        s.send(bytes.fromhex(line))
-        n += 1
-        if gap:
-            time.sleep(gap)
-print(n)
-`;
-
 /** Starts a capture; resolves once it listens, with the promise of its frames (wrapped: an async function would flatten it). */
 async function capture(ifname: string, count: number, idleS: number): Promise<{ frames: Promise<Buffer[]> }> {
   const proc = spawn(PYTHON, ['-c', CAPTURE, ifname, String(count), String(idleS), '60', String(ETHERTYPE)]);
@@ -86,17 +71,6 @@ async function capture(ifname: string, count: number, idleS: number): Promise<{ 
   });
   await ready;
   return { frames };
-}
-
-async function inject(ifname: string, frames: Buffer[], gapS = 0): Promise<void> {
-  const proc = spawn(PYTHON, ['-c', INJECT, ifname, String(gapS)]);
-  let out = '';
-  let err = '';
-  proc.stdout.on('data', (d) => (out += d));
-  proc.stderr.on('data', (d) => (err += d));
-  proc.stdin.end(frames.map((f) => f.toString('hex')).join('\n') + '\n');
-  const [code] = await once(proc, 'exit');
-  if (code !== 0 || Number(out) !== frames.length) throw new Error(`inject failed (${code}, sent ${out}): ${err}`);
 }
 
 /** An ETHERTYPE frame of `size` bytes to broadcast with `seq` after the header and a random payload. */

@@ -7,62 +7,23 @@
 // cannot open them) and busybox ping. Counts are sized for TCG, where JS runs
 // ~25x slower; the issue's full counts run with, on a KVM host:
 //   LINUX_VHOST_TEST_BURST=100000 LINUX_VHOST_TEST_UDP=10000
-import { execFile, spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { promisify } from 'node:util';
 import { Tap } from '../../lib/tap';
 import { VirtioNetGuest, type VirtioNetGuestOptions } from '../../lib/virtio-net-guest';
 import { describeKernel, openFdCount, thrown } from './helpers';
+import { capture, inject, TEST_ETHERTYPE as ETHERTYPE } from './net-helpers';
 
 jest.setTimeout(120_000);
 
 const BURST = Number(process.env.LINUX_VHOST_TEST_BURST ?? 2000);
 const UDP_COUNT = Number(process.env.LINUX_VHOST_TEST_UDP ?? 300);
 const PYTHON = '/usr/bin/python3';
-const ETHERTYPE = 0x88b5; // IEEE local experimental: the host stack ignores it
 const HOST_IP = '10.77.0.1';
 const GUEST_IP = '10.77.0.2';
 const run = promisify(execFile);
-
-// Prints "ready", then one hex line per frame of ETHERTYPE received from the
-// guest (not the host's own outgoing ones), until `count` or `timeout` s.
-const CAPTURE = `
-import socket, sys, select, time
-ifname, count, timeout, proto = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4], 0)
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
-s.setsockopt(socket.SOL_SOCKET, 33, 256 << 20)  # SO_RCVBUFFORCE: hold a whole burst
-s.bind((ifname, 0))
-print("ready", flush=True)
-got, end, out = 0, time.time() + timeout, []
-while got < count:
-    r, _, _ = select.select([s], [], [], max(0, end - time.time()))
-    if not r:
-        break
-    data, addr = s.recvfrom(70000)
-    if addr[2] == socket.PACKET_OUTGOING:
-        continue
-    out.append(data.hex())
-    got += 1
-sys.stdout.write("\\n".join(out) + "\\n")
-`;
-
-// Sends each hex frame read from stdin out of the tap (towards the guest).
-const INJECT = `
-import socket, sys, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
-s.bind((sys.argv[1], 0))
-gap = float(sys.argv[2])
-n = 0
-for line in sys.stdin:
-    line = line.strip()
-    if line:
-        s.send(bytes.fromhex(line))
-        n += 1
-        if gap:
-            time.sleep(gap)
-print(n)
-`;
 
 // UDP client: `count` datagrams, at most `window` unanswered; prints the number echoed intact.
 const UDP_CLIENT = `
@@ -88,42 +49,6 @@ while ok < count:
         ok += 1
 print(ok)
 `;
-
-interface Capture {
-  proc: ChildProcessWithoutNullStreams;
-  frames: Promise<Buffer[]>;
-}
-
-async function capture(ifname: string, count: number, timeoutS = 30): Promise<Capture> {
-  const proc = spawn(PYTHON, ['-c', CAPTURE, ifname, String(count), String(timeoutS), String(ETHERTYPE)]);
-  let out = '';
-  let err = '';
-  proc.stderr.on('data', (d) => (err += d));
-  const ready = new Promise<void>((resolve, reject) => {
-    proc.stdout.on('data', (d) => {
-      out += d;
-      if (out.startsWith('ready\n')) resolve();
-    });
-    proc.on('exit', (code) => reject(new Error(`capture exited ${code}: ${err}`)));
-  });
-  const frames = once(proc, 'exit').then(([code]) => {
-    if (code !== 0) throw new Error(`capture failed (${code}): ${err}`);
-    return out.split('\n').slice(1).filter((l) => l.length > 0).map((l) => Buffer.from(l, 'hex'));
-  });
-  await ready;
-  return { proc, frames };
-}
-
-async function inject(ifname: string, frames: Buffer[], gapS = 0): Promise<void> {
-  const proc = spawn(PYTHON, ['-c', INJECT, ifname, String(gapS)]);
-  let out = '';
-  let err = '';
-  proc.stdout.on('data', (d) => (out += d));
-  proc.stderr.on('data', (d) => (err += d));
-  proc.stdin.end(frames.map((f) => f.toString('hex')).join('\n') + '\n');
-  const [code] = await once(proc, 'exit');
-  if (code !== 0 || Number(out) !== frames.length) throw new Error(`inject failed (${code}, sent ${out}): ${err}`);
-}
 
 const BROADCAST = Buffer.alloc(6, 0xff);
 const HOST_MAC = Buffer.from([0x02, 0x77, 0, 0, 0, 1]);

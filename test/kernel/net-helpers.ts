@@ -16,7 +16,7 @@ const CAPTURE = `
 import socket, sys, select, time
 ifname, count, timeout, proto = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4], 0)
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
-s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE
+s.setsockopt(socket.SOL_SOCKET, 33, 256 << 20)  # SO_RCVBUFFORCE: hold a whole burst
 s.bind((ifname, 0))
 print("ready", flush=True)
 got, end, out = 0, time.time() + timeout, []
@@ -32,17 +32,21 @@ while got < count:
 sys.stdout.write("\\n".join(out) + "\\n")
 `;
 
-// Sends each hex frame read from stdin out of the link; prints the count.
+// Sends each hex frame read from stdin out of the link, `gap` s apart;
+// prints the count.
 const INJECT = `
-import socket, sys
+import socket, sys, time
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.bind((sys.argv[1], 0))
+gap = float(sys.argv[2])
 n = 0
 for line in sys.stdin:
     line = line.strip()
     if line:
         s.send(bytes.fromhex(line))
         n += 1
+        if gap:
+            time.sleep(gap)
 print(n)
 `;
 
@@ -73,9 +77,9 @@ export async function capture(ifname: string, count: number, timeoutS = 30, ethe
   return { proc, frames };
 }
 
-/** Sends every frame out of `ifname` (towards whatever is behind the link). */
-export async function inject(ifname: string, frames: Uint8Array[]): Promise<void> {
-  const proc = spawn(PYTHON, ['-c', INJECT, ifname]);
+/** Sends every frame out of `ifname` (towards whatever is behind the link), `gapS` seconds apart. */
+export async function inject(ifname: string, frames: Uint8Array[], gapS = 0): Promise<void> {
+  const proc = spawn(PYTHON, ['-c', INJECT, ifname, String(gapS)]);
   let out = '';
   let err = '';
   proc.stdout.on('data', (d) => (out += d));

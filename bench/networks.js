@@ -13,9 +13,9 @@
 //
 // Runs directly as root on a host with /dev/vhost-net, else in the test VM.
 'use strict';
-const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
+const { runHereOrInVm } = require('./here-or-vm');
 
 const root = path.resolve(__dirname, '..');
 const ETHERTYPE = 0x88b5;
@@ -34,14 +34,6 @@ function parseArgs(argv) {
   return opts;
 }
 
-const usable = (p) => {
-  try {
-    fs.accessSync(p, fs.constants.R_OK | fs.constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-};
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const rxPackets = (name) => Number(fs.readFileSync(`/sys/class/net/${name}/statistics/rx_packets`, 'utf8'));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -174,19 +166,4 @@ async function main(opts) {
 }
 
 const opts = parseArgs(process.argv.slice(2));
-if (process.getuid?.() === 0 && usable('/dev/vhost-net') && usable('/dev/net/tun')) {
-  main(opts).then(
-    (code) => (process.exitCode = code),
-    (err) => {
-      console.error(`bench/networks: ${err.stack || err.message}`);
-      process.exitCode = 1;
-    },
-  );
-} else if (process.env.LINUX_VHOST_IN_VM === '1') {
-  console.error('bench/networks: inside the test VM but /dev/vhost-net or /dev/net/tun is not usable');
-  process.exitCode = 1;
-} else {
-  console.error('bench/networks: this host lacks /dev/vhost-net or /dev/net/tun (or root): running inside the test VM');
-  const res = spawnSync('bash', [path.join(root, 'scripts', 'vm.sh'), '--', process.execPath, __filename, ...process.argv.slice(2)], { stdio: 'inherit', cwd: root });
-  process.exitCode = res.status ?? 1;
-}
+runHereOrInVm('bench/networks', __filename, () => main(opts));

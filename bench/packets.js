@@ -26,6 +26,7 @@
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
+const { runHereOrInVm } = require('./here-or-vm');
 
 const root = path.resolve(__dirname, '..');
 const cBin = path.join(root, 'build', 'bench', 'packets');
@@ -52,15 +53,6 @@ function parseArgs(argv) {
     opts[flag.slice(2)] = n;
   }
   return opts;
-}
-
-function usable(p) {
-  try {
-    fs.accessSync(p, fs.constants.R_OK | fs.constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 /** Builds the C reference unless it is newer than its source (as bench/run.js does for bringup.c). */
@@ -262,19 +254,4 @@ else if (!fs.existsSync(cBin)) {
   console.error(`bench/packets: ${path.relative(root, cBin)} is missing (it is built on the host before entering the VM)`);
   process.exit(1);
 }
-if (process.getuid?.() === 0 && usable('/dev/vhost-net') && usable('/dev/net/tun')) {
-  main(opts).then(
-    (code) => (process.exitCode = code),
-    (err) => {
-      console.error(`bench/packets: ${err.stack || err.message}`);
-      process.exitCode = 1;
-    },
-  );
-} else if (process.env.LINUX_VHOST_IN_VM === '1') {
-  console.error('bench/packets: inside the test VM but /dev/vhost-net or /dev/net/tun is not usable');
-  process.exitCode = 1;
-} else {
-  console.error('bench/packets: this host lacks /dev/vhost-net or /dev/net/tun (or root): running inside the test VM');
-  const res = spawnSync('bash', [path.join(root, 'scripts', 'vm.sh'), '--', process.execPath, __filename, ...process.argv.slice(2)], { stdio: 'inherit', cwd: root });
-  process.exitCode = res.status ?? 1;
-}
+runHereOrInVm('bench/packets', __filename, () => main(opts));

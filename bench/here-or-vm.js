@@ -1,0 +1,40 @@
+// Runs a benchmark's main() here when this host has the vhost-net and tun
+// devices (as root), otherwise re-runs the script inside the test VM, which
+// sets LINUX_VHOST_IN_VM=1 so it never recurses.
+'use strict';
+const { spawnSync } = require('node:child_process');
+const fs = require('node:fs');
+const path = require('node:path');
+
+const root = path.resolve(__dirname, '..');
+
+function usable(p) {
+  try {
+    fs.accessSync(p, fs.constants.R_OK | fs.constants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** name: for messages; script: the caller's __filename; main: async () => exit code. */
+function runHereOrInVm(name, script, main) {
+  if (process.getuid?.() === 0 && usable('/dev/vhost-net') && usable('/dev/net/tun')) {
+    main().then(
+      (code) => (process.exitCode = code),
+      (err) => {
+        console.error(`${name}: ${err.stack || err.message}`);
+        process.exitCode = 1;
+      },
+    );
+  } else if (process.env.LINUX_VHOST_IN_VM === '1') {
+    console.error(`${name}: inside the test VM but /dev/vhost-net or /dev/net/tun is not usable`);
+    process.exitCode = 1;
+  } else {
+    console.error(`${name}: this host lacks /dev/vhost-net or /dev/net/tun (or root): running inside the test VM`);
+    const res = spawnSync('bash', [path.join(root, 'scripts', 'vm.sh'), '--', process.execPath, script, ...process.argv.slice(2)], { stdio: 'inherit', cwd: root });
+    process.exitCode = res.status ?? 1;
+  }
+}
+
+module.exports = { runHereOrInVm, usable };

@@ -13,18 +13,26 @@
 //   reader is slow, so memory stays within bufAlloc + highWaterMark per
 //   connection; a CREDIT_UPDATE goes out once a quarter of bufAlloc was freed
 //   since the peer last heard our fwdCnt.
+//
+// SEQPACKET (when the device offers VIRTIO_VSOCK_F_SEQPACKET) uses the same
+// packets with type SEQPACKET: a message goes out in bufferSize pieces, the
+// last one flagged EOM, and arrives as one chunk once its EOM packet is in,
+// as net/vmw_vsock/virtio_transport_common.c does. The credit rules apply
+// per byte; a message larger than the peer's buf_alloc fails with EMSGSIZE.
 import { EventEmitter } from 'node:events';
 import { Duplex } from 'node:stream';
+import type { DeviceState } from './builder';
 import { closedError, invalidArg, VhostError } from './errors';
 import { EventFd } from './eventfd';
 import { features } from './features';
 import { GuestMemory } from './memory';
 import { SEG_END, SEG_WRITABLE } from './native';
 import { VhostVsock } from './vhost-vsock';
+import type { VsockType } from './vsock';
 import type { RunningVhostVsock } from './vsock-builder';
 import { BufferPool, placeVirtqueue, Virtqueue } from './virtqueue';
 import { validateQueueSize } from './vring';
-import { VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_SHUTDOWN, VSOCK_TYPE, writeVsockHeader } from './vsock-packet';
+import { VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_SEQ, VSOCK_SHUTDOWN, VSOCK_TYPE, writeVsockHeader } from './vsock-packet';
 
 /** The host's CID, the default peer of connect(). */
 const HOST_CID = 2;
@@ -33,6 +41,7 @@ const EPHEMERAL_FIRST = 49152;
 const PAGE = 4096n;
 const RX_QUEUE = 0;
 const TX_QUEUE = 1;
+const INT32_MAX = 0x7fff_ffff;
 
 const alignUp = (v: bigint, a: bigint): bigint => (v + a - 1n) & ~(a - 1n);
 
@@ -45,6 +54,12 @@ export interface VirtioVsockGuestOptions {
   bufferSize?: number;
   /** Receive buffer per connection advertised to the peer (buf_alloc), 4096..2^30. Default 262144. */
   bufAlloc?: number;
+  /**
+   * VIRTIO_VSOCK_F_SEQPACKET: undefined (default) negotiates it when the
+   * device offers it, true requires it (ERR_VHOST_UNSUPPORTED otherwise),
+   * false leaves it off (host SEQPACKET connects then fail with ESOCKTNOSUPPORT).
+   */
+  seqpacket?: boolean;
 }
 
 /** Options of VirtioVsockGuest.connect(). */
@@ -54,6 +69,20 @@ export interface VirtioVsockConnectOptions {
   cid?: number;
   /** Keep the writable side open after the peer ends (default false: end() follows 'end'). */
   allowHalfOpen?: boolean;
+  /** Default 'stream'; 'seqpacket' needs the feature negotiated (see VirtioVsockGuest.seqpacket). */
+  type?: VsockType;
+  /** Connect timeout in ms (1..2^31-1): no RESPONSE or RST by then → 'error' with code ETIMEDOUT. No timeout by default. */
+  timeout?: number;
+  /** Aborting it destroys the connection with an AbortError (code ABORT_ERR), connected or not. */
+  signal?: AbortSignal;
+}
+
+/** Options of VirtioVsockGuest.listen(). */
+export interface VirtioVsockListenOptions {
+  /** For accepted connections, as in VirtioVsockConnectOptions. Default false. */
+  allowHalfOpen?: boolean;
+  /** Default 'stream'; requests of the other type are refused with RST, as the kernel does. */
+  type?: VsockType;
 }
 
 /** Counters of a VirtioVsockGuest. */
@@ -66,6 +95,8 @@ export interface VirtioVsockGuestStats {
   creditStalls: number;
   /** Times the TX ring had no free buffer. */
   txRingFull: number;
+  /** RST packets sent (refusals, destroy(), aborted or timed-out connects). */
+  resetsSent: number;
 }
 
 export interface VsockGuestAddress {
@@ -78,9 +109,10 @@ interface Plan {
   queueSize: number;
   bufferSize: number;
   bufAlloc: number;
+  seqpacket: boolean | 'offered';
 }
 
-const OPTION_KEYS = new Set(['cid', 'queueSize', 'bufferSize', 'bufAlloc']);
+const OPTION_KEYS = new Set(['cid', 'queueSize', 'bufferSize', 'bufAlloc', 'seqpacket']);
 
 function intIn(v: unknown, arg: string, min: number, max: number): number {
   if (typeof v !== 'number' || !Number.isInteger(v)) throw invalidArg(arg, `must be an integer, got ${String(v)}`);
@@ -96,11 +128,75 @@ export function planVirtioVsockGuest(options: VirtioVsockGuestOptions = {}): Pla
   const queueSize = validateQueueSize(options.queueSize ?? 128, 'options.queueSize');
   const bufferSize = intIn(options.bufferSize ?? 32768, 'options.bufferSize', 256, 65536);
   const bufAlloc = intIn(options.bufAlloc ?? 262144, 'options.bufAlloc', 4096, 1 << 30);
-  return { cid, queueSize, bufferSize, bufAlloc };
+  const seqpacket = options.seqpacket ?? 'offered';
+  if (seqpacket !== 'offered' && typeof seqpacket !== 'boolean') throw invalidArg('options.seqpacket', `must be a boolean, got ${typeof seqpacket}`);
+  return { cid, queueSize, bufferSize, bufAlloc, seqpacket };
 }
 
 function checkPort(v: unknown, arg: string): number {
   return intIn(v, arg, 0, PORT_MAX);
+}
+
+function checkType(v: unknown, arg: string): VsockType {
+  if (v === undefined) return 'stream';
+  if (v !== 'stream' && v !== 'seqpacket') throw invalidArg(arg, `must be 'stream' or 'seqpacket', got ${String(v)}`);
+  return v;
+}
+
+function checkBool(v: unknown, arg: string): boolean {
+  if (v === undefined) return false;
+  if (typeof v !== 'boolean') throw invalidArg(arg, `must be a boolean, got ${typeof v}`);
+  return v;
+}
+
+/** Checked connect() options. Exported for the unit tests; use VirtioVsockGuest.connect(). */
+export function checkGuestConnectOptions(options: unknown): { port: number; cid: number; allowHalfOpen: boolean; type: VsockType; timeout?: number; signal?: AbortSignal } {
+  if (options === null || typeof options !== 'object') throw invalidArg('options', 'must be an object { port, cid }');
+  const o = options as Record<string, unknown>;
+  const port = checkPort(o.port, 'options.port');
+  const cid = o.cid === undefined ? HOST_CID : intIn(o.cid, 'options.cid', 0, 0xffff_fffe);
+  const allowHalfOpen = checkBool(o.allowHalfOpen, 'options.allowHalfOpen');
+  const type = checkType(o.type, 'options.type');
+  const timeout = o.timeout === undefined ? undefined : intIn(o.timeout, 'options.timeout', 1, INT32_MAX);
+  const signal = o.signal;
+  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArg('options.signal', 'must be an AbortSignal');
+  return { port, cid, allowHalfOpen, type, timeout, signal };
+}
+
+/** The virtio-vsock feature bits to ack for `plan` given what the device offers; ERR_VHOST_UNSUPPORTED when SEQPACKET is required and not offered. */
+export function vsockGuestFeatures(plan: Pick<Plan, 'seqpacket'>, offered: bigint): bigint {
+  let acked = features.ring.VERSION_1 | features.ring.RING_EVENT_IDX;
+  const seq = features.vsock.SEQPACKET;
+  if (plan.seqpacket === true && (offered & seq) === 0n) {
+    throw invalidArg('options.seqpacket', `is true but the device does not offer VIRTIO_VSOCK_F_SEQPACKET (offered 0x${offered.toString(16)})`, 'ERR_VHOST_UNSUPPORTED');
+  }
+  if (plan.seqpacket !== false && (offered & seq) !== 0n) acked |= seq;
+  return acked;
+}
+
+/** Brings up the guest's device: `acked` defaults to what vsockGuestFeatures picks from the offer; `state` holds saved ring bases. */
+type StartDevice = (cid: number | 'auto', acked?: bigint, state?: DeviceState) => RunningVhostVsock;
+
+function baseOf(state: DeviceState | undefined, index: number): number {
+  return state?.queues.find((q) => q.index === index)?.base ?? 0;
+}
+
+function checkDeviceState(state: unknown): DeviceState {
+  const queues = (state as DeviceState | null)?.queues;
+  if (state === null || typeof state !== 'object' || !Array.isArray(queues)) throw invalidArg('state', 'must be the { queues: [{ index, base }] } that pause() returned');
+  for (const [i, q] of queues.entries()) {
+    if (q === null || typeof q !== 'object' || !Number.isInteger(q.index) || !Number.isInteger(q.base)) throw invalidArg(`state.queues[${i}]`, 'must be { index, base } with integers');
+    if (q.base < 0 || q.base > 0xffff) throw invalidArg(`state.queues[${i}].base`, `must be in 0..65535 (split ring index), got ${q.base}`, 'ERR_VHOST_OUT_OF_RANGE');
+  }
+  return state as DeviceState;
+}
+
+/** An AbortError like Node core's (and lib/vsock.ts's). */
+function abortError(signal: AbortSignal): Error {
+  const err = new Error('The operation was aborted', { cause: signal.reason }) as Error & { code: string };
+  err.name = 'AbortError';
+  err.code = 'ABORT_ERR';
+  return err;
 }
 
 function connError(code: string, message: string, local: VsockGuestAddress, peer: VsockGuestAddress): VhostError {
@@ -112,8 +208,15 @@ interface Control {
   conn: VirtioVsockConnection | null;
   op: number;
   flags: number;
-  /** For packets to an unknown connection (RST): the addressing. */
-  addr?: { localPort: number; peerCid: number; peerPort: number };
+  /** For packets to an unknown connection (RST): the addressing and the type of the packet answered. */
+  addr?: PacketAddr;
+}
+
+interface PacketAddr {
+  localPort: number;
+  peerCid: number;
+  peerPort: number;
+  type: number;
 }
 
 interface PendingWrite {
@@ -133,15 +236,33 @@ interface GuestLink {
 
 type ConnState = 'connecting' | 'connected' | 'closed';
 
+/** @internal How a connection is made: by connect() or for an incoming request. */
+interface ConnInit {
+  localPort: number;
+  peerCid: number;
+  peerPort: number;
+  state: ConnState;
+  allowHalfOpen: boolean;
+  type: VsockType;
+}
+
 /**
- * One stream connection of a VirtioVsockGuest, a Duplex like net.Socket:
+ * One connection of a VirtioVsockGuest, a Duplex like net.Socket:
  * 'connect', backpressure (write() returns false above highWaterMark; data
  * only leaves within the peer's credit), end() sends SHUTDOWN(SEND) once
  * queued data is out, destroy() sends RST, 'end' when the peer shuts down its
  * sending side, 'close', 'error' with code ECONNREFUSED (the peer answered
- * the request with RST) or ECONNRESET (RST on an established connection).
+ * the request with RST), ECONNRESET (RST on an established connection, or
+ * the guest's device was replaced by resume()), ETIMEDOUT (connect timeout),
+ * EMSGSIZE (a seqpacket message larger than the peer's buf_alloc), or an
+ * AbortError (code ABORT_ERR) from the connect signal.
+ *
+ * For type 'seqpacket' each write() is one message and each chunk read is
+ * one message (object mode on the readable side), as with lib/vsock.ts sockets.
  */
 export class VirtioVsockConnection extends Duplex {
+  /** 'stream' or 'seqpacket'. */
+  readonly type: VsockType;
   readonly #guest: GuestLink;
   /** @internal */ readonly localPort: number;
   /** @internal */ readonly peerCid: number;
@@ -155,17 +276,24 @@ export class VirtioVsockConnection extends Duplex {
   /** @internal */ readonly pending: PendingWrite[] = [];
   /** @internal */ finalCb: ((err?: Error | null) => void) | null = null;
   /** @internal */ creditRequested = false;
+  /** @internal The REQUEST is in the TX ring: an abandoned connect owes the peer an RST. */ requestSent = false;
+  /** Received payload waiting for the reader: bytes (stream) or whole messages (seqpacket). */
   #rxQueue: Buffer[] = [];
+  /** Seqpacket: packets of the message whose EOM has not arrived yet. */
+  #partial: Buffer[] = [];
   #peerSendDone = false;
   #eofPushed = false;
   #wantRead = false;
   #bytesRead = 0;
   #bytesWritten = 0;
+  #timer: NodeJS.Timeout | null = null;
+  #signal: AbortSignal | undefined;
 
   /** @internal Created by VirtioVsockGuest.connect() or for an incoming request. */
-  constructor(guest: GuestLink, a: { localPort: number; peerCid: number; peerPort: number; state: ConnState; allowHalfOpen: boolean }) {
-    super({ allowHalfOpen: a.allowHalfOpen });
+  constructor(guest: GuestLink, a: ConnInit) {
+    super({ allowHalfOpen: a.allowHalfOpen, readableObjectMode: a.type === 'seqpacket' });
     this.#guest = guest;
+    this.type = a.type;
     this.localPort = a.localPort;
     this.peerCid = a.peerCid;
     this.peerPort = a.peerPort;
@@ -194,12 +322,36 @@ export class VirtioVsockConnection extends Duplex {
     return this.#bytesWritten;
   }
 
-  /** Bytes received and not yet taken by the Readable (bounded by the credit we grant). */
+  /** Bytes received and not yet taken by the Readable (bounded by the credit we grant), incomplete messages included. */
   get receiveQueued(): number {
     let n = 0;
     for (const b of this.#rxQueue) n += b.length;
+    for (const b of this.#partial) n += b.length;
     return n;
   }
+
+  /** @internal Wire value of the type. */
+  get wireType(): number {
+    return this.type === 'seqpacket' ? VSOCK_TYPE.SEQPACKET : VSOCK_TYPE.STREAM;
+  }
+
+  /** @internal Arms the connect timeout and the abort signal (connect() only). */
+  watchConnect(timeout: number | undefined, signal: AbortSignal | undefined): void {
+    if (timeout !== undefined) {
+      this.#timer = setTimeout(() => {
+        this.#timer = null;
+        if (this.state === 'connecting') this.destroy(connError('ETIMEDOUT', `no answer to the connection request within ${timeout} ms`, this.localAddress, this.remoteAddress));
+      }, timeout);
+    }
+    if (signal) {
+      this.#signal = signal;
+      signal.addEventListener('abort', this.#onAbort, { once: true });
+    }
+  }
+
+  #onAbort = (): void => {
+    if (this.#signal) this.destroy(abortError(this.#signal));
+  };
 
   /** @internal Bytes the peer lets us send now. */
   credit(): number {
@@ -210,15 +362,25 @@ export class VirtioVsockConnection extends Duplex {
   /** @internal The peer accepted our REQUEST. */
   onResponse(): void {
     this.state = 'connected';
+    this.#clearTimer();
     this.emit('connect');
     this.#guest.wantTx(this);
   }
 
-  /** @internal Payload from the peer. */
-  onData(payload: Buffer): void {
+  /** @internal Payload from the peer; `flags` matter for seqpacket (EOM ends a message). */
+  onData(payload: Buffer, flags: number): void {
     if (this.#peerSendDone || this.state !== 'connected') return; // data after SHUTDOWN(SEND) is a protocol violation: drop
-    if (payload.length === 0) return;
-    this.#rxQueue.push(payload);
+    if (this.type === 'seqpacket') {
+      if (payload.length > 0) this.#partial.push(payload);
+      if ((flags & VSOCK_SEQ.EOM) === 0) return;
+      const parts = this.#partial;
+      this.#partial = [];
+      if (parts.length === 0) return; // an empty message: no chunk, as lib/vsock.ts never sends one
+      this.#rxQueue.push(parts.length === 1 ? parts[0] : Buffer.concat(parts));
+    } else {
+      if (payload.length === 0) return;
+      this.#rxQueue.push(payload);
+    }
     if (this.#wantRead) this.#pushQueued();
   }
 
@@ -248,6 +410,14 @@ export class VirtioVsockConnection extends Duplex {
     }
   }
 
+  /** @internal The device was replaced: the host kernel reset its side already, so no RST goes out. */
+  onTransportReset(): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.#guest.forget(this);
+    this.destroy(connError('ECONNRESET', "connection reset: the guest's vhost-vsock device was replaced", this.localAddress, this.remoteAddress));
+  }
+
   #takeCallbacks(): ((err?: Error | null) => void)[] {
     const cbs: ((err?: Error | null) => void)[] = [];
     for (const p of this.pending.splice(0)) if (p.cb) cbs.push(p.cb);
@@ -260,6 +430,11 @@ export class VirtioVsockConnection extends Duplex {
   sent(n: number): void {
     this.txCnt = (this.txCnt + n) >>> 0;
     this.#bytesWritten += n;
+  }
+
+  /** @internal The error of a seqpacket message the peer can never take whole. */
+  tooBig(len: number): VhostError {
+    return connError('EMSGSIZE', `message of ${len} bytes exceeds the peer's receive buffer (buf_alloc ${this.peerBufAlloc})`, this.localAddress, this.remoteAddress);
   }
 
   #pushQueued(): void {
@@ -283,6 +458,11 @@ export class VirtioVsockConnection extends Duplex {
     }
   }
 
+  #clearTimer(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+  }
+
   override _read(): void {
     this.#wantRead = true;
     this.#pushQueued();
@@ -292,6 +472,7 @@ export class VirtioVsockConnection extends Duplex {
     this._writev([{ chunk }], cb);
   }
 
+  /** Stream: the chunks are one byte run. Seqpacket: each chunk is its own message. */
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
     if (this.state === 'closed') {
       cb(connError('EPIPE', 'the connection is closed', this.localAddress, this.remoteAddress));
@@ -313,14 +494,20 @@ export class VirtioVsockConnection extends Duplex {
   }
 
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
+    this.#clearTimer();
+    this.#signal?.removeEventListener('abort', this.#onAbort);
+    this.#signal = undefined;
     if (this.state !== 'closed') {
+      // A connect abandoned before its REQUEST left needs no RST: the peer never heard of it.
+      const owesReset = this.state === 'connected' || this.requestSent;
       this.state = 'closed';
-      this.#guest.queueControl({ conn: this, op: VSOCK_OP.RST, flags: 0 });
+      if (owesReset) this.#guest.queueControl({ conn: this, op: VSOCK_OP.RST, flags: 0 });
       this.#guest.forget(this);
     }
     this.pending.length = 0;
     this.finalCb = null;
     this.#rxQueue = [];
+    this.#partial = [];
     cb(err);
   }
 }
@@ -332,7 +519,10 @@ export class VirtioVsockConnection extends Duplex {
  * VirtioVsockGuest.create(); close() (or `using`) destroys every connection
  * and releases the device (the kernel then resets host sockets still
  * connected to this CID). Events: 'error' (ring or device failure), 'close'.
- * Stream sockets only (SEQPACKET is not negotiated).
+ * SEQPACKET connections work when the device offers the feature (see
+ * `seqpacket`). pause() / resume() stop the device and bring it back on a new
+ * one over the same rings; connections do not survive that (both ends see
+ * ECONNRESET), listeners do.
  */
 export class VirtioVsockGuest extends EventEmitter implements Disposable {
   /** The CID the kernel accepted for this guest. */
@@ -342,9 +532,13 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   readonly bufferSize: number;
   /** Receive buffer advertised per connection. */
   readonly bufAlloc: number;
+  /** VIRTIO_VSOCK_F_SEQPACKET was negotiated: type 'seqpacket' works. */
+  readonly seqpacket: boolean;
   readonly #mem: GuestMemory;
   readonly #fds: EventFd[];
-  readonly #device: RunningVhostVsock;
+  #device: RunningVhostVsock;
+  /** Builds a device over the same memory, rings and eventfds (with a state, each ring resumes at its saved base). */
+  readonly #startDevice: StartDevice;
   readonly #rxq: Virtqueue;
   readonly #txq: Virtqueue;
   readonly #rxPool: BufferPool;
@@ -356,25 +550,27 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   readonly #used: Uint32Array;
   readonly #rxUsed: Uint32Array;
   readonly #conns = new Map<string, VirtioVsockConnection>();
-  readonly #listeners = new Map<number, { cb: (conn: VirtioVsockConnection) => void; allowHalfOpen: boolean }>();
+  readonly #listeners = new Map<number, { cb: (conn: VirtioVsockConnection) => void; allowHalfOpen: boolean; type: VsockType }>();
   readonly #control: Control[] = [];
   readonly #txWanted = new Set<VirtioVsockConnection>();
-  readonly #stats: VirtioVsockGuestStats = { rxPackets: 0, txPackets: 0, creditUpdatesSent: 0, creditStalls: 0, txRingFull: 0 };
+  readonly #stats: VirtioVsockGuestStats = { rxPackets: 0, txPackets: 0, creditUpdatesSent: 0, creditStalls: 0, txRingFull: 0, resetsSent: 0 };
   readonly #link: GuestLink;
   #nextPort = EPHEMERAL_FIRST;
   #flushScheduled = false;
   #flushing = false;
   #closed = false;
 
-  private constructor(init: { plan: Plan; mem: GuestMemory; fds: EventFd[]; device: RunningVhostVsock; rxq: Virtqueue; txq: Virtqueue; rxPool: BufferPool; txPool: BufferPool }) {
+  private constructor(init: { plan: Plan; mem: GuestMemory; fds: EventFd[]; device: RunningVhostVsock; startDevice: StartDevice; rxq: Virtqueue; txq: Virtqueue; rxPool: BufferPool; txPool: BufferPool }) {
     super();
     this.cid = init.device.cid;
     this.queueSize = init.plan.queueSize;
     this.bufferSize = init.plan.bufferSize;
     this.bufAlloc = init.plan.bufAlloc;
+    this.seqpacket = (init.device.features & features.vsock.SEQPACKET) !== 0n;
     this.#mem = init.mem;
     this.#fds = init.fds;
     this.#device = init.device;
+    this.#startDevice = init.startDevice;
     this.#rxq = init.rxq;
     this.#txq = init.txq;
     this.#rxPool = init.rxPool;
@@ -411,8 +607,8 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
 
   /**
    * Validates the options (before any syscall), then creates guest memory,
-   * the eventfds and the vhost-vsock device (VERSION_1 + EVENT_IDX, CID set,
-   * running), fills the RX ring and watches the call eventfds. On failure
+   * the eventfds and the vhost-vsock device (VERSION_1 + EVENT_IDX, plus
+   * SEQPACKET when offered unless `seqpacket: false`; CID set; running), fills the RX ring and watches the call eventfds. On failure
    * everything created so far is released.
    */
   static create(options: VirtioVsockGuestOptions = {}): VirtioVsockGuest {
@@ -436,17 +632,29 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
       made.push(rxq);
       const txq = Virtqueue.create({ memory: mem, size: n, ...ring(txRing), kick: txKick, eventIdx: true });
       made.push(txq);
-      const builder = VhostVsock.builder()
-        .memory(mem)
-        .features(features.ring.VERSION_1 | features.ring.RING_EVENT_IDX)
-        .queue(RX_QUEUE, { size: n, ...ring(rxRing), kick: rxKick, call: rxCall })
-        .queue(TX_QUEUE, { size: n, ...ring(txRing), kick: txKick, call: txCall });
-      if (plan.cid === 'auto') builder.cid('auto');
-      else builder.cid(plan.cid);
-      const device = builder.start();
+      const startDevice: StartDevice = (cid, acked, state) => {
+        // Opened here (not by the builder) to read the offered features first: SEQPACKET is acked only when offered.
+        const dev = VhostVsock.open();
+        try {
+          const bits = acked ?? vsockGuestFeatures(plan, dev.getFeatures());
+          const builder = VhostVsock.builder()
+            .device(dev)
+            .memory(mem)
+            .features(bits)
+            .queue(RX_QUEUE, { size: n, ...ring(rxRing), kick: rxKick, call: rxCall, base: baseOf(state, RX_QUEUE) })
+            .queue(TX_QUEUE, { size: n, ...ring(txRing), kick: txKick, call: txCall, base: baseOf(state, TX_QUEUE) });
+          if (cid === 'auto') builder.cid('auto');
+          else builder.cid(cid);
+          return builder.start();
+        } catch (err) {
+          dev.close(); // the builder leaves a device passed in open on failure
+          throw err;
+        }
+      };
+      const device = startDevice(plan.cid);
       made.push(device);
       const guest = new VirtioVsockGuest({
-        plan, mem, fds, device, rxq, txq,
+        plan, mem, fds, device, startDevice, rxq, txq,
         rxPool: new BufferPool(mem, 0n, rxPoolGpa, slot, n),
         txPool: new BufferPool(mem, 0n, txPoolGpa, slot, n),
       });
@@ -486,20 +694,30 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   }
 
   /**
-   * Accepts stream connections to `port` (0..0xfffffffe); `onConnection`
-   * receives each as a connected VirtioVsockConnection. Throws EADDRINUSE
-   * when the port already listens.
+   * Accepts connections of `options.type` (default 'stream') to `port`
+   * (0..0xfffffffe); `onConnection` receives each as a connected
+   * VirtioVsockConnection. Requests of the other type get RST, as the
+   * kernel answers them. Throws EADDRINUSE when the port already listens
+   * (one listener per port, whatever its type, as in the kernel), and
+   * ERR_VHOST_UNSUPPORTED for 'seqpacket' when it was not negotiated.
    */
-  listen(port: number, onConnection: (conn: VirtioVsockConnection) => void, options: { allowHalfOpen?: boolean } = {}): this {
+  listen(port: number, onConnection: (conn: VirtioVsockConnection) => void, options: VirtioVsockListenOptions = {}): this {
     if (this.#closed) throw closedError('VirtioVsockGuest (listen)');
     const p = checkPort(port, 'port');
     if (typeof onConnection !== 'function') throw invalidArg('onConnection', 'must be a function');
     if (options === null || typeof options !== 'object') throw invalidArg('options', 'must be an object');
-    const allowHalfOpen = options.allowHalfOpen ?? false;
-    if (typeof allowHalfOpen !== 'boolean') throw invalidArg('options.allowHalfOpen', 'must be a boolean');
+    const allowHalfOpen = checkBool(options.allowHalfOpen, 'options.allowHalfOpen');
+    const type = checkType(options.type, 'options.type');
+    this.#checkTypeNegotiated(type);
     if (this.#listeners.has(p)) throw new VhostError(`EADDRINUSE: port ${p} of guest CID ${this.cid} already listens`, { code: 'EADDRINUSE', syscall: 'listen', path: `vsock:${this.cid}:${p}` });
-    this.#listeners.set(p, { cb: onConnection, allowHalfOpen });
+    this.#listeners.set(p, { cb: onConnection, allowHalfOpen, type });
     return this;
+  }
+
+  #checkTypeNegotiated(type: VsockType): void {
+    if (type === 'seqpacket' && !this.seqpacket) {
+      throw invalidArg('options.type', "is 'seqpacket' but VIRTIO_VSOCK_F_SEQPACKET was not negotiated with the device", 'ERR_VHOST_UNSUPPORTED');
+    }
   }
 
   /** Stops accepting on `port` (established connections stay). */
@@ -509,22 +727,31 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   }
 
   /**
-   * Opens a stream connection to `cid` (default 2, the host) : `port` from a
-   * free local port (49152 upward). 'connect' when the peer answers; 'error'
-   * with ECONNREFUSED when it answers with RST (nobody listens).
+   * Opens a connection of `options.type` (default 'stream') to `cid`
+   * (default 2, the host) : `port` from a free local port (49152 upward).
+   * 'connect' when the peer answers; 'error' with ECONNREFUSED when it
+   * answers with RST (nobody listens, or a listener of the other type),
+   * ETIMEDOUT when `timeout` ms pass without an answer (vhost-vsock drops
+   * packets to any CID but the host's, so only a timeout ends those), an
+   * AbortError (code ABORT_ERR) when `signal` aborts. A timed-out or aborted
+   * connect sends RST if its REQUEST already left and leaves no entry behind.
+   * Validation errors throw (ERR_VHOST_UNSUPPORTED for 'seqpacket' when not negotiated).
    */
   connect(options: VirtioVsockConnectOptions, onConnect?: () => void): VirtioVsockConnection {
     if (this.#closed) throw closedError('VirtioVsockGuest (connect)');
-    if (options === null || typeof options !== 'object') throw invalidArg('options', 'must be an object { port, cid }');
-    const port = checkPort(options.port, 'options.port');
-    const cid = options.cid === undefined ? HOST_CID : intIn(options.cid, 'options.cid', 0, 0xffff_fffe);
-    const allowHalfOpen = options.allowHalfOpen ?? false;
-    if (typeof allowHalfOpen !== 'boolean') throw invalidArg('options.allowHalfOpen', 'must be a boolean');
+    const o = checkGuestConnectOptions(options);
     if (onConnect !== undefined && typeof onConnect !== 'function') throw invalidArg('onConnect', 'must be a function');
-    const localPort = this.#allocPort(cid, port);
-    const conn = new VirtioVsockConnection(this.#link, { localPort, peerCid: cid, peerPort: port, state: 'connecting', allowHalfOpen });
-    this.#conns.set(keyOf(localPort, cid, port), conn);
+    this.#checkTypeNegotiated(o.type);
+    const localPort = this.#allocPort(o.cid, o.port);
+    const conn = new VirtioVsockConnection(this.#link, { localPort, peerCid: o.cid, peerPort: o.port, state: 'connecting', allowHalfOpen: o.allowHalfOpen, type: o.type });
     if (onConnect) conn.once('connect', onConnect);
+    if (o.signal?.aborted) {
+      const signal = o.signal;
+      process.nextTick(() => conn.destroy(abortError(signal))); // nothing was sent: no entry, no RST
+      return conn;
+    }
+    this.#conns.set(keyOf(localPort, o.cid, o.port), conn);
+    conn.watchConnect(o.timeout, o.signal);
     this.#link.queueControl({ conn, op: VSOCK_OP.REQUEST, flags: 0 });
     return conn;
   }
@@ -570,7 +797,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
       srcPort: conn ? conn.localPort : addr!.localPort,
       dstPort: conn ? conn.peerPort : addr!.peerPort,
       len,
-      type: VSOCK_TYPE.STREAM,
+      type: conn ? conn.wireType : addr!.type,
       op,
       flags,
       bufAlloc: conn ? this.bufAlloc : 0,
@@ -583,7 +810,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   #flushTx(): void {
     if (this.#closed || this.#flushing) return;
     this.#flushing = true;
-    const done: Array<{ cb: (err?: Error | null) => void }> = [];
+    const done: Array<{ cb: (err?: Error | null) => void; err?: Error }> = [];
     let count = 0;
     const add = (slot: number, len: number) => {
       this.#segs[3 * count] = this.#txPool.offset(slot);
@@ -608,6 +835,8 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
         }
         this.#control.shift();
         if (c.op === VSOCK_OP.CREDIT_UPDATE) this.#stats.creditUpdatesSent++;
+        else if (c.op === VSOCK_OP.RST) this.#stats.resetsSent++;
+        else if (c.op === VSOCK_OP.REQUEST && c.conn) c.conn.requestSent = true;
         add(p.slot, 0);
       }
       if (!full) {
@@ -624,6 +853,15 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
               if (w.cb) done.push({ cb: w.cb });
               continue;
             }
+            const seqpacket = conn.type === 'seqpacket';
+            if (seqpacket && w.offset === 0 && w.chunk.length > conn.peerBufAlloc) {
+              // The kernel's rule (virtio_transport_seqpacket_enqueue): the peer could never hold it whole.
+              // The write's callback fails the stream (destroy → RST); later messages go nowhere.
+              const last = conn.pending[conn.pending.length - 1];
+              conn.pending.length = 0;
+              done.push({ cb: last.cb ?? ((err) => conn.destroy(err ?? undefined)), err: conn.tooBig(w.chunk.length) });
+              break;
+            }
             const credit = conn.credit();
             if (credit === 0) {
               this.#stats.creditStalls++;
@@ -636,7 +874,8 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
               break;
             }
             const len = Math.min(left, credit, this.bufferSize);
-            const p = this.#packet(conn, VSOCK_OP.RW, 0, len);
+            // The last packet of a message carries EOM (never EOR: there is no MSG_EOR to ask for it).
+            const p = this.#packet(conn, VSOCK_OP.RW, seqpacket && len === left ? VSOCK_SEQ.EOM : 0, len);
             if (!p) {
               full = true;
               break;
@@ -680,7 +919,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
       return;
     }
     this.#flushing = false;
-    for (const d of done) d.cb(null);
+    for (const d of done) d.cb(d.err ?? null);
   }
 
   // ---- RX ------------------------------------------------------------------
@@ -763,9 +1002,12 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     const op = dv.getUint16(30, true);
     const flags = dv.getUint32(32, true);
     if (dstCid !== this.cid) return;
-    const addr = { localPort: dstPort, peerCid: srcCid, peerPort: srcPort };
+    // An RST answers with the type of what it refuses: the peer drops one of another type.
+    const addr: PacketAddr = { localPort: dstPort, peerCid: srcCid, peerPort: srcPort, type };
     const conn = this.#conns.get(keyOf(dstPort, srcCid, srcPort));
-    if (type !== VSOCK_TYPE.STREAM) {
+    const validType = type === VSOCK_TYPE.STREAM || (type === VSOCK_TYPE.SEQPACKET && this.seqpacket);
+    // As virtio_transport_recv_pkt: an unknown type, or one other than the connection's, is refused (never an RST itself).
+    if (!validType || (conn && conn.wireType !== type)) {
       if (op !== VSOCK_OP.RST) this.#control.push({ conn: null, op: VSOCK_OP.RST, flags: 0, addr });
       return;
     }
@@ -777,11 +1019,11 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     switch (op) {
       case VSOCK_OP.REQUEST: {
         const l = this.#listeners.get(dstPort);
-        if (conn || !l) {
+        if (conn || !l || (l.type === 'seqpacket' ? VSOCK_TYPE.SEQPACKET : VSOCK_TYPE.STREAM) !== type) {
           this.#control.push({ conn: null, op: VSOCK_OP.RST, flags: 0, addr });
           return;
         }
-        const c = new VirtioVsockConnection(this.#link, { ...addr, state: 'connected', allowHalfOpen: l.allowHalfOpen });
+        const c = new VirtioVsockConnection(this.#link, { localPort: dstPort, peerCid: srcCid, peerPort: srcPort, state: 'connected', allowHalfOpen: l.allowHalfOpen, type: l.type });
         c.peerBufAlloc = dv.getUint32(36, true);
         c.peerFwdCnt = dv.getUint32(40, true);
         this.#conns.set(keyOf(dstPort, srcCid, srcPort), c);
@@ -798,7 +1040,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
           this.#control.push({ conn: null, op: VSOCK_OP.RST, flags: 0, addr });
           return;
         }
-        conn.onData(Buffer.from(view.subarray(VSOCK_HDR_SIZE, VSOCK_HDR_SIZE + payloadLen)));
+        conn.onData(Buffer.from(view.subarray(VSOCK_HDR_SIZE, VSOCK_HDR_SIZE + payloadLen)), flags);
         return;
       case VSOCK_OP.CREDIT_REQUEST:
         if (conn) this.#control.push({ conn, op: VSOCK_OP.CREDIT_UPDATE, flags: 0 });
@@ -843,6 +1085,50 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     if (this.#closed) return;
     this.#fds[1].unref();
     this.#fds[3].unref();
+  }
+
+  /** True between pause() and resume(). */
+  get paused(): boolean {
+    return !this.#closed && !this.#device.running;
+  }
+
+  /**
+   * Stops the device (VHOST_VSOCK_SET_RUNNING 0, then GET_VRING_BASE per
+   * ring) and returns each ring's saved base. Connections stay open but
+   * stalled: writes queue, the host's data waits in its sockets (the kernel
+   * keeps host sockets of a stopped device connected). Calling it again
+   * returns the same state. Throws ERR_VHOST_CLOSED after close().
+   */
+  pause(): DeviceState {
+    if (this.#closed) throw closedError('VirtioVsockGuest (pause)');
+    return this.#device.stop();
+  }
+
+  /**
+   * Brings a paused guest back on a new vhost-vsock device with the same CID
+   * over the same memory, rings and eventfds, each ring resuming at its base
+   * from `state` (default: the one pause() returned). Closing the old device
+   * makes the kernel reset every host socket connected to this CID
+   * (ECONNRESET), so every connection here is destroyed with ECONNRESET too;
+   * listeners stay. If the new device cannot be built the guest closes and
+   * the error is thrown.
+   */
+  resume(state?: DeviceState): void {
+    if (this.#closed) throw closedError('VirtioVsockGuest (resume)');
+    if (this.#device.running) throw invalidArg('resume', 'the guest is not paused (call pause() first)');
+    const saved = state === undefined ? this.#device.stop() : checkDeviceState(state);
+    const acked = this.#device.features;
+    this.#device.close(); // releases the CID: vhost_vsock_dev_release resets the host sockets connected to it
+    this.#control.length = 0; // packets for the connections that are gone
+    for (const conn of [...this.#conns.values()]) conn.onTransportReset();
+    try {
+      this.#device = this.#startDevice(this.cid, acked, saved);
+    } catch (err) {
+      this.close();
+      throw err;
+    }
+    this.#fds[0].write(1n); // RX kick: the buffers posted before and during the pause
+    this.#fds[2].write(1n); // TX kick: whatever is in the ring
   }
 
   /**

@@ -23,6 +23,13 @@ export const VSOCK_OP = {
 /** enum virtio_vsock_shutdown: flags of OP_SHUTDOWN. */
 export const VSOCK_SHUTDOWN = { RCV: 1, SEND: 2 } as const;
 
+/**
+ * enum virtio_vsock_rw: flags of OP_RW on SEQPACKET connections. EOM marks
+ * the last packet of a message (a message larger than one buffer spans
+ * several packets); EOR is set on it too when the sender passed MSG_EOR.
+ */
+export const VSOCK_SEQ = { EOM: 1, EOR: 2 } as const;
+
 /** A decoded virtio_vsock_hdr; CIDs are bigint because the wire field is 64 bits. */
 export interface VsockHeader {
   srcCid: bigint;

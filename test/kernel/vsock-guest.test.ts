@@ -3,8 +3,8 @@
 // Bulk transfer both ways with a hash, half-close both directions, close and
 // reset as the host kernel sees them, 100 concurrent connections, credit
 // flow control with slow readers on either side (no loss, bounded
-// buffering), refused connections both ways, and two guests with cid 'auto'
-// in one process. LINUX_VHOST_TEST_VSOCK_MB sets the bulk size (default 4;
+// buffering), refused connections both ways, connect timeout and AbortSignal
+// (RST sent, no entry left), and two guests with cid 'auto' in one process. LINUX_VHOST_TEST_VSOCK_MB sets the bulk size (default 4;
 // the issue's 64 passes too).
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
@@ -238,6 +238,60 @@ describeKernel('VirtioVsockGuest over vhost-vsock', ['/dev/vhost-vsock', '/dev/v
     const h = hostConnect(g.cid, 6999);
     const herr = await errorOf(h);
     expect(herr.code).toBe('ECONNRESET'); // Linux reports the guest's RST this way
+    expect(g.connections).toBe(0);
+  });
+
+  // vhost-vsock delivers guest packets only when addressed to the host (CID 2)
+  // and silently drops the rest (vhost_vsock_handle_tx_kick), so a REQUEST to
+  // any other CID is never answered: a deterministic way to wait forever.
+  const SILENT_CID = 0x7fff_fff0;
+
+  test('connect timeout: no answer → ETIMEDOUT, RST sent, no entry left', async () => {
+    const g = guest();
+    const before = g.stats;
+    const t0 = Date.now();
+    const c = g.connect({ cid: SILENT_CID, port: 1234, timeout: 300 });
+    expect(g.connections).toBe(1);
+    const err = await errorOf(c);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(290);
+    expect(err.code).toBe('ETIMEDOUT');
+    expect(c.destroyed).toBe(true);
+    expect(g.connections).toBe(0);
+    await until(() => g.stats.resetsSent === before.resetsSent + 1, 'RST after the REQUEST');
+    expect(g.stats.txPackets - before.txPackets).toBe(2); // REQUEST, RST
+  });
+
+  test('connect signal: abort while connecting, before connecting and once connected → AbortError (ABORT_ERR)', async () => {
+    const g = guest();
+    const before = g.stats;
+    const ac = new AbortController();
+    const c = g.connect({ cid: SILENT_CID, port: 1234, signal: ac.signal, timeout: 20_000 });
+    const cErr = errorOf(c);
+    await until(() => g.stats.txPackets === before.txPackets + 1, 'REQUEST sent');
+    ac.abort();
+    const err = await cErr;
+    expect(err.name).toBe('AbortError');
+    expect(err.code).toBe('ABORT_ERR');
+    expect(g.connections).toBe(0);
+    await until(() => g.stats.resetsSent === before.resetsSent + 1, 'RST after the REQUEST');
+
+    const early = g.connect({ port: 1234, signal: AbortSignal.abort() });
+    expect((await errorOf(early)).code).toBe('ABORT_ERR');
+    await tick(50);
+    expect(g.stats.txPackets).toBe(before.txPackets + 2); // nothing sent for it
+    expect(g.connections).toBe(0);
+
+    const { server, port } = await hostServer();
+    const accepted = once(server, 'connection');
+    const ac2 = new AbortController();
+    const live = g.connect({ port, signal: ac2.signal, timeout: 20_000 });
+    await once(live, 'connect');
+    const [s] = (await accepted) as [VsockSocket];
+    const atHost = collect(s);
+    const liveErr = errorOf(live);
+    ac2.abort();
+    expect((await liveErr).code).toBe('ABORT_ERR');
+    expect((await atHost).length).toBe(0); // the guest's RST: Linux reports it as end of stream
     expect(g.connections).toBe(0);
   });
 

@@ -1,9 +1,11 @@
 // virtio_vsock_hdr codec: round trips for every field value, the layout of
 // linux/virtio_vsock.h (offsets, little-endian), range errors; and the
-// VirtioVsockGuest option checks that run before any syscall.
+// VirtioVsockGuest option checks that run before any syscall (SEQPACKET
+// feature choice, connect options: type, timeout, signal).
 import fc from 'fast-check';
-import { decodeVsockHeader, encodeVsockHeader, VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_SHUTDOWN, VSOCK_TYPE, writeVsockHeader, type VsockHeader } from '../../lib/vsock-packet';
-import { planVirtioVsockGuest } from '../../lib/virtio-vsock-guest';
+import { features } from '../../lib/features';
+import { decodeVsockHeader, encodeVsockHeader, VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_SEQ, VSOCK_SHUTDOWN, VSOCK_TYPE, writeVsockHeader, type VsockHeader } from '../../lib/vsock-packet';
+import { checkGuestConnectOptions, planVirtioVsockGuest, vsockGuestFeatures } from '../../lib/virtio-vsock-guest';
 import { thrown } from '../kernel/helpers';
 
 const u32 = fc.integer({ min: 0, max: 0xffff_ffff });
@@ -55,6 +57,18 @@ describe('virtio_vsock_hdr codec', () => {
     expect(VSOCK_TYPE).toEqual({ STREAM: 1, SEQPACKET: 2 });
     expect(VSOCK_OP).toEqual({ INVALID: 0, REQUEST: 1, RESPONSE: 2, RST: 3, SHUTDOWN: 4, RW: 5, CREDIT_UPDATE: 6, CREDIT_REQUEST: 7 });
     expect(VSOCK_SHUTDOWN).toEqual({ RCV: 1, SEND: 2 });
+    expect(VSOCK_SEQ).toEqual({ EOM: 1, EOR: 2 }); // enum virtio_vsock_rw
+  });
+
+  test('a SEQPACKET RW header keeps EOM / EOR in the flags word at offset 32', () => {
+    const h: VsockHeader = { srcCid: 3n, dstCid: 2n, srcPort: 49152, dstPort: 5000, len: 4097, type: VSOCK_TYPE.SEQPACKET, op: VSOCK_OP.RW, flags: VSOCK_SEQ.EOM | VSOCK_SEQ.EOR, bufAlloc: 65536, fwdCnt: 7 };
+    const buf = encodeVsockHeader(h);
+    expect(buf.readUInt16LE(28)).toBe(2);
+    expect(buf.readUInt32LE(32)).toBe(3);
+    expect(decodeVsockHeader(buf)).toEqual(h);
+    const middle = decodeVsockHeader(encodeVsockHeader({ ...h, flags: 0 }));
+    expect(middle.flags & VSOCK_SEQ.EOM).toBe(0);
+    expect(decodeVsockHeader(encodeVsockHeader({ ...h, flags: VSOCK_SEQ.EOM })).flags).toBe(VSOCK_SEQ.EOM);
   });
 
   test('out-of-range fields and short buffers are refused with ERR_VHOST_OUT_OF_RANGE', () => {
@@ -69,8 +83,8 @@ describe('virtio_vsock_hdr codec', () => {
 
 describe('planVirtioVsockGuest (validation before any syscall)', () => {
   test('defaults', () => {
-    expect(planVirtioVsockGuest()).toEqual({ cid: 'auto', queueSize: 128, bufferSize: 32768, bufAlloc: 262144 });
-    expect(planVirtioVsockGuest({ cid: 42, queueSize: 64, bufferSize: 4096, bufAlloc: 65536 })).toEqual({ cid: 42, queueSize: 64, bufferSize: 4096, bufAlloc: 65536 });
+    expect(planVirtioVsockGuest()).toEqual({ cid: 'auto', queueSize: 128, bufferSize: 32768, bufAlloc: 262144, seqpacket: 'offered' });
+    expect(planVirtioVsockGuest({ cid: 42, queueSize: 64, bufferSize: 4096, bufAlloc: 65536, seqpacket: false })).toEqual({ cid: 42, queueSize: 64, bufferSize: 4096, bufAlloc: 65536, seqpacket: false });
   });
 
   test('refuses reserved CIDs, bad sizes and unknown options, naming the option', () => {
@@ -79,5 +93,31 @@ describe('planVirtioVsockGuest (validation before any syscall)', () => {
     expect(thrown(() => planVirtioVsockGuest({ bufferSize: 65537 })).code).toBe('ERR_VHOST_OUT_OF_RANGE');
     expect(thrown(() => planVirtioVsockGuest({ bufAlloc: 1.5 })).code).toBe('ERR_VHOST_INVALID_ARG');
     expect(thrown(() => planVirtioVsockGuest({ port: 1 } as never)).message).toMatch(/options\.port is not a VirtioVsockGuest option/);
+    expect(thrown(() => planVirtioVsockGuest({ seqpacket: 'yes' } as never)).message).toMatch(/options\.seqpacket/);
+  });
+
+  test('SEQPACKET is acked when offered unless refused; required and not offered is ERR_VHOST_UNSUPPORTED', () => {
+    const base = features.ring.VERSION_1 | features.ring.RING_EVENT_IDX;
+    const offer = base | features.vsock.SEQPACKET;
+    expect(vsockGuestFeatures({ seqpacket: 'offered' }, offer)).toBe(offer);
+    expect(vsockGuestFeatures({ seqpacket: 'offered' }, base)).toBe(base);
+    expect(vsockGuestFeatures({ seqpacket: true }, offer)).toBe(offer);
+    expect(vsockGuestFeatures({ seqpacket: false }, offer)).toBe(base);
+    const err = thrown(() => vsockGuestFeatures({ seqpacket: true }, base));
+    expect(err.code).toBe('ERR_VHOST_UNSUPPORTED');
+    expect(err.message).toMatch(/options\.seqpacket/);
+  });
+
+  test('connect options: defaults, type, timeout and signal checked like lib/vsock.ts', () => {
+    expect(checkGuestConnectOptions({ port: 1 })).toEqual({ port: 1, cid: 2, allowHalfOpen: false, type: 'stream', timeout: undefined, signal: undefined });
+    const signal = new AbortController().signal;
+    expect(checkGuestConnectOptions({ port: 9, cid: 7, type: 'seqpacket', timeout: 50, signal })).toEqual({ port: 9, cid: 7, allowHalfOpen: false, type: 'seqpacket', timeout: 50, signal });
+    expect(thrown(() => checkGuestConnectOptions({ port: 1, type: 'dgram' })).message).toMatch(/options\.type/);
+    expect(thrown(() => checkGuestConnectOptions({ port: 1, timeout: 0 })).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(thrown(() => checkGuestConnectOptions({ port: 1, timeout: 2 ** 31 })).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(thrown(() => checkGuestConnectOptions({ port: 1, timeout: 1.5 })).code).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => checkGuestConnectOptions({ port: 1, signal: {} })).message).toMatch(/options\.signal must be an AbortSignal/);
+    expect(thrown(() => checkGuestConnectOptions({ port: 1, allowHalfOpen: 1 })).code).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => checkGuestConnectOptions(null)).code).toBe('ERR_VHOST_INVALID_ARG');
   });
 });

@@ -79,10 +79,10 @@ function demoCommand(args: string[]): number | Promise<number> {
   }
   if (!demo.canRunDemoHere()) {
     if (process.env.LINUX_VHOST_IN_VM === '1') {
-      process.stderr.write('linux-vhost: demo: inside the test VM but not root or /dev/vhost-net or /dev/net/tun is missing\n');
+      process.stderr.write('linux-vhost: demo: inside the test VM but not root or /dev/vhost-net, /dev/vhost-vsock or /dev/net/tun is missing\n');
       return 1;
     }
-    process.stderr.write('linux-vhost: demo: this host lacks root, /dev/vhost-net or /dev/net/tun: running the demo inside the test VM (scripts/vm.sh)\n');
+    process.stderr.write('linux-vhost: demo: this host lacks root, /dev/vhost-net, /dev/vhost-vsock or /dev/net/tun: running the demo inside the test VM (scripts/vm.sh)\n');
     return vmCommand(['--', process.execPath, __filename, 'demo', ...args]);
   }
   return runDemoHere(demo, parsed);

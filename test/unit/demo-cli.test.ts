@@ -88,7 +88,7 @@ describe('parsePingSummary', () => {
   });
 });
 
-test('formatDemoReport shows the link, ping RTT and burst figures', () => {
+test('formatDemoReport shows the link, ping RTT, burst and vsock figures', () => {
   const report: DemoReport = {
     tap: 'lvdemo0',
     hostIp: '10.77.7.1',
@@ -100,6 +100,20 @@ test('formatDemoReport shows the link, ping RTT and burst figures', () => {
     burst: { frames: 20000, frameSize: 1514, arrived: 20000, seconds: 2, pps: 10000, gbps: 0.121 },
     host: { kernel: '6.1.0-56-amd64', inVm: true },
     guest: { txKicks: 100, kicksSuppressed: 50, txRingFull: 3, rxAnswered: 6 },
+    vsock: {
+      guestCid: 3,
+      port: 5000,
+      connectMs: 1.234,
+      agentUptimeS: 0.5,
+      agentStats: { rxPackets: 2285, txPackets: 1225, creditUpdatesSent: 221, creditStalls: 0, txRingFull: 0, connections: 1 },
+      requests: 1000,
+      requestSize: 64,
+      seconds: 2,
+      requestsPerSec: 500,
+      p50Ms: 1.5,
+      p99Ms: 4.25,
+      bulk: { bytes: 8 << 20, seconds: 0.5, mbPerSec: 16.777216, sha256: 'ab'.repeat(32) },
+    },
   };
   const text = formatDemoReport(report);
   expect(text).toContain('tap lvdemo0: host 10.77.7.1/24 <-> guest 10.77.7.2 (02:00:00:00:00:01)');
@@ -107,4 +121,8 @@ test('formatDemoReport shows the link, ping RTT and burst figures', () => {
   expect(text).toContain('20,000 frames of 1514 B guest -> host: 20,000 arrived on the tap in 2.00 s');
   expect(text).toContain('10,000 frames/s, 0.121 Gbit/s');
   expect(text).toContain('inside the test VM');
+  expect(text).toContain('agent in a userspace virtio-vsock guest, CID 3 port 5000; host AF_VSOCK socket connected in 1.23 ms');
+  expect(text).toContain('1,000 requests of 64 B answered in 2.00 s: 500 requests/s, latency p50 1.500 ms, p99 4.250 ms');
+  expect(text).toContain('8.0 MiB host -> guest in 0.50 s: 16.8 MB/s, SHA-256 checked by the agent (abababababababab…)');
+  expect(text).toContain('uptime 0.500 s; guest 2,285 packets in, 1,225 out, 221 credit updates sent');
 });

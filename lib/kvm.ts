@@ -81,8 +81,10 @@ export interface MemorySlotSpec {
 }
 
 /**
- * A KVM VM fd. Create one with Kvm.open().createVm(), or adopt the fd a VMM
- * passed by number with KvmVm.fromFd(). Owns it: close() or `using`.
+ * A KVM VM fd. Create one with Kvm.open().createVm(), or adopt one by number
+ * with KvmVm.fromFd(). Owns it: close() or `using`. KVM answers VM ioctls only
+ * from the process that called KVM_CREATE_VM (others get EIO), so the VMM
+ * that runs the vCPUs must be this process (e.g. a native VMM embedding Node).
  */
 export class KvmVm extends FdOwner {
   private constructor(handle: OwnedFd) {
@@ -94,7 +96,11 @@ export class KvmVm extends FdOwner {
     return new KvmVm(handle);
   }
 
-  /** Adopts an inherited VM fd by number (marks it FD_CLOEXEC); EBADF if it is not open. */
+  /**
+   * Adopts a VM fd by number (marks it FD_CLOEXEC); EBADF if it is not open.
+   * Only a VM created by this same process is usable: an fd inherited from
+   * another process opens, but every VM ioctl on it fails EIO.
+   */
   static fromFd(fd: number): KvmVm {
     if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 0 || fd > 0x7fff_ffff) throw invalidArg('fd', 'must be an fd number');
     return new KvmVm(native.fdAdopt(fd, 'kvm-vm'));

@@ -15,24 +15,22 @@
 //   holds (or drops) the rest. 'frame' listeners are called synchronously.
 import { EventEmitter } from 'node:events';
 import { closedError, invalidArg, VhostError } from './errors';
-import { EventFd } from './eventfd';
 import { features } from './features';
-import { GuestMemory } from './memory';
-import { SEG_END, SEG_WRITABLE } from './native';
+import type { GuestMemory } from './memory';
+import { SEG_END } from './native';
 import type { DeviceState } from './builder';
 import type { RunningVhostNet } from './net-builder';
 import { NetResponder } from './net-responder';
 import { Macvtap } from './macvtap';
 import { formatMac, parseMac, Tap, TapQueue } from './tap';
+import { alignUp, failGuest, failOrRethrow, GuestRings } from './userspace-guest';
 import { VhostNet, VHOST_NET_RX, VHOST_NET_TX } from './vhost-net';
-import { BufferPool, placeVirtqueue, Virtqueue } from './virtqueue';
 import { validateQueueSize } from './vring';
 
 /** sizeof(struct virtio_net_hdr_mrg_rxbuf): the header with VERSION_1. */
 export const VIRTIO_NET_HDR_SIZE = 12;
 const ETH_HLEN = 14;
 const VLAN_HLEN = 4;
-const PAGE = 4096n;
 const EBADFD = 77; // the tun driver's answer once its link is gone
 
 export interface VirtioNetGuestOptions {
@@ -93,8 +91,6 @@ interface Consumer {
   queue: Buffer[];
   wake: (() => void) | null;
 }
-
-const alignUp = (v: bigint, a: bigint): bigint => (v + a - 1n) & ~(a - 1n);
 
 function randomMac(): Uint8Array {
   const mac = new Uint8Array(6);
@@ -174,24 +170,10 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
   readonly queueSize: number;
   readonly mergeableRx: boolean;
   readonly #plan: GuestPlan;
-  readonly #mem: GuestMemory;
-  readonly #fds: EventFd[];
-  #device: RunningVhostNet;
-  /** Builds the device over the same memory, rings, eventfds and tap; with a state, each ring resumes at its saved base. */
-  readonly #startDevice: (state?: DeviceState) => RunningVhostNet;
-  readonly #rxq: Virtqueue;
-  readonly #txq: Virtqueue;
-  readonly #rxPool: BufferPool;
-  readonly #txPool: BufferPool;
-  readonly #rxSlotOf: Int32Array;
-  readonly #txSlotOf: Int32Array;
-  // Separate scratch arrays per queue: a responder reply is sent (TX) while RX entries are being walked.
-  readonly #rxSegs: Uint32Array;
-  readonly #rxHeads: Uint32Array;
+  readonly #rings: GuestRings<RunningVhostNet>;
+  // Own scratch arrays per queue (GuestRings has the others): a responder reply is sent (TX) while RX entries are being walked.
   readonly #rxUsed: Uint32Array;
   readonly #txSegs: Uint32Array;
-  readonly #txHeads: Uint32Array;
-  readonly #txUsed: Uint32Array;
   readonly #consumers = new Set<Consumer>();
   readonly #stats: Omit<VirtioNetGuestStats, 'kicks'>;
   #partial: { chunks: Buffer[]; bytes: number; remaining: number } | null = null;
@@ -201,31 +183,17 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
   #draining = false;
   #rxScheduled = false;
 
-  private constructor(init: { plan: GuestPlan; mem: GuestMemory; fds: EventFd[]; device: RunningVhostNet; startDevice: (state?: DeviceState) => RunningVhostNet; rxq: Virtqueue; txq: Virtqueue; rxPool: BufferPool; txPool: BufferPool }) {
+  private constructor(plan: GuestPlan, rings: GuestRings<RunningVhostNet>) {
     super();
-    const { plan } = init;
     this.#plan = plan;
-    this.#mem = init.mem;
-    this.#fds = init.fds;
-    this.#device = init.device;
-    this.#startDevice = init.startDevice;
-    this.#rxq = init.rxq;
-    this.#txq = init.txq;
-    this.#rxPool = init.rxPool;
-    this.#txPool = init.txPool;
+    this.#rings = rings;
     this.mac = formatMac(plan.mac);
     this.mtu = plan.mtu;
     this.maxFrameSize = plan.maxFrame;
     this.queueSize = plan.queueSize;
     this.mergeableRx = plan.mergeableRx;
-    this.#rxSlotOf = new Int32Array(plan.queueSize).fill(-1);
-    this.#txSlotOf = new Int32Array(plan.queueSize).fill(-1);
-    this.#rxSegs = new Uint32Array(3 * plan.queueSize);
-    this.#rxHeads = new Uint32Array(plan.queueSize);
     this.#rxUsed = new Uint32Array(2 * plan.queueSize);
     this.#txSegs = new Uint32Array(3 * plan.queueSize);
-    this.#txHeads = new Uint32Array(plan.queueSize);
-    this.#txUsed = new Uint32Array(2 * plan.queueSize);
     this.#stats = { txFrames: 0, txBytes: 0, txCompleted: 0, txRingFull: 0, rxFrames: 0, rxBytes: 0, rxBuffersPosted: 0, rxAnswered: 0, rxUnclaimed: 0, txRepliesDropped: 0, calls: { rx: 0, tx: 0 } };
   }
 
@@ -238,61 +206,30 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
    */
   static create(options: VirtioNetGuestOptions): VirtioNetGuest {
     const plan = planVirtioNetGuest(options);
-    const n = plan.queueSize;
-    const rxRing = placeVirtqueue(n, 0n);
-    const txRing = placeVirtqueue(n, alignUp(rxRing.end, 16n));
-    const rxPoolGpa = alignUp(txRing.end, PAGE);
-    const txPoolGpa = alignUp(rxPoolGpa + BigInt(plan.rxBufferSize) * BigInt(n), PAGE);
-    const size = alignUp(txPoolGpa + BigInt(plan.txBufferSize) * BigInt(n), PAGE);
-    const made: { close(): void }[] = [];
-    try {
-      const mem = GuestMemory.create({ regions: [{ gpa: 0n, size }], name: 'virtio-net-guest' });
-      made.push(mem);
-      const fds = [EventFd.create(), EventFd.create(), EventFd.create(), EventFd.create()];
-      made.push(...fds);
-      const [rxKick, rxCall, txKick, txCall] = fds;
-      const rxq = Virtqueue.create({ memory: mem, size: n, ...ring(rxRing), kick: rxKick, eventIdx: plan.eventIdx });
-      made.push(rxq);
-      const txq = Virtqueue.create({ memory: mem, size: n, ...ring(txRing), kick: txKick, eventIdx: plan.eventIdx });
-      made.push(txq);
-      let acked = features.ring.VERSION_1;
-      if (plan.mergeableRx) acked |= features.net.MRG_RXBUF;
-      if (plan.eventIdx) acked |= features.ring.RING_EVENT_IDX;
-      const baseOf = (state: DeviceState | undefined, index: number) => state?.queues.find((q) => q.index === index)?.base ?? 0;
-      const startDevice = (state?: DeviceState) =>
-        VhostNet.builder()
-          .memory(mem)
-          .backend(plan.tap)
-          .features(acked)
-          .queue(VHOST_NET_RX, { size: n, ...ring(rxRing), kick: rxKick, call: rxCall, base: baseOf(state, VHOST_NET_RX) })
-          .queue(VHOST_NET_TX, { size: n, ...ring(txRing), kick: txKick, call: txCall, base: baseOf(state, VHOST_NET_TX) })
-          .start();
-      const device = startDevice();
-      made.push(device);
-      const guest = new VirtioNetGuest({
-        plan, mem, fds, device, startDevice, rxq, txq,
-        rxPool: new BufferPool(mem, 0n, rxPoolGpa, plan.rxBufferSize, n),
-        txPool: new BufferPool(mem, 0n, txPoolGpa, plan.txBufferSize, n),
-      });
-      guest.#start(rxCall, txCall);
+    let acked = features.ring.VERSION_1;
+    if (plan.mergeableRx) acked |= features.net.MRG_RXBUF;
+    if (plan.eventIdx) acked |= features.ring.RING_EVENT_IDX;
+    const layout = { name: 'virtio-net-guest', queueSize: plan.queueSize, rxBufferSize: plan.rxBufferSize, txBufferSize: plan.txBufferSize, eventIdx: plan.eventIdx };
+    // Also how resume() builds the new device: same memory, rings, eventfds and tap, each ring at its saved base.
+    const startDevice = (rings: GuestRings<RunningVhostNet>, state?: DeviceState) =>
+      VhostNet.builder()
+        .memory(rings.memory)
+        .backend(plan.tap)
+        .features(acked)
+        .queue(VHOST_NET_RX, rings.queue(VHOST_NET_RX, state))
+        .queue(VHOST_NET_TX, rings.queue(VHOST_NET_TX, state))
+        .start();
+    return GuestRings.create(layout, startDevice, (rings) => {
+      const guest = new VirtioNetGuest(plan, rings);
+      guest.#start();
       return guest;
-    } catch (err) {
-      for (const res of made.reverse()) {
-        try {
-          res.close();
-        } catch {
-          // the original error is the one to report
-        }
-      }
-      throw err;
-    }
+    });
   }
 
-  #start(rxCall: EventFd, txCall: EventFd): void {
-    this.#txq.disableCallbacks(); // TX buffers are reclaimed on send; calls only when waiting for space
+  #start(): void {
+    this.#rings.txq.disableCallbacks(); // TX buffers are reclaimed on send; calls only when waiting for space
     this.#refill();
-    rxCall.watch((err) => this.#onCall('rx', rxCall, err));
-    txCall.watch((err) => this.#onCall('tx', txCall, err));
+    this.#rings.watchCalls((which) => this.#onCall(which), (e) => failOrRethrow(this, e));
     this.#timer = setInterval(() => this.#checkLink(), this.#plan.linkCheckIntervalMs);
     this.#timer.unref();
   }
@@ -304,8 +241,8 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
 
   /** A snapshot of the counters. */
   get stats(): VirtioNetGuestStats {
-    const rx = this.#closed ? { kicks: 0, suppressed: 0 } : this.#rxq.kickStats;
-    const tx = this.#closed ? { kicks: 0, suppressed: 0 } : this.#txq.kickStats;
+    const rx = this.#closed ? { kicks: 0, suppressed: 0 } : this.#rings.rxq.kickStats;
+    const tx = this.#closed ? { kicks: 0, suppressed: 0 } : this.#rings.txq.kickStats;
     return { ...this.#stats, calls: { ...this.#stats.calls }, kicks: { rx: rx.kicks, tx: tx.kicks, suppressed: rx.suppressed + tx.suppressed } };
   }
 
@@ -317,18 +254,18 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
    */
   get device(): RunningVhostNet {
     if (this.#closed) throw closedError('VirtioNetGuest (device)');
-    return this.#device;
+    return this.#rings.device;
   }
 
   /** The guest memory holding the rings and buffer pools (closed with the guest). */
   get memory(): GuestMemory {
     if (this.#closed) throw closedError('VirtioNetGuest (memory)');
-    return this.#mem;
+    return this.#rings.memory;
   }
 
   /** True between pause() and resume(). */
   get paused(): boolean {
-    return !this.#closed && !this.#device.running;
+    return this.#rings.paused;
   }
 
   /**
@@ -340,7 +277,7 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
    */
   pause(): DeviceState {
     if (this.#closed) throw closedError('VirtioNetGuest (pause)');
-    return this.#device.stop();
+    return this.#rings.device.stop();
   }
 
   /**
@@ -353,23 +290,18 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
    */
   resume(state?: DeviceState): void {
     if (this.#closed) throw closedError('VirtioNetGuest (resume)');
-    if (this.#device.running) throw invalidArg('resume', 'the guest is not paused (call pause() first)');
-    if (state !== undefined) checkDeviceState(state);
-    const saved = state ?? this.#device.stop();
-    this.#device.close(); // stopped already: releases the old device fd
+    const saved = this.#rings.releaseDevice(state); // stopped already: releases the old device fd
     try {
-      this.#device = this.#startDevice(saved);
+      this.#rings.restartDevice(saved); // kicks: RX buffers posted and frames queued while paused
     } catch (err) {
       this.close();
       throw err;
     }
-    this.#fds[0].write(1n); // RX kick: look at the buffers posted while paused
-    this.#fds[2].write(1n); // TX kick: send what was queued while paused
   }
 
   /** TX buffers posted and not yet returned by the device. */
   get txInFlight(): number {
-    return this.#closed ? 0 : this.#txq.inFlight;
+    return this.#closed ? 0 : this.#rings.txq.inFlight;
   }
 
   /**
@@ -403,7 +335,7 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
 
   #post(frames: readonly Uint8Array[]): number {
     this.#reclaimTx();
-    const pool = this.#txPool;
+    const pool = this.#rings.txPool;
     let sent = 0;
     while (sent < frames.length) {
       const count = Math.min(frames.length - sent, pool.available, this.queueSize);
@@ -421,11 +353,8 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
         segs[3 * i + 1] = VIRTIO_NET_HDR_SIZE + frame.length;
         segs[3 * i + 2] = SEG_END;
       }
-      const posted = this.#txq.postEncoded(segs, count, this.#txHeads, true);
-      for (let i = 0; i < posted; i++) {
-        this.#txSlotOf[this.#txHeads[i]] = slots[i];
-        this.#stats.txBytes += frames[sent + i].length;
-      }
+      const posted = this.#rings.postTx(segs, count, slots);
+      for (let i = 0; i < posted; i++) this.#stats.txBytes += frames[sent + i].length;
       for (let i = posted; i < count; i++) pool.release(slots[i]);
       this.#stats.txFrames += posted;
       sent += posted;
@@ -434,70 +363,35 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
     if (sent < frames.length) {
       this.#stats.txRingFull++;
       this.#needDrain = true;
-      if (this.#txq.enableCallbacks(false)) setImmediate(() => this.#onTxSpace());
+      if (this.#rings.txq.enableCallbacks(false)) setImmediate(() => this.#onTxSpace());
     }
     return sent;
   }
 
   #reclaimTx(): void {
-    const n = this.#txq.collectInto(this.#txUsed, this.queueSize);
-    for (let i = 0; i < n; i++) {
-      const head = this.#txUsed[2 * i];
-      this.#txPool.release(this.#txSlotOf[head]);
-      this.#txSlotOf[head] = -1;
-    }
-    this.#stats.txCompleted += n;
+    this.#stats.txCompleted += this.#rings.reclaimTx();
   }
 
   #onTxSpace(): void {
     if (this.#closed) return;
     this.#reclaimTx();
-    if (this.#needDrain && this.#txPool.available > 0) {
+    if (this.#needDrain && this.#rings.txPool.available > 0) {
       this.#needDrain = false;
-      this.#txq.disableCallbacks();
+      this.#rings.txq.disableCallbacks();
       this.emit('drain');
     }
   }
 
-  #onCall(which: 'rx' | 'tx', call: EventFd, err?: VhostError): void {
-    if (this.#closed) return;
-    if (err) {
-      this.#fail(err);
-      return;
-    }
-    try {
-      call.read();
-      this.#stats.calls[which]++;
-      if (which === 'tx') this.#onTxSpace();
-      else this.#drainRx();
-    } catch (e) {
-      this.#failOrRethrow(e);
-    }
+  /** A call eventfd woke up (already read); a throwing 'frame' listener propagates, ring failures close the guest. */
+  #onCall(which: 'rx' | 'tx'): void {
+    this.#stats.calls[which]++;
+    if (which === 'tx') this.#onTxSpace();
+    else this.#drainRx();
   }
 
-  /** Ring and syscall failures close the guest; anything else (a throwing 'frame' listener) propagates. */
-  #failOrRethrow(e: unknown): void {
-    if (!(e instanceof VhostError)) throw e;
-    this.#fail(e);
-  }
-
-  /** Posts every free RX buffer (one writable descriptor each). */
+  /** Posts every free RX buffer. */
   #refill(): void {
-    const pool = this.#rxPool;
-    const count = pool.available;
-    if (count === 0) return;
-    const slots: number[] = [];
-    for (let i = 0; i < count; i++) {
-      const slot = pool.alloc();
-      slots.push(slot);
-      this.#rxSegs[3 * i] = pool.offset(slot);
-      this.#rxSegs[3 * i + 1] = pool.slotSize;
-      this.#rxSegs[3 * i + 2] = SEG_WRITABLE | SEG_END;
-    }
-    const posted = this.#rxq.postEncoded(this.#rxSegs, count, this.#rxHeads, true);
-    for (let i = 0; i < posted; i++) this.#rxSlotOf[this.#rxHeads[i]] = slots[i];
-    for (let i = posted; i < count; i++) pool.release(slots[i]);
-    this.#stats.rxBuffersPosted += posted;
+    this.#stats.rxBuffersPosted += this.#rings.refillRx();
   }
 
   /** Room left before a frames() iterator reaches its high-water mark (Infinity without iterators). */
@@ -515,11 +409,11 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
       for (;;) {
         const room = this.#rxRoom();
         if (room <= 0) return; // paused: resumed by the iterator that makes room
-        const n = this.#rxq.collectInto(this.#rxUsed, Math.min(this.queueSize, room));
+        const n = this.#rings.rxq.collectInto(this.#rxUsed, Math.min(this.queueSize, room));
         for (let i = 0; i < n && !this.#closed; i++) this.#rxBuffer(this.#rxUsed[2 * i], this.#rxUsed[2 * i + 1]);
         if (this.#closed) return;
         this.#refill();
-        if (n === 0 && !this.#rxq.enableCallbacks(false)) return;
+        if (n === 0 && !this.#rings.rxq.enableCallbacks(false)) return;
       }
     } finally {
       this.#draining = false;
@@ -527,9 +421,9 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
   }
 
   #rxBuffer(head: number, len: number): void {
-    const slot = this.#rxSlotOf[head];
-    this.#rxSlotOf[head] = -1;
-    const data = this.#rxPool.view(slot).subarray(0, Math.min(len, this.#rxPool.slotSize));
+    const pool = this.#rings.rxPool;
+    const slot = this.#rings.takeRx(head);
+    const data = pool.view(slot).subarray(0, Math.min(len, pool.slotSize));
     let frame: Buffer | null = null;
     if (this.#partial) {
       const p = this.#partial;
@@ -545,7 +439,7 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
       if (numBuffers > 1) this.#partial = { chunks: [payload], bytes: payload.length, remaining: numBuffers - 1 };
       else frame = payload;
     }
-    this.#rxPool.release(slot);
+    pool.release(slot);
     if (frame) this.#deliver(frame);
   }
 
@@ -583,7 +477,7 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
       try {
         this.#drainRx();
       } catch (e) {
-        this.#failOrRethrow(e);
+        failOrRethrow(this, e);
       }
     });
   }
@@ -635,32 +529,21 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
       const e = err as VhostError;
       // libuv has no name for EBADFD (77): say what happened.
       if (e.errno === -EBADFD) {
-        this.#fail(new VhostError(`EBADFD: the tap '${tap instanceof TapQueue ? tap.path : tap.name}' was deleted under the running device, ioctl(TUNGETIFF)`, { code: 'EBADFD', errno: e.errno, syscall: e.syscall, path: e.path }));
+        failGuest(this, new VhostError(`EBADFD: the tap '${tap instanceof TapQueue ? tap.path : tap.name}' was deleted under the running device, ioctl(TUNGETIFF)`, { code: 'EBADFD', errno: e.errno, syscall: e.syscall, path: e.path }));
       } else {
-        this.#fail(e);
+        failGuest(this, e);
       }
     }
   }
 
-  /** An asynchronous failure: 'error' (when someone listens), then close. */
-  #fail(err: Error): void {
-    if (this.#closed) return;
-    if (this.listenerCount('error') > 0) this.emit('error', err);
-    this.close();
-  }
-
   /** The call watchers keep the process alive (the default). */
   ref(): void {
-    if (this.#closed) return;
-    this.#fds[1].ref();
-    this.#fds[3].ref();
+    this.#rings.ref();
   }
 
   /** The guest no longer keeps the process alive on its own. */
   unref(): void {
-    if (this.#closed) return;
-    this.#fds[1].unref();
-    this.#fds[3].unref();
+    this.#rings.unref();
   }
 
   /**
@@ -673,20 +556,7 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
     this.#closed = true;
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
-    let first: unknown;
-    const attempt = (fn: () => void) => {
-      try {
-        fn();
-      } catch (err) {
-        first ??= err;
-      }
-    };
-    for (const fd of this.#fds) attempt(() => fd.unwatch());
-    attempt(() => this.#device.close());
-    attempt(() => this.#rxq.close());
-    attempt(() => this.#txq.close());
-    for (const fd of this.#fds) attempt(() => fd.close());
-    attempt(() => this.#mem.close());
+    const error = this.#rings.close();
     this.#partial = null;
     for (const c of this.#consumers) {
       const wake = c.wake;
@@ -695,24 +565,10 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
     }
     this.#consumers.clear();
     this.emit('close');
-    if (first !== undefined) throw first;
+    if (error !== undefined) throw error;
   }
 
   [Symbol.dispose](): void {
     this.close();
   }
-}
-
-/** A DeviceState as pause() returns it: { queues: [{ index, base }] }, bases 0..65535. */
-function checkDeviceState(state: unknown): void {
-  const queues = (state as DeviceState | null)?.queues;
-  if (state === null || typeof state !== 'object' || !Array.isArray(queues)) throw invalidArg('state', 'must be the { queues: [{ index, base }] } that pause() returned');
-  for (const [i, q] of queues.entries()) {
-    if (q === null || typeof q !== 'object' || !Number.isInteger(q.index) || !Number.isInteger(q.base)) throw invalidArg(`state.queues[${i}]`, 'must be { index, base } with integers');
-    if (q.base < 0 || q.base > 0xffff) throw invalidArg(`state.queues[${i}].base`, `must be in 0..65535 (split ring index), got ${q.base}`, 'ERR_VHOST_OUT_OF_RANGE');
-  }
-}
-
-function ring(r: { desc: bigint; avail: bigint; used: bigint }): { desc: bigint; avail: bigint; used: bigint } {
-  return { desc: r.desc, avail: r.avail, used: r.used };
 }

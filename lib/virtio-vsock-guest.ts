@@ -22,14 +22,12 @@
 import { EventEmitter } from 'node:events';
 import type { DeviceState } from './builder';
 import { closedError, invalidArg, VhostError } from './errors';
-import { EventFd } from './eventfd';
 import { features } from './features';
-import { GuestMemory } from './memory';
-import { SEG_END, SEG_WRITABLE } from './native';
+import { SEG_END } from './native';
+import { failOrRethrow, GuestRings, RX_QUEUE, TX_QUEUE } from './userspace-guest';
 import { VhostVsock } from './vhost-vsock';
 import type { VsockType } from './vsock';
 import type { RunningVhostVsock } from './vsock-builder';
-import { BufferPool, placeVirtqueue, Virtqueue } from './virtqueue';
 import { validateQueueSize } from './vring';
 import { abortError, type Control, type GuestLink, type PacketAddr, VirtioVsockConnection } from './vsock-guest-connection';
 import { VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_SEQ, VSOCK_SHUTDOWN, VSOCK_TYPE, writeVsockHeader } from './vsock-packet';
@@ -40,12 +38,7 @@ export { VirtioVsockConnection, type VsockGuestAddress } from './vsock-guest-con
 const HOST_CID = 2;
 const PORT_MAX = 0xffff_fffe; // 0xffffffff is VMADDR_PORT_ANY
 const EPHEMERAL_FIRST = 49152;
-const PAGE = 4096n;
-const RX_QUEUE = 0;
-const TX_QUEUE = 1;
 const INT32_MAX = 0x7fff_ffff;
-
-const alignUp = (v: bigint, a: bigint): bigint => (v + a - 1n) & ~(a - 1n);
 
 export interface VirtioVsockGuestOptions {
   /** The guest's CID (3..0xfffffffe) or 'auto' (the first free one from 3). Default 'auto'. */
@@ -171,23 +164,6 @@ export function vsockGuestFeatures(plan: Pick<Plan, 'seqpacket'>, offered: bigin
   return acked;
 }
 
-/** Brings up the guest's device: `acked` defaults to what vsockGuestFeatures picks from the offer; `state` holds saved ring bases. */
-type StartDevice = (cid: number | 'auto', acked?: bigint, state?: DeviceState) => RunningVhostVsock;
-
-function baseOf(state: DeviceState | undefined, index: number): number {
-  return state?.queues.find((q) => q.index === index)?.base ?? 0;
-}
-
-function checkDeviceState(state: unknown): DeviceState {
-  const queues = (state as DeviceState | null)?.queues;
-  if (state === null || typeof state !== 'object' || !Array.isArray(queues)) throw invalidArg('state', 'must be the { queues: [{ index, base }] } that pause() returned');
-  for (const [i, q] of queues.entries()) {
-    if (q === null || typeof q !== 'object' || !Number.isInteger(q.index) || !Number.isInteger(q.base)) throw invalidArg(`state.queues[${i}]`, 'must be { index, base } with integers');
-    if (q.base < 0 || q.base > 0xffff) throw invalidArg(`state.queues[${i}].base`, `must be in 0..65535 (split ring index), got ${q.base}`, 'ERR_VHOST_OUT_OF_RANGE');
-  }
-  return state as DeviceState;
-}
-
 /**
  * A virtio-vsock guest driven by this process over /dev/vhost-vsock: no VM.
  * Host sockets reach it at `cid`; listen() accepts their connections and
@@ -210,20 +186,10 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   readonly bufAlloc: number;
   /** VIRTIO_VSOCK_F_SEQPACKET was negotiated: type 'seqpacket' works. */
   readonly seqpacket: boolean;
-  readonly #mem: GuestMemory;
-  readonly #fds: EventFd[];
-  #device: RunningVhostVsock;
-  /** Builds a device over the same memory, rings and eventfds (with a state, each ring resumes at its saved base). */
-  readonly #startDevice: StartDevice;
-  readonly #rxq: Virtqueue;
-  readonly #txq: Virtqueue;
-  readonly #rxPool: BufferPool;
-  readonly #txPool: BufferPool;
-  readonly #rxSlotOf: Int32Array;
-  readonly #txSlotOf: Int32Array;
+  readonly #rings: GuestRings<RunningVhostVsock>;
+  // TX packets being assembled (SEG_* triples, their txPool slots); used RX heads.
   readonly #segs: Uint32Array;
-  readonly #heads: Uint32Array;
-  readonly #used: Uint32Array;
+  readonly #slots: Uint32Array;
   readonly #rxUsed: Uint32Array;
   readonly #conns = new Map<string, VirtioVsockConnection>();
   readonly #listeners = new Map<number, { cb: (conn: VirtioVsockConnection) => void; allowHalfOpen: boolean; type: VsockType }>();
@@ -236,27 +202,17 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   #flushing = false;
   #closed = false;
 
-  private constructor(init: { plan: Plan; mem: GuestMemory; fds: EventFd[]; device: RunningVhostVsock; startDevice: StartDevice; rxq: Virtqueue; txq: Virtqueue; rxPool: BufferPool; txPool: BufferPool }) {
+  private constructor(plan: Plan, rings: GuestRings<RunningVhostVsock>) {
     super();
-    this.cid = init.device.cid;
-    this.queueSize = init.plan.queueSize;
-    this.bufferSize = init.plan.bufferSize;
-    this.bufAlloc = init.plan.bufAlloc;
-    this.seqpacket = (init.device.features & features.vsock.SEQPACKET) !== 0n;
-    this.#mem = init.mem;
-    this.#fds = init.fds;
-    this.#device = init.device;
-    this.#startDevice = init.startDevice;
-    this.#rxq = init.rxq;
-    this.#txq = init.txq;
-    this.#rxPool = init.rxPool;
-    this.#txPool = init.txPool;
+    this.cid = rings.device.cid;
+    this.queueSize = plan.queueSize;
+    this.bufferSize = plan.bufferSize;
+    this.bufAlloc = plan.bufAlloc;
+    this.seqpacket = (rings.device.features & features.vsock.SEQPACKET) !== 0n;
+    this.#rings = rings;
     const n = this.queueSize;
-    this.#rxSlotOf = new Int32Array(n).fill(-1);
-    this.#txSlotOf = new Int32Array(n).fill(-1);
     this.#segs = new Uint32Array(3 * n);
-    this.#heads = new Uint32Array(n);
-    this.#used = new Uint32Array(2 * n);
+    this.#slots = new Uint32Array(n);
     this.#rxUsed = new Uint32Array(2 * n);
     const self = this;
     this.#link = {
@@ -289,70 +245,40 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
    */
   static create(options: VirtioVsockGuestOptions = {}): VirtioVsockGuest {
     const plan = planVirtioVsockGuest(options);
-    const n = plan.queueSize;
     const slot = VSOCK_HDR_SIZE + plan.bufferSize;
-    const rxRing = placeVirtqueue(n, 0n);
-    const txRing = placeVirtqueue(n, alignUp(rxRing.end, 16n));
-    const rxPoolGpa = alignUp(txRing.end, PAGE);
-    const txPoolGpa = alignUp(rxPoolGpa + BigInt(slot) * BigInt(n), PAGE);
-    const size = alignUp(txPoolGpa + BigInt(slot) * BigInt(n), PAGE);
-    const made: { close(): void }[] = [];
-    try {
-      const mem = GuestMemory.create({ regions: [{ gpa: 0n, size }], name: 'virtio-vsock-guest' });
-      made.push(mem);
-      const fds = [EventFd.create(), EventFd.create(), EventFd.create(), EventFd.create()];
-      made.push(...fds);
-      const [rxKick, rxCall, txKick, txCall] = fds;
-      const ring = (r: { desc: bigint; avail: bigint; used: bigint }) => ({ desc: r.desc, avail: r.avail, used: r.used });
-      const rxq = Virtqueue.create({ memory: mem, size: n, ...ring(rxRing), kick: rxKick, eventIdx: true });
-      made.push(rxq);
-      const txq = Virtqueue.create({ memory: mem, size: n, ...ring(txRing), kick: txKick, eventIdx: true });
-      made.push(txq);
-      const startDevice: StartDevice = (cid, acked, state) => {
-        // Opened here (not by the builder) to read the offered features first: SEQPACKET is acked only when offered.
-        const dev = VhostVsock.open();
-        try {
-          const bits = acked ?? vsockGuestFeatures(plan, dev.getFeatures());
-          const builder = VhostVsock.builder()
-            .device(dev)
-            .memory(mem)
-            .features(bits)
-            .queue(RX_QUEUE, { size: n, ...ring(rxRing), kick: rxKick, call: rxCall, base: baseOf(state, RX_QUEUE) })
-            .queue(TX_QUEUE, { size: n, ...ring(txRing), kick: txKick, call: txCall, base: baseOf(state, TX_QUEUE) });
-          if (cid === 'auto') builder.cid('auto');
-          else builder.cid(cid);
-          return builder.start();
-        } catch (err) {
-          dev.close(); // the builder leaves a device passed in open on failure
-          throw err;
-        }
-      };
-      const device = startDevice(plan.cid);
-      made.push(device);
-      const guest = new VirtioVsockGuest({
-        plan, mem, fds, device, startDevice, rxq, txq,
-        rxPool: new BufferPool(mem, 0n, rxPoolGpa, slot, n),
-        txPool: new BufferPool(mem, 0n, txPoolGpa, slot, n),
-      });
-      guest.#start(rxCall, txCall);
-      return guest;
-    } catch (err) {
-      for (const res of made.reverse()) {
-        try {
-          res.close();
-        } catch {
-          // the original error is the one to report
-        }
+    const layout = { name: 'virtio-vsock-guest', queueSize: plan.queueSize, rxBufferSize: slot, txBufferSize: slot, eventIdx: true };
+    // On resume, `previous` (the closed device) gives the CID the kernel accepted and the features acked before.
+    const startDevice = (rings: GuestRings<RunningVhostVsock>, state?: DeviceState, previous?: RunningVhostVsock) => {
+      // Opened here (not by the builder) to read the offered features first: SEQPACKET is acked only when offered.
+      const dev = VhostVsock.open();
+      try {
+        const bits = previous?.features ?? vsockGuestFeatures(plan, dev.getFeatures());
+        const cid = previous?.cid ?? plan.cid;
+        const builder = VhostVsock.builder()
+          .device(dev)
+          .memory(rings.memory)
+          .features(bits)
+          .queue(RX_QUEUE, rings.queue(RX_QUEUE, state))
+          .queue(TX_QUEUE, rings.queue(TX_QUEUE, state));
+        if (cid === 'auto') builder.cid('auto');
+        else builder.cid(cid);
+        return builder.start();
+      } catch (err) {
+        dev.close(); // the builder leaves a device passed in open on failure
+        throw err;
       }
-      throw err;
-    }
+    };
+    return GuestRings.create(layout, startDevice, (rings) => {
+      const guest = new VirtioVsockGuest(plan, rings);
+      guest.#start();
+      return guest;
+    });
   }
 
-  #start(rxCall: EventFd, txCall: EventFd): void {
-    this.#txq.disableCallbacks(); // TX buffers are reclaimed when sending; calls only while waiting for space
-    this.#refill();
-    rxCall.watch((err) => this.#onCall(rxCall, 'rx', err));
-    txCall.watch((err) => this.#onCall(txCall, 'tx', err));
+  #start(): void {
+    this.#rings.txq.disableCallbacks(); // TX buffers are reclaimed when sending; calls only while waiting for space
+    this.#rings.refillRx();
+    this.#rings.watchCalls((which) => this.#onCall(which), (e) => failOrRethrow(this, e));
   }
 
   get closed(): boolean {
@@ -452,20 +378,12 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     });
   }
 
-  #reclaimTx(): void {
-    const n = this.#txq.collectInto(this.#used, this.queueSize);
-    for (let i = 0; i < n; i++) {
-      const head = this.#used[2 * i];
-      this.#txPool.release(this.#txSlotOf[head]);
-      this.#txSlotOf[head] = -1;
-    }
-  }
-
   /** Writes one packet into a free TX slot; returns the slot's payload view, or null when none is free. */
   #packet(conn: VirtioVsockConnection | null, op: number, flags: number, len: number, addr?: Control['addr']): { slot: number; payload: Uint8Array } | null {
-    const slot = this.#txPool.alloc();
+    const pool = this.#rings.txPool;
+    const slot = pool.alloc();
     if (slot < 0) return null;
-    const view = this.#txPool.view(slot);
+    const view = pool.view(slot);
     if (conn) conn.lastFwdSent = conn.fwdCnt;
     writeVsockHeader(view, 0, {
       srcCid: BigInt(this.cid),
@@ -489,15 +407,15 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     const done: Array<{ cb: (err?: Error | null) => void; err?: Error }> = [];
     let count = 0;
     const add = (slot: number, len: number) => {
-      this.#segs[3 * count] = this.#txPool.offset(slot);
+      this.#segs[3 * count] = this.#rings.txPool.offset(slot);
       this.#segs[3 * count + 1] = VSOCK_HDR_SIZE + len;
       this.#segs[3 * count + 2] = SEG_END;
-      this.#heads[count] = slot; // remembered until post returns the real heads
+      this.#slots[count] = slot;
       count++;
     };
     let full = false;
     try {
-      this.#reclaimTx();
+      this.#rings.reclaimTx();
       while (this.#control.length > 0) {
         const c = this.#control[0];
         if (c.conn && c.op !== VSOCK_OP.RST && c.conn.state === 'closed') {
@@ -578,20 +496,15 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
           }
         }
       }
-      if (count > 0) {
-        const slots = this.#heads.slice(0, count);
-        const posted = this.#txq.postEncoded(this.#segs, count, this.#heads, true);
-        // Every TX slot has a free descriptor (one descriptor per packet, as many slots as entries).
-        for (let i = 0; i < posted; i++) this.#txSlotOf[this.#heads[i]] = slots[i];
-        this.#stats.txPackets += posted;
-      }
+      // Every TX slot has a free descriptor (one descriptor per packet, as many slots as entries): the ring takes all.
+      if (count > 0) this.#stats.txPackets += this.#rings.postTx(this.#segs, count, this.#slots);
       if (full) {
         this.#stats.txRingFull++;
-        if (this.#txq.enableCallbacks(false)) this.#scheduleFlush();
+        if (this.#rings.txq.enableCallbacks(false)) this.#scheduleFlush();
       }
     } catch (e) {
       this.#flushing = false;
-      this.#failOrRethrow(e);
+      failOrRethrow(this, e);
       return;
     }
     this.#flushing = false;
@@ -600,51 +513,24 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
 
   // ---- RX ------------------------------------------------------------------
 
-  #onCall(call: EventFd, which: 'rx' | 'tx', err?: VhostError): void {
-    if (this.#closed) return;
-    if (err) {
-      this.#fail(err);
-      return;
+  /** A call eventfd woke up (already read). */
+  #onCall(which: 'rx' | 'tx'): void {
+    if (which === 'rx') this.#drainRx();
+    else {
+      this.#rings.txq.disableCallbacks();
+      this.#flushTx();
     }
-    try {
-      call.read();
-      if (which === 'rx') this.#drainRx();
-      else {
-        this.#txq.disableCallbacks();
-        this.#flushTx();
-      }
-    } catch (e) {
-      this.#failOrRethrow(e);
-    }
-  }
-
-  #refill(): void {
-    const pool = this.#rxPool;
-    const count = pool.available;
-    if (count === 0) return;
-    const slots: number[] = [];
-    for (let i = 0; i < count; i++) {
-      const slot = pool.alloc();
-      slots.push(slot);
-      this.#segs[3 * i] = pool.offset(slot);
-      this.#segs[3 * i + 1] = pool.slotSize;
-      this.#segs[3 * i + 2] = SEG_WRITABLE | SEG_END;
-    }
-    const posted = this.#rxq.postEncoded(this.#segs, count, this.#heads, true);
-    for (let i = 0; i < posted; i++) this.#rxSlotOf[this.#heads[i]] = slots[i];
-    for (let i = posted; i < count; i++) pool.release(slots[i]);
   }
 
   #drainRx(): void {
     const used = this.#rxUsed;
+    const { rxq, rxPool } = this.#rings;
     for (;;) {
       if (this.#closed) return;
-      const n = this.#rxq.collectInto(used, this.queueSize);
+      const n = rxq.collectInto(used, this.queueSize);
       for (let i = 0; i < n && !this.#closed; i++) {
-        const head = used[2 * i];
-        const slot = this.#rxSlotOf[head];
-        this.#rxSlotOf[head] = -1;
-        const view = this.#rxPool.view(slot);
+        const slot = this.#rings.takeRx(used[2 * i]);
+        const view = rxPool.view(slot);
         const len = Math.min(used[2 * i + 1], view.length);
         try {
           if (len >= VSOCK_HDR_SIZE) this.#receive(view, len);
@@ -656,12 +542,12 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
             throw e;
           });
         } finally {
-          this.#rxPool.release(slot);
+          rxPool.release(slot);
         }
       }
       if (this.#closed) return;
-      this.#refill();
-      if (n === 0 && !this.#rxq.enableCallbacks(false)) break;
+      this.#rings.refillRx();
+      if (n === 0 && !rxq.enableCallbacks(false)) break;
     }
     this.#flushTx();
   }
@@ -737,35 +623,19 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
 
   // ---- lifecycle -------------------------------------------------------------
 
-  /** Ring and syscall failures close the guest; anything else (a throwing listener) propagates. */
-  #failOrRethrow(e: unknown): void {
-    if (!(e instanceof VhostError)) throw e;
-    this.#fail(e);
-  }
-
-  #fail(err: Error): void {
-    if (this.#closed) return;
-    if (this.listenerCount('error') > 0) this.emit('error', err);
-    this.close();
-  }
-
   /** The call watchers keep the process alive (the default). */
   ref(): void {
-    if (this.#closed) return;
-    this.#fds[1].ref();
-    this.#fds[3].ref();
+    this.#rings.ref();
   }
 
   /** The guest no longer keeps the process alive on its own. */
   unref(): void {
-    if (this.#closed) return;
-    this.#fds[1].unref();
-    this.#fds[3].unref();
+    this.#rings.unref();
   }
 
   /** True between pause() and resume(). */
   get paused(): boolean {
-    return !this.#closed && !this.#device.running;
+    return this.#rings.paused;
   }
 
   /**
@@ -777,7 +647,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
    */
   pause(): DeviceState {
     if (this.#closed) throw closedError('VirtioVsockGuest (pause)');
-    return this.#device.stop();
+    return this.#rings.device.stop();
   }
 
   /**
@@ -791,20 +661,15 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
    */
   resume(state?: DeviceState): void {
     if (this.#closed) throw closedError('VirtioVsockGuest (resume)');
-    if (this.#device.running) throw invalidArg('resume', 'the guest is not paused (call pause() first)');
-    const saved = state === undefined ? this.#device.stop() : checkDeviceState(state);
-    const acked = this.#device.features;
-    this.#device.close(); // releases the CID: vhost_vsock_dev_release resets the host sockets connected to it
+    const saved = this.#rings.releaseDevice(state); // releases the CID: vhost_vsock_dev_release resets the host sockets connected to it
     this.#control.length = 0; // packets for the connections that are gone
     for (const conn of [...this.#conns.values()]) conn.onTransportReset();
     try {
-      this.#device = this.#startDevice(this.cid, acked, saved);
+      this.#rings.restartDevice(saved); // same CID and features; kicks: the RX buffers posted, whatever is in the TX ring
     } catch (err) {
       this.close();
       throw err;
     }
-    this.#fds[0].write(1n); // RX kick: the buffers posted before and during the pause
-    this.#fds[2].write(1n); // TX kick: whatever is in the ring
   }
 
   /**
@@ -822,24 +687,11 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
       // best effort: the device close resets host sockets anyway
     }
     this.#closed = true;
-    let first: unknown;
-    const attempt = (fn: () => void) => {
-      try {
-        fn();
-      } catch (err) {
-        first ??= err;
-      }
-    };
-    for (const fd of this.#fds) attempt(() => fd.unwatch());
-    attempt(() => this.#device.close());
-    attempt(() => this.#rxq.close());
-    attempt(() => this.#txq.close());
-    for (const fd of this.#fds) attempt(() => fd.close());
-    attempt(() => this.#mem.close());
+    const error = this.#rings.close();
     this.#control.length = 0;
     this.#txWanted.clear();
     this.emit('close');
-    if (first !== undefined) throw first;
+    if (error !== undefined) throw error;
   }
 
   [Symbol.dispose](): void {

@@ -37,4 +37,20 @@ function runHereOrInVm(name, script, main) {
   }
 }
 
-module.exports = { runHereOrInVm, usable };
+/** Builds bench/<src> into build/bench/<bin> with cc -O2 unless the binary is newer; exits 1 if cc fails. */
+function buildC(name, cSrc, cBin) {
+  try {
+    if (fs.statSync(cBin).mtimeMs >= fs.statSync(cSrc).mtimeMs) return;
+  } catch {
+    // not built yet
+  }
+  fs.mkdirSync(path.dirname(cBin), { recursive: true });
+  const cc = process.env.CC || 'cc';
+  const res = spawnSync(cc, ['-O2', '-Wall', '-Wextra', '-o', cBin, cSrc], { stdio: 'inherit' });
+  if (res.status !== 0) {
+    console.error(`${name}: ${cc} failed to build ${path.relative(root, cSrc)}`);
+    process.exit(1);
+  }
+}
+
+module.exports = { buildC, runHereOrInVm, usable };

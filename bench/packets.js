@@ -26,7 +26,7 @@
 const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
-const { runHereOrInVm } = require('./here-or-vm');
+const { buildC, runHereOrInVm } = require('./here-or-vm');
 
 const root = path.resolve(__dirname, '..');
 const cBin = path.join(root, 'build', 'bench', 'packets');
@@ -55,21 +55,6 @@ function parseArgs(argv) {
   return opts;
 }
 
-/** Builds the C reference unless it is newer than its source (as bench/run.js does for bringup.c). */
-function buildC() {
-  try {
-    if (fs.statSync(cBin).mtimeMs >= fs.statSync(cSrc).mtimeMs) return;
-  } catch {
-    // not built yet
-  }
-  fs.mkdirSync(path.dirname(cBin), { recursive: true });
-  const cc = process.env.CC || 'cc';
-  const res = spawnSync(cc, ['-O2', '-Wall', '-Wextra', '-o', cBin, cSrc], { stdio: 'inherit' });
-  if (res.status !== 0) {
-    console.error(`bench/packets: ${cc} failed to build ${path.relative(root, cSrc)}`);
-    process.exit(1);
-  }
-}
 
 /** Parses the C program's "key=value ..." line. */
 function parseC(out) {
@@ -249,7 +234,7 @@ async function main(opts) {
 }
 
 const opts = parseArgs(process.argv.slice(2));
-if (process.env.LINUX_VHOST_IN_VM !== '1') buildC();
+if (process.env.LINUX_VHOST_IN_VM !== '1') buildC('bench/packets', cSrc, cBin);
 else if (!fs.existsSync(cBin)) {
   console.error(`bench/packets: ${path.relative(root, cBin)} is missing (it is built on the host before entering the VM)`);
   process.exit(1);

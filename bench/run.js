@@ -22,6 +22,7 @@ const os = require('node:os');
 const path = require('node:path');
 const v8 = require('node:v8');
 const vm = require('node:vm');
+const { buildC } = require('./here-or-vm');
 
 const root = path.resolve(__dirname, '..');
 const cBin = path.join(root, 'build', 'bench', 'bringup');
@@ -67,21 +68,6 @@ function usable(p) {
   }
 }
 
-/** Builds the C reference unless it is newer than its source. */
-function buildC() {
-  try {
-    if (fs.statSync(cBin).mtimeMs >= fs.statSync(cSrc).mtimeMs) return;
-  } catch {
-    // not built yet
-  }
-  fs.mkdirSync(path.dirname(cBin), { recursive: true });
-  const cc = process.env.CC || 'cc';
-  const res = spawnSync(cc, ['-O2', '-Wall', '-Wextra', '-o', cBin, cSrc], { stdio: 'inherit' });
-  if (res.status !== 0) {
-    console.error(`bench: ${cc} failed to build ${path.relative(root, cSrc)}`);
-    process.exit(1);
-  }
-}
 
 /** Re-runs this script inside the test VM; returns its exit status. */
 function runInVm(argv, smp) {
@@ -172,10 +158,10 @@ function main() {
       console.error('bench: inside the test VM but /dev/vhost-net, /dev/vhost-vsock or /dev/net/tun is missing');
       process.exit(1);
     }
-    buildC();
+    buildC('bench', cSrc, cBin);
     process.exit(runInVm(argv, opts.smp));
   }
-  buildC();
+  buildC('bench', cSrc, cBin);
   if (!fs.existsSync(path.join(root, 'build', 'Release'))) {
     console.error('bench: the addon is not built (build/Release missing): run `npm run build:native` first');
     process.exit(1);

@@ -27,7 +27,7 @@ const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
 const zlib = require('node:zlib');
-const { usable } = require('./here-or-vm');
+const { buildC, usable } = require('./here-or-vm');
 
 const root = path.resolve(__dirname, '..');
 const cBin = path.join(root, 'build', 'bench', 'vsock-client');
@@ -56,21 +56,6 @@ function parseArgs(argv) {
   return opts;
 }
 
-/** Builds the C client unless it is newer than its source (as bench/packets.js does). */
-function buildC() {
-  try {
-    if (fs.statSync(cBin).mtimeMs >= fs.statSync(cSrc).mtimeMs) return;
-  } catch {
-    // not built yet
-  }
-  fs.mkdirSync(path.dirname(cBin), { recursive: true });
-  const cc = process.env.CC || 'cc';
-  const res = spawnSync(cc, ['-O2', '-Wall', '-Wextra', '-o', cBin, cSrc], { stdio: 'inherit' });
-  if (res.status !== 0) {
-    console.error(`bench/vsock: ${cc} failed to build ${path.relative(root, cSrc)}`);
-    process.exit(1);
-  }
-}
 
 /** The bench pattern, as bench/vsock-client.c builds it: LCG words, little-endian. */
 function pattern(bytes) {
@@ -257,7 +242,7 @@ async function main(opts) {
 const opts = parseArgs(process.argv.slice(2));
 if (process.getuid?.() === 0 && usable('/dev/vhost-vsock')) {
   // Only here: root with a usable vhost-vsock (inside the test VM on a host without one).
-  if (!fs.existsSync(cBin)) buildC();
+  if (!fs.existsSync(cBin)) buildC('bench/vsock', cSrc, cBin);
   main(opts).then(
     (code) => (process.exitCode = code),
     (err) => {
@@ -269,7 +254,7 @@ if (process.getuid?.() === 0 && usable('/dev/vhost-vsock')) {
   console.error('bench/vsock: inside the test VM but not root or /dev/vhost-vsock is not usable');
   process.exitCode = 1;
 } else {
-  buildC();
+  buildC('bench/vsock', cSrc, cBin);
   console.error('bench/vsock: this host lacks /dev/vhost-vsock (or root): running inside the test VM');
   const res = spawnSync('bash', [path.join(root, 'scripts', 'vm.sh'), '--', process.execPath, __filename, ...process.argv.slice(2)], { stdio: 'inherit', cwd: root });
   process.exitCode = res.status ?? 1;

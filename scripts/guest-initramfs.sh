@@ -26,6 +26,10 @@
 # the initramfs path, then the kernel image to boot it with.
 set -euo pipefail
 
+modules_lib=$(dirname "${BASH_SOURCE[0]}")/vm/modules.sh
+# shellcheck source=vm/modules.sh
+. "$modules_lib"
+
 cache=${LINUX_VHOST_CACHE:-$HOME/.cache/linux-vhost}
 modules_required="virtio_pci virtio_net 9pnet_virtio 9p vmw_vsock_virtio_transport"
 modules_optional="af_packet virtio_rng"
@@ -132,48 +136,18 @@ if [ -n "$root" ]; then setsid cttyhack chroot "$root" /bin/sh -l; else setsid c
 off
 INIT
 
-key=$( { echo "v1 $kver $modules_required / $modules_optional"; echo "$init"; cat "$busybox"; } | sha256sum | cut -c1-16)
+key=$( { echo "v1 $kver $modules_required / $modules_optional"; echo "$init"; cat "$modules_lib" "$busybox"; } | sha256sum | cut -c1-16)
 dir=$cache/guest-initramfs
 initrd=$dir/$kver-$key.cpio
 mkdir -p "$dir"
 if [ ! -f "$initrd" ]; then
-	declare -A path_of deps_of builtin seen
-	while IFS= read -r line; do
-		p=${line%%:*} n=${p##*/} n=${n%%.ko*} n=${n//-/_}
-		path_of[$n]=$p deps_of[$n]=${line#*:}
-	done <"$moddir/modules.dep"
-	if [ -f "$moddir/modules.builtin" ]; then
-		while IFS= read -r p; do n=${p##*/} n=${n%%.ko*}; builtin[${n//-/_}]=1; done <"$moddir/modules.builtin"
-	fi
 	stage=$(mktemp -d "$dir/.stage.XXXXXX")
 	trap 'rm -rf "$stage" "$stage.cpio"' EXIT
 	mkdir -p "$stage/bin" "$stage/lib/modules"
 	cp "$busybox" "$stage/bin/busybox"
 	printf '%s\n' "$init" >"$stage/init"
 	chmod 755 "$stage/init"
-	: >"$stage/lib/modules/load"
-	add() { # depth first: dependencies are listed (and loaded) before their users
-		local n=$1 kind=$2 d p
-		[ -z "${seen[$n]:-}" ] || return 0
-		seen[$n]=1
-		for d in ${deps_of[$n]}; do d=${d##*/} d=${d%%.ko*}; add "${d//-/_}" "$kind"; done
-		p=$moddir/${path_of[$n]}
-		case $p in
-		*.ko) cp "$p" "$stage/lib/modules/$n.ko" ;;
-		*.ko.xz) xz -dc "$p" >"$stage/lib/modules/$n.ko" ;;
-		*.ko.zst) zstd -qdc "$p" >"$stage/lib/modules/$n.ko" ;;
-		*.ko.gz) gzip -dc "$p" >"$stage/lib/modules/$n.ko" ;;
-		*) die "unknown module file $p" ;;
-		esac
-		echo "$n $kind" >>"$stage/lib/modules/load"
-	}
-	for m in $modules_required $modules_optional; do
-		kind=required; [[ " $modules_optional " == *" $m "* ]] && kind=optional
-		if [ -n "${builtin[$m]:-}" ]; then continue
-		elif [ -n "${path_of[$m]:-}" ]; then add "$m" "$kind"
-		elif [ $kind = required ]; then die "module $m is neither built into $kver nor in $moddir"
-		fi
-	done
+	stage_modules "$moddir" "$stage" "$modules_required" "$modules_optional"
 	(cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) >"$stage.cpio"
 	mv "$stage.cpio" "$initrd" # atomic: concurrent builders write the same content
 	rm -rf "$stage"

@@ -12,6 +12,8 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 init_script=$here/vm/init.sh
+# shellcheck source=vm/modules.sh
+. "$here/vm/modules.sh"
 cache=${LINUX_VHOST_CACHE:-$HOME/.cache/linux-vhost}
 # Required modules, then optional ones (CPU-dependent or possibly built in).
 modules_required="virtio_pci 9pnet_virtio 9p vhost_net vhost_vsock tun veth macvtap bridge"
@@ -137,46 +139,18 @@ kernel=$kdir/boot/vmlinux-$kver
 moddir=$kdir/lib/modules/$kver
 
 # --- initramfs: busybox + init.sh + the listed modules, cached by content.
-key=$( { echo "v1 $kver $modules_required / $modules_optional"; cat "$init_script" "$busybox"; } |
+key=$( { echo "v1 $kver $modules_required / $modules_optional"; cat "$init_script" "$here/vm/modules.sh" "$busybox"; } |
 	sha256sum | cut -c1-16)
 initrd=$cache/initramfs/$kver-$key.cpio
 if [ ! -f "$initrd" ]; then
 	log "building initramfs for $kver"
-	declare -A path_of deps_of builtin order_seen
-	while IFS= read -r line; do
-		p=${line%%:*} n=${p##*/} n=${n%%.ko*} n=${n//-/_}
-		path_of[$n]=$p deps_of[$n]=${line#*:}
-	done <"$moddir/modules.dep"
-	while IFS= read -r p; do
-		n=${p##*/} n=${n%%.ko*}; builtin[${n//-/_}]=1
-	done <"$moddir/modules.builtin"
 	stage=$(mktemp -d "$cache/initramfs/.stage.XXXXXX")
 	trap 'rm -rf "$stage"' EXIT
 	mkdir -p "$stage/bin" "$stage/lib/modules"
 	cp "$busybox" "$stage/bin/busybox"
 	cp "$init_script" "$stage/init"
 	chmod 755 "$stage/init"
-	add() { # depth-first, so dependencies are listed (and loaded) first
-		local n=$1 kind=$2 d p
-		[ -z "${order_seen[$n]:-}" ] || return 0
-		order_seen[$n]=1
-		for d in ${deps_of[$n]}; do d=${d##*/} d=${d%%.ko*}; add "${d//-/_}" "$kind"; done
-		p=$moddir/${path_of[$n]}
-		case $p in
-		*.ko) cp "$p" "$stage/lib/modules/$n.ko" ;;
-		*.ko.xz) xz -dc "$p" >"$stage/lib/modules/$n.ko" ;;
-		*.ko.zst) zstd -qdc "$p" >"$stage/lib/modules/$n.ko" ;;
-		*.ko.gz) gzip -dc "$p" >"$stage/lib/modules/$n.ko" ;;
-		esac
-		echo "$n $kind" >>"$stage/lib/modules/load"
-	}
-	for m in $modules_required $modules_optional; do
-		kind=required; [[ " $modules_optional " == *" $m "* ]] && kind=optional
-		if [ -n "${builtin[$m]:-}" ]; then continue
-		elif [ -n "${path_of[$m]:-}" ]; then add "$m" "$kind"
-		elif [ $kind = required ]; then die "module $m not in $kver"
-		fi
-	done
+	stage_modules "$moddir" "$stage" "$modules_required" "$modules_optional"
 	(cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet) >"$stage.cpio"
 	mv "$stage.cpio" "$initrd"
 	rm -rf "$stage"

@@ -434,6 +434,9 @@ export class VsockSocket extends Duplex {
       const chunk = Buffer.allocUnsafe(n);
       scratch.copy(chunk, 0, 0, n);
       if (!this.push(chunk)) this.#wantRead = false;
+      // A short stream read drained the socket (as libuv assumes): skip the
+      // read that would only say EAGAIN; the level-triggered poll reports more.
+      if (!seqpacket && n < scratch.length) return;
     }
   }
 
@@ -447,9 +450,24 @@ export class VsockSocket extends Duplex {
       cb(); // a zero-length send is no message on vsock: nothing to do
       return;
     }
-    this.#pending = { chunk, offset: 0, cb };
-    if (this.#connecting) return; // sent once connected
-    this.#flushWrite();
+    if (this.#connecting) {
+      this.#pending = { chunk, offset: 0, cb }; // sent once connected
+      return;
+    }
+    // Send at once, as libuv does: the poll is armed for writable only when the kernel says wait.
+    const handle = this.#live();
+    let offset: number;
+    try {
+      offset = this.#send(handle, chunk, 0);
+    } catch (err) {
+      cb(err as Error);
+      return;
+    }
+    if (offset === chunk.length) {
+      cb();
+      return;
+    }
+    this.#pending = { chunk, offset, cb };
     this.#updatePoll();
   }
 
@@ -457,23 +475,29 @@ export class VsockSocket extends Duplex {
     this._write(chunks.length === 1 ? chunks[0].chunk : Buffer.concat(chunks.map((c) => c.chunk)), 'buffer' as BufferEncoding, cb);
   }
 
+  /** Sends chunk from offset until all is in or the send buffer is full; returns the new offset. Kernel errors throw. */
+  #send(handle: OwnedFd, chunk: Buffer, offset: number): number {
+    while (offset < chunk.length) {
+      const n = native.vsockWrite(handle, offset === 0 ? chunk : chunk.subarray(offset));
+      if (n === null) break; // send buffer full: wait for writable
+      offset += n;
+      this.#bytesWritten += n;
+    }
+    return offset;
+  }
+
   /** Writes as much of the pending chunk as the kernel takes now; its callback runs when all is in. */
   #flushWrite(): void {
     const pending = this.#pending!;
     const handle = this.#live();
-    while (pending.offset < pending.chunk.length) {
-      let n: number | null;
-      try {
-        n = native.vsockWrite(handle, pending.offset === 0 ? pending.chunk : pending.chunk.subarray(pending.offset));
-      } catch (err) {
-        this.#pending = null;
-        pending.cb(err as Error);
-        return;
-      }
-      if (n === null) return; // send buffer full: wait for writable
-      pending.offset += n;
-      this.#bytesWritten += n;
+    try {
+      pending.offset = this.#send(handle, pending.chunk, pending.offset);
+    } catch (err) {
+      this.#pending = null;
+      pending.cb(err as Error);
+      return;
     }
+    if (pending.offset < pending.chunk.length) return;
     this.#pending = null;
     pending.cb();
   }

@@ -256,11 +256,11 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
       pendingSinceKick_ += posted;
       if (notify) {
         // The chains are published: a failed kick must not hide that from JS,
-        // or a retry would post the same buffers twice. A later notify() retries.
+        // or a retry would post the same buffers twice. NotifyNow keeps the
+        // pending count on failure, so a later notify() retries the kick.
         try {
           NotifyNow(env, base);
         } catch (const Napi::Error&) {
-          pendingSinceKick_ = posted;
         }
       }
     }
@@ -277,12 +277,15 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
     uint16_t oldIdx = static_cast<uint16_t>(newIdx - pendingSinceKick_);
     bool wanted = eventIdx_ ? NeedEvent(Load16(AvailEvent(base)), newIdx, oldIdx) || pendingSinceKick_ >= 65536
                             : !(Load16(UsedFlags(base)) & kUsedNoNotify);
-    pendingSinceKick_ = 0;
     if (!wanted) {
+      pendingSinceKick_ = 0;
       kicksSuppressed_++;
       return false;
     }
-    if (kick_.IsEmpty()) return false;
+    if (kick_.IsEmpty()) {
+      pendingSinceKick_ = 0;
+      return false;
+    }
     int fd = FdOf(kick_.Value(), "write");
     uint64_t one = 1;
     ssize_t n;
@@ -291,6 +294,7 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
     } while (n < 0 && errno == EINTR);
     // EAGAIN: the counter is saturated, so the device has a kick pending anyway.
     if (n < 0 && errno != EAGAIN) throw ErrnoError(env, errno, "write", PathOf(kick_.Value()));
+    pendingSinceKick_ = 0;  // only once the kick is out: a failed one is retried by notify()
     kicks_++;
     return true;
   }

@@ -428,7 +428,10 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
           break;
         }
         this.#control.shift();
-        if (c.op === VSOCK_OP.CREDIT_UPDATE) this.#stats.creditUpdatesSent++;
+        if (c.op === VSOCK_OP.CREDIT_UPDATE) {
+          this.#stats.creditUpdatesSent++;
+          if (c.conn) c.conn.creditUpdateQueued = false;
+        }
         else if (c.op === VSOCK_OP.RST) this.#stats.resetsSent++;
         else if (c.op === VSOCK_OP.REQUEST && c.conn) c.conn.requestSent = true;
         add(p.slot, 0);

@@ -95,6 +95,7 @@ export class VirtioVsockConnection extends Duplex {
   /** @internal Payload bytes sent (u32 wrap). */ txCnt = 0;
   /** @internal Bytes handed to the Readable (u32 wrap). */ fwdCnt = 0;
   /** @internal fwdCnt as the peer last heard it. */ lastFwdSent = 0;
+  /** @internal A CREDIT_UPDATE waits in the control queue: one is enough, it carries fwdCnt as of sending. */ creditUpdateQueued = false;
   /** @internal */ readonly pending: PendingWrite[] = [];
   /** @internal */ finalCb: ((err?: Error | null) => void) | null = null;
   /** @internal */ creditRequested = false;
@@ -270,7 +271,8 @@ export class VirtioVsockConnection extends Duplex {
     if (freed > 0) {
       this.fwdCnt = (this.fwdCnt + freed) >>> 0;
       const unheard = (this.fwdCnt - this.lastFwdSent) >>> 0;
-      if (this.state === 'connected' && !this.#peerSendDone && unheard >= this.#guest.bufAlloc / 4) {
+      if (this.state === 'connected' && !this.#peerSendDone && !this.creditUpdateQueued && unheard >= this.#guest.bufAlloc / 4) {
+        this.creditUpdateQueued = true;
         this.#guest.queueControl({ conn: this, op: VSOCK_OP.CREDIT_UPDATE, flags: 0 });
       }
     }

@@ -106,12 +106,19 @@ export class Macvtap extends FdOwner {
       return new Macvtap(handle, rtnl, info, nic, mode, restoreMac);
     } catch (err) {
       handle?.close();
+      // Best-effort rollback, each step on its own: the caller needs the
+      // original error, and the NIC's MAC back even if the delete failed.
       try {
         if (created) rtnl.deleteLink(created);
-        if (restoreMac && rtnl.getLink(nic).mac !== restoreMac) rtnl.setMac(nic, restoreMac);
-      } finally {
-        rtnl.close();
+      } catch {
+        // already gone, or the original error explains it
       }
+      try {
+        if (restoreMac && rtnl.getLink(nic).mac !== restoreMac) rtnl.setMac(nic, restoreMac);
+      } catch {
+        // as above
+      }
+      rtnl.close();
       throw err;
     }
   }

@@ -255,7 +255,7 @@ function defaultProgress(line: string, final: boolean): void {
 export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
   // The addon is loaded only here, so `demo --help` works without a build.
   /* eslint-disable @typescript-eslint/no-var-requires */
-  const { Tap } = require('./tap') as typeof import('./tap');
+  const { Tap, parseMac } = require('./tap') as typeof import('./tap');
   const { VirtioNetGuest } = require('./virtio-net-guest') as typeof import('./virtio-net-guest');
   /* eslint-enable @typescript-eslint/no-var-requires */
   const frameSize = options.frameSize ?? 1514;
@@ -302,10 +302,11 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
     const limit = options.frames ?? DEFAULT_FRAMES;
     const budgetMs = options.frames === undefined ? BURST_BUDGET_MS : Infinity;
     const batch: Buffer[] = [];
+    const guestMac = parseMac(g.mac);
     for (let i = 0; i < BATCH; i++) {
       const f = Buffer.alloc(frameSize, 0xa5);
       f.fill(0xff, 0, 6); // broadcast
-      Buffer.from(g.mac.split(':').map((h: string) => parseInt(h, 16))).copy(f, 6);
+      f.set(guestMac, 6);
       f.writeUInt16BE(ETHERTYPE, 12);
       batch.push(f);
     }

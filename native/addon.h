@@ -51,6 +51,9 @@ std::string PathOf(const Napi::Value& handle);
 // ioctl(2) on an OwnedFd, retried on EINTR. On failure throws an ErrnoError
 // with syscall "ioctl(<name>)" and the handle's path. Returns the result.
 int IoctlOn(const Napi::Value& handle, unsigned long request, void* arg, const char* name);
+// (dev, index, fd) → an ioctl taking struct vhost_vring_file (vhost.cc): the
+// vring kick/call/err fds and vhost-net's backend. fd -1 / null unbinds.
+void SetVringFile(const Napi::CallbackInfo& info, unsigned long request, const char* name);
 // An fd argument: an OwnedFd, a raw fd number >= 0, or null/undefined/-1 for
 // "none" (-1). A closed OwnedFd throws ERR_VHOST_CLOSED.
 int FdArg(const Napi::Value& value, const std::string& syscall);

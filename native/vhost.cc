@@ -43,15 +43,6 @@ Napi::Value GetVringState(const Napi::CallbackInfo& info, unsigned long request,
   return Napi::Number::New(info.Env(), s.num);
 }
 
-// struct vhost_vring_file {index, fd}; fd -1 unbinds.
-void SetVringFile(const Napi::CallbackInfo& info, unsigned long request, const char* name) {
-  CheckArgs(info, 3);
-  vhost_vring_file f{};
-  f.index = U32Arg(info[1], "index");
-  f.fd = FdArg(info[2], std::string("ioctl(") + name + ")");
-  IoctlOn(info[0], request, &f, name);
-}
-
 void SetU64(const Napi::CallbackInfo& info, unsigned long request, const char* name, const char* arg) {
   CheckArgs(info, 2);
   uint64_t v = U64Arg(info[1], arg);
@@ -260,6 +251,15 @@ Napi::Value ReadIotlbMsg(const Napi::CallbackInfo& info) {
 }
 
 }  // namespace
+
+// struct vhost_vring_file {index, fd}; fd -1 unbinds. Shared with vhost_net.cc.
+void SetVringFile(const Napi::CallbackInfo& info, unsigned long request, const char* name) {
+  CheckArgs(info, 3);
+  vhost_vring_file f{};
+  f.index = U32Arg(info[1], "index");
+  f.fd = FdArg(info[2], std::string("ioctl(") + name + ")");
+  IoctlOn(info[0], request, &f, name);
+}
 
 void InitVhost(Napi::Env env, Napi::Object exports) {
   struct Entry {

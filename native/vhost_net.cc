@@ -17,13 +17,8 @@ namespace {
 // vhostNetSetBackend(dev, index, fd): fd -1 / null detaches the ring. The
 // kernel answers ENOTSOCK for an fd that is neither a tap nor a packet socket.
 Napi::Value SetBackend(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 3) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "expected 3 arguments");
-  vhost_vring_file f{};
-  f.index = U32Arg(info[1], "index");
-  f.fd = FdArg(info[2], "ioctl(VHOST_NET_SET_BACKEND)");
-  IoctlOn(info[0], VHOST_NET_SET_BACKEND, &f, "VHOST_NET_SET_BACKEND");
-  return env.Undefined();
+  SetVringFile(info, VHOST_NET_SET_BACKEND, "VHOST_NET_SET_BACKEND");
+  return info.Env().Undefined();
 }
 
 }  // namespace

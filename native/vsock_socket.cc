@@ -208,10 +208,8 @@ static Napi::Value VsockGetPeerName(const Napi::CallbackInfo& info) {
 
 // vsockGetLocalCid(fd): IOCTL_VM_SOCKETS_GET_LOCAL_CID on an open /dev/vsock.
 static Napi::Value VsockGetLocalCid(const Napi::CallbackInfo& info) {
-  int fd = FdOf(info[0], "ioctl(IOCTL_VM_SOCKETS_GET_LOCAL_CID)");
   unsigned int cid = 0;
-  if (::ioctl(fd, IOCTL_VM_SOCKETS_GET_LOCAL_CID, &cid) < 0)
-    throw ErrnoError(info.Env(), errno, "ioctl(IOCTL_VM_SOCKETS_GET_LOCAL_CID)", PathOf(info[0]));
+  IoctlOn(info[0], IOCTL_VM_SOCKETS_GET_LOCAL_CID, &cid, "IOCTL_VM_SOCKETS_GET_LOCAL_CID");
   return Napi::Number::New(info.Env(), cid);
 }
 

@@ -44,7 +44,7 @@ function runJest(project, wrap = []) {
   if (fs.existsSync(report)) {
     const r = JSON.parse(fs.readFileSync(report, 'utf8'));
     counts = { passed: r.numPassedTests, failed: r.numFailedTests, skipped: r.numPendingTests + r.numTodoTests };
-    if (r.numRuntimeErrorTestSuites > 0 || r.numFailedTestSuites > 0) counts.failed += r.numFailedTestSuites;
+    counts.failed += r.numRuntimeErrorTestSuites; // suites that failed before any test ran (failed tests are counted above)
   } else {
     counts.failed = 1; // jest died before reporting
     log(`${project}: jest wrote no report (exit ${res.status ?? res.signal})`);

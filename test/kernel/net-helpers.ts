@@ -67,9 +67,10 @@ export async function capture(ifname: string, count: number, timeoutS = 30, ethe
       out += d;
       if (out.startsWith('ready\n')) resolve();
     });
-    proc.on('exit', (code) => reject(new Error(`capture exited ${code}: ${err}`)));
+    proc.on('close', (code) => reject(new Error(`capture exited ${code}: ${err}`)));
   });
-  const frames = once(proc, 'exit').then(([code]) => {
+  // 'close', not 'exit': stdout may still hold the last frames when the process has exited.
+  const frames = once(proc, 'close').then(([code]) => {
     if (code !== 0) throw new Error(`capture failed (${code}): ${err}`);
     return out.split('\n').slice(1).filter((l) => l.length > 0).map((l) => Buffer.from(l, 'hex'));
   });
@@ -85,7 +86,7 @@ export async function inject(ifname: string, frames: Uint8Array[], gapS = 0): Pr
   proc.stdout.on('data', (d) => (out += d));
   proc.stderr.on('data', (d) => (err += d));
   proc.stdin.end(frames.map((f) => Buffer.from(f).toString('hex')).join('\n') + '\n');
-  const [code] = await once(proc, 'exit');
+  const [code] = await once(proc, 'close'); // stdout fully read
   if (code !== 0 || Number(out) !== frames.length) throw new Error(`inject failed (${code}, sent ${out}): ${err}`);
 }
 

@@ -3,9 +3,11 @@
 // memory is a memfd mapping of this process). Checks chain encoding, the
 // free list, indirect tables, EVENT_IDX / NO_NOTIFY kick suppression,
 // callback requests, and that closed memory gives ERR_VHOST_CLOSED.
+import * as fs from 'node:fs';
 import fc from 'fast-check';
 import { EventFd } from '../../lib/eventfd';
 import { GuestMemory } from '../../lib/memory';
+import { native } from '../../lib/native';
 import { encodeChains, INDIRECT_MAX, placeVirtqueue, Virtqueue, type VirtqueueSegment } from '../../lib/virtqueue';
 import { thrown } from '../kernel/helpers';
 
@@ -232,6 +234,27 @@ describe('Virtqueue against a reference device', () => {
       expect(r.kick.read()).toBe(1n);
     } finally {
       r.close();
+    }
+  });
+
+  test('a failed kick is not forgotten: notify() retries it (kick fd whose write(2) fails for real)', () => {
+    const mem = GuestMemory.create({ regions: [{ gpa: REGION_GPA, size: REGION_SIZE }] });
+    // /dev/null opened read-only: write(2) on it fails EBADF, like a kick fd that broke.
+    const broken = native.fdAdopt(fs.openSync('/dev/null', 'r'), 'kick-ro');
+    const kick = { write: () => undefined, nativeHandle: broken } as unknown as EventFd;
+    const ring = placeVirtqueue(8, REGION_GPA);
+    const vq = Virtqueue.create({ memory: mem, size: 8, ...ring, kick, eventIdx: false, indirect: false });
+    try {
+      const chain = [{ gpa: BUFS, len: 64 }];
+      vq.post([chain], false); // pending, no kick yet
+      expect(vq.post([chain])).toHaveLength(1); // published even though its kick fails
+      expect(thrown(() => vq.notify()).code).toBe('EBADF'); // both chains still owe the device a kick
+      expect(thrown(() => vq.notify()).code).toBe('EBADF');
+      expect(vq.kickStats.kicks).toBe(0);
+    } finally {
+      vq.close();
+      broken.close();
+      mem.close();
     }
   });
 

@@ -247,7 +247,10 @@ log "booting VM ($accel, $smp cpu, $mem MiB, kernel $kver)"
 	echo $! >"$tmp/qemu.pid"
 	wait $!; } 2>/dev/null &
 qpid=$!
-SECONDS=0
+# Elapsed time from /proc/uptime, not $SECONDS: bash's SECONDS follows the wall
+# clock, which a freshly restored machine may step by minutes.
+uptime_s() { local up; read -r up _ </proc/uptime; echo "${up%%.*}"; }
+t0=$(uptime_s) wall0=$SECONDS
 awk "${awk_flags[@]}" -v n="@@$nonce@@" -v dir="$tmp" -v verbose="${LINUX_VHOST_VM_VERBOSE:-}" '
 	{ sub(/\r$/, "") }
 	(i = index($0, n " ")) {
@@ -264,13 +267,18 @@ awk "${awk_flags[@]}" -v n="@@$nonce@@" -v dir="$tmp" -v verbose="${LINUX_VHOST_
 apid=$!
 
 # Boot watchdog: a VM that cannot boot (e.g. a broken accelerator) should fail
-# fast, not sit out the whole --timeout.
+# fast, not sit out the whole --timeout. Two witnesses that the command started:
+# the console filter saw START, or init wrote "started" into the run share.
 boot_timeout=${LINUX_VHOST_VM_BOOT_TIMEOUT:-120}
-while [ ! -e "$tmp/started" ] && kill -0 "$qpid" 2>/dev/null; do
-	if [ $SECONDS -ge "$boot_timeout" ]; then touch "$tmp/boot-timeout"; stop_qemu; break; fi
+started() { [ -e "$tmp/started" ] || [ -e "$tmp/guest/started" ]; }
+while ! started && kill -0 "$qpid" 2>/dev/null; do
+	if [ $(($(uptime_s) - t0)) -ge "$boot_timeout" ]; then
+		started && break
+		touch "$tmp/boot-timeout"; stop_qemu; break
+	fi
 	sleep 0.1
 done
-[ "${LINUX_VHOST_VM_VERBOSE:-}" != 1 ] || [ ! -e "$tmp/started" ] || log "command started ${SECONDS}s after qemu"
+[ "${LINUX_VHOST_VM_VERBOSE:-}" != 1 ] || ! started || log "command started $(($(uptime_s) - t0))s after qemu"
 qrc=0; wait "$qpid" || qrc=$?
 qpid=
 wait "$apid" || true
@@ -278,11 +286,15 @@ apid=
 
 if [ -e "$tmp/boot-timeout" ]; then
 	log "the VM did not boot within ${boot_timeout}s ($accel); qemu killed"
+	# Which witnesses showed up late (if any) and the two clocks, for a boot that was not stuck.
+	log "late start witnesses: console=$([ -e "$tmp/started" ] && echo yes || echo no)" \
+		"run-share=$([ -e "$tmp/guest/started" ] && echo yes || echo no);" \
+		"elapsed $(($(uptime_s) - t0))s, wall clock $((SECONDS - wall0))s"
 	[ ! -s "$tmp/boot.log" ] || { log "last console lines:"; tail -n 20 "$tmp/boot.log" >&2; }
 	exit 125
 fi
 [ ! -e "$tmp/output-closed" ] || exit 141 # like a command killed by SIGPIPE
-if [ $qrc = 124 ] || { [ $qrc = 137 ] && [ $SECONDS -ge "$timeout_s" ]; }; then
+if [ $qrc = 124 ] || { [ $qrc = 137 ] && [ $(($(uptime_s) - t0)) -ge "$timeout_s" ]; }; then
 	log "timeout: the VM ran longer than ${timeout_s}s; qemu killed"
 	exit 124
 fi

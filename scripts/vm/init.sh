@@ -83,6 +83,8 @@ say "mounts done"
 hostname linux-vhost-vm
 ip link set lo up
 
+# Two witnesses for vm.sh's boot watchdog: a file in the run share and the console line.
+: >/host/run/linux-vhost-vm/started
 echo "@@$N@@ START"
 env -i chroot /host /bin/bash /run/linux-vhost-vm/cmd
 st=$?

@@ -178,7 +178,16 @@ esac
 # --- per-run dir: host-only files in $tmp, the guest's run share in $tmp/guest.
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/linux-vhost-vm.XXXXXX")
 qpid= apid=
-stop_qemu() { kill "$(cat "$tmp/qemu.pid" 2>/dev/null)" 2>/dev/null || true; } # timeout passes it on
+# Kills timeout (which passes the signal on to qemu). The pid file is written by
+# qemu's launcher subshell; give it a moment if the kill comes right after launch.
+stop_qemu() {
+	local pid= i
+	for i in 1 2 3 4 5 6 7 8 9 10; do
+		pid=$(cat "$tmp/qemu.pid" 2>/dev/null) && [ -n "$pid" ] && break
+		sleep 0.1
+	done
+	[ -z "$pid" ] || kill "$pid" 2>/dev/null || true
+}
 cleanup() {
 	[ -z "$qpid" ] || stop_qemu
 	[ -z "$apid" ] || kill "$apid" 2>/dev/null || true

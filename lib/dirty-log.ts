@@ -13,6 +13,7 @@ import { VRING_ADDR_F_LOG, type VhostDevice } from './vhost';
 export const DIRTY_LOG_PAGE_SIZE = 4096n;
 const BITS_PER_WORD = 64n;
 const MAP_ALIGN = 4096n;
+const HOST_LE = os.endianness() === 'LE';
 
 /** Bytes of log needed to cover guest-physical [0, highest region end): whole 64-bit words. */
 export function dirtyLogSize(regions: readonly { gpa: bigint; size: bigint }[]): bigint {
@@ -41,20 +42,31 @@ export function pagesOfWord(wordIndex: number, value: bigint, littleEndian = os.
   return out;
 }
 
+/** Appends the pages set in 32-bit log word `index` read natively: bit b of log byte k is page k * 8 + b. */
+function pushPagesOfWord32(out: number[], index: number, value: number): void {
+  for (let k = 0; k < 4; k++) {
+    const byte = (HOST_LE ? value >>> (8 * k) : value >>> (24 - 8 * k)) & 0xff;
+    if (byte === 0) continue;
+    const first = (index * 4 + k) * 8;
+    for (let b = 0; b < 8; b++) if (byte & (1 << b)) out.push(first + b);
+  }
+}
+
 /**
  * A dirty-page bitmap in an anonymous shared mapping, sized for a set of
  * guest memory regions. close() (or `using`) unmaps it.
  */
 export class DirtyLog implements Disposable {
   readonly #mapping: Mapping;
-  readonly #words: BigUint64Array;
+  // Scanned as 32-bit words: reading a BigUint64Array makes a BigInt per word.
+  readonly #words: Uint32Array;
   /** Bytes of log that cover guest memory (the mapping is rounded up to a page). */
   readonly size: bigint;
 
   private constructor(mapping: Mapping, size: bigint) {
     this.#mapping = mapping;
     this.size = size;
-    this.#words = new BigUint64Array(mapping.buffer, 0, Number(size / 8n));
+    this.#words = new Uint32Array(mapping.buffer, 0, Number(size / 4n));
   }
 
   /** Maps a zeroed log for `regions` (one bit per 4 KiB page up to the highest region end). */
@@ -82,16 +94,17 @@ export class DirtyLog implements Disposable {
    * Returns the dirty page numbers (ascending, as numbers) and clears them.
    * A word is swapped with zero by Atomics.exchange only when a plain read saw
    * it non-zero, so a bit the kernel sets concurrently is either returned now
-   * or kept for the next call, never lost.
+   * or kept for the next call, never lost (the kernel's atomic bit set and
+   * this 32-bit exchange are each atomic on the word they share).
    */
   readAndClear(): number[] {
     if (this.closed) return [];
     const words = this.#words;
     const out: number[] = [];
     for (let i = 0; i < words.length; i++) {
-      if (words[i] === 0n) continue;
-      const v = Atomics.exchange(words, i, 0n);
-      if (v !== 0n) out.push(...pagesOfWord(i, v));
+      if (words[i] === 0) continue;
+      const v = Atomics.exchange(words, i, 0);
+      if (v !== 0) pushPagesOfWord32(out, i, v);
     }
     return out;
   }

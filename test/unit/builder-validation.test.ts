@@ -742,4 +742,17 @@ describe('dirty log bitmap', () => {
     log.close();
     expect(log.readAndClear()).toEqual([]);
   });
+
+  test('readAndClear returns every page of a random set exactly once, in order', () => {
+    const log = track(DirtyLog.create([{ gpa: 0n, size: 64n * MiB }]));
+    const view = log.bytes();
+    let seed = 12345;
+    const rand = () => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 8) % 16384;
+    for (let round = 0; round < 20; round++) {
+      const pages = new Set<number>();
+      for (let i = 0; i < 200; i++) pages.add(rand());
+      for (const p of pages) view[p >> 3] |= 1 << (p & 7);
+      expect(log.readAndClear()).toEqual([...pages].sort((a, b) => a - b));
+    }
+  });
 });

@@ -9,7 +9,7 @@ import * as fs from 'node:fs';
 import { DirtyLog, startDirtyLog, stopDirtyLog, type DirtyLogQueue } from './dirty-log';
 import { closedError, invalidArg, VhostError } from './errors';
 import { EventFd } from './eventfd';
-import { features } from './features';
+import { describeFeatures, features, type FeatureKind } from './features';
 import { FdOwner } from './fd';
 import type { MemoryLike, MemTableRegion, VhostDevice, VringEndian } from './vhost';
 import { MAX_QUEUE_SIZE, splitRingLayout } from './vring';
@@ -409,6 +409,21 @@ export function setUpQueue(dev: VhostDevice, q: QueuePlan, step: StepRunner['ste
 
 // ---- the builder base --------------------------------------------------------
 
+/** What a device's feature negotiation decided; devices add their own fields (e.g. net's header size). */
+export interface FeatureNegotiation {
+  /** The word for VHOST_SET_FEATURES. */
+  vhostFeatures: bigint;
+  /** Acked bits vhost must implement but the device does not offer (0n when negotiation succeeds). */
+  unsupported: bigint;
+}
+
+/** What planCommon checked: the merged memory regions and the placed queues. */
+export interface CommonPlan {
+  regions: CheckedRegion[];
+  queues: QueuePlan[];
+  eventIdxBits: bigint;
+}
+
 /** How the builder gets its device: open a path, or use one the caller holds. */
 export interface DeviceSource<D> {
   dev?: D;
@@ -440,6 +455,8 @@ export abstract class VhostDeviceBuilder<D extends VhostDevice> {
   protected abstract readonly queueIndexes: readonly number[];
   /** Device class name, for messages. */
   protected abstract readonly deviceName: string;
+  /** Which feature names describe the device's bits in messages. */
+  protected abstract readonly featureKind: FeatureKind;
 
   /** Guest memory (a GuestMemory, or { regions: [{ gpa, size, hva }] }); required. Its regions become the memory table. */
   memory(mem: MemoryLike): this {
@@ -509,7 +526,7 @@ export abstract class VhostDeviceBuilder<D extends VhostDevice> {
   }
 
   /** Validates everything shared (memory, queues, features); throws before any syscall. */
-  protected planCommon(requiredQueues: readonly number[]): { regions: CheckedRegion[]; queues: QueuePlan[]; eventIdxBits: bigint } {
+  protected planCommon(requiredQueues: readonly number[]): CommonPlan {
     if (this._memory === undefined) throw invalidArg('memory', 'is required: call .memory(guestMemory)');
     if (this._acked === undefined && this._vhostFeatures === undefined) {
       throw invalidArg('features', 'is required: call .features(bitsTheGuestAcked) (or .vhostFeatures(exactBits))');
@@ -523,17 +540,34 @@ export abstract class VhostDeviceBuilder<D extends VhostDevice> {
   }
 
   /**
-   * Opens (or takes) the device and runs SET_OWNER and GET_FEATURES, then
-   * `rest`; on any failure closes what it opened and rethrows with the step.
+   * Opens (or takes) the device and programs it in QEMU's order: SET_OWNER,
+   * GET_FEATURES, `negotiate` on the offer (acked bits the device lacks fail
+   * SET_FEATURES with ERR_VHOST_UNSUPPORTED), SET_FEATURES, SET_MEM_TABLE, each
+   * queue's setup; then `rest` for the device's own steps. On any failure
+   * closes what it opened and rethrows with the step.
    */
-  protected bringUp<R>(open: (path?: string) => D, runner: StepRunner, rest: (dev: D, offered: bigint) => R): R {
+  protected bringUp<N extends FeatureNegotiation, R>(
+    open: (path?: string) => D,
+    runner: StepRunner,
+    plan: CommonPlan,
+    negotiate: (offered: bigint) => N,
+    rest: (dev: D, negotiated: N) => R,
+  ): R {
     const src = this._source;
     let opened: D | undefined;
     try {
       const dev = src.dev ?? (opened = runner.run('open', undefined, () => open(src.path)));
       if (!src.owned) runner.run('SET_OWNER', undefined, () => dev.setOwner());
       const offered = runner.run('GET_FEATURES', undefined, () => dev.getFeatures());
-      return rest(dev, offered);
+      const neg = negotiate(offered);
+      if (neg.unsupported !== 0n) {
+        const names = describeFeatures(neg.unsupported, this.featureKind).join(', ');
+        runner.fail('SET_FEATURES', undefined, stepFailure(`features the guest acked but the device does not offer: ${names} (offered 0x${offered.toString(16)})`, 'ERR_VHOST_UNSUPPORTED'));
+      }
+      runner.run('SET_FEATURES', undefined, () => dev.setFeatures(neg.vhostFeatures));
+      runner.run('SET_MEM_TABLE', undefined, () => dev.setMemTable(memTable(plan.regions)));
+      for (const q of plan.queues) setUpQueue(dev, q, runner.step);
+      return rest(dev, neg);
     } catch (err) {
       opened?.close();
       throw err;

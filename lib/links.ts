@@ -12,7 +12,7 @@ import {
   findAttr, ifla, iflaInfo, iflaMacvlan, macvlanMode, nlmsgFlags, nlmsgType, readString, readU32, VETH_INFO_PEER,
   type NlAttr,
 } from './netlink';
-import { formatMac, linkFlags, parseMac, validateLinkName, type Tap } from './tap';
+import { formatMac, linkFlags, parseMac, validateLinkName, validateMtu, type Tap } from './tap';
 
 /** macvtap / macvlan modes (enum macvlan_mode). */
 export type MacvtapMode = 'bridge' | 'vepa' | 'private' | 'passthru';
@@ -48,9 +48,7 @@ function refName(ref: LinkRef, arg = 'link'): string {
 
 /** Checks an MTU in 68..65535 (the kernel then applies each link's own min/max). */
 export function validateLinkMtu(mtu: unknown, arg = 'mtu'): number {
-  if (typeof mtu !== 'number' || !Number.isInteger(mtu)) throw invalidArg(arg, 'must be an integer');
-  if (mtu < 68 || mtu > 65535) throw invalidArg(arg, `must be in 68..65535 (got ${mtu})`, 'ERR_VHOST_OUT_OF_RANGE');
-  return mtu;
+  return validateMtu(mtu, arg);
 }
 
 function checkMode(mode: unknown): MacvtapMode {

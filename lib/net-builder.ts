@@ -11,14 +11,11 @@ import {
   VhostDeviceBuilder,
   VHOST_RING_BITS,
   describeValue,
-  memTable,
-  setUpQueue,
-  stepFailure,
   type QueuePlan,
   type RunningInit,
 } from './builder';
 import { closedError, invalidArg } from './errors';
-import { describeFeatures, features } from './features';
+import { features } from './features';
 import { FdOwner } from './fd';
 import { native } from './native';
 import { Tap, TapQueue, tunFlags, tunOffload } from './tap';
@@ -159,6 +156,7 @@ function attach(dev: VhostNet, queues: readonly QueuePlan[], fd: Exclude<NetBack
 export class VhostNetBuilder extends VhostDeviceBuilder<VhostNet> {
   protected readonly queueIndexes = [0, 1] as const;
   protected readonly deviceName = 'VhostNet';
+  protected readonly featureKind = 'net';
   readonly #open: (path?: string) => VhostNet;
   #backend: BackendPlan = { fd: null };
 
@@ -185,31 +183,22 @@ export class VhostNetBuilder extends VhostDeviceBuilder<VhostNet> {
    * carries `.step` (and `.queue`, `.trace`).
    */
   start(): RunningVhostNet {
-    const { regions, queues } = this.planCommon([]);
+    const plan = this.planCommon([]);
     const backend = this.#backend;
     if (backend.fd instanceof FdOwner && backend.fd.closed) throw closedError('backend', backend.fd.path);
     const raw = this._vhostFeatures;
     const runner = new StepRunner();
     // With exact vhost bits the caller decides about bit 27 and configures the tap.
     const vnetHdr = raw !== undefined ? (raw & features.vhost.NET_VIRTIO_NET_HDR) === 0n : backendVnetHdr(backend, runner);
-    return this.bringUp(this.#open, runner, (dev, offered) => {
-      let neg: NetNegotiation;
-      if (raw !== undefined) {
-        neg = { vhostFeatures: raw, vnetHdrSize: vnetHdrSizeFor(raw), tapOffload: 0, unsupported: 0n };
-      } else {
-        neg = negotiateNetFeatures(offered, this._acked!, { tapHasVnetHdr: vnetHdr });
-        if (neg.unsupported !== 0n) {
-          const names = describeFeatures(neg.unsupported, 'net').join(', ');
-          runner.fail('SET_FEATURES', undefined, stepFailure(`features the guest acked but the device does not offer: ${names} (offered 0x${offered.toString(16)})`, 'ERR_VHOST_UNSUPPORTED'));
-        }
-      }
-      runner.run('SET_FEATURES', undefined, () => dev.setFeatures(neg.vhostFeatures));
-      runner.run('SET_MEM_TABLE', undefined, () => dev.setMemTable(memTable(regions)));
-      for (const q of queues) setUpQueue(dev, q, runner.step);
+    const negotiate = (offered: bigint): NetNegotiation =>
+      raw !== undefined
+        ? { vhostFeatures: raw, vnetHdrSize: vnetHdrSizeFor(raw), tapOffload: 0, unsupported: 0n }
+        : negotiateNetFeatures(offered, this._acked!, { tapHasVnetHdr: vnetHdr });
+    return this.bringUp(this.#open, runner, plan, negotiate, (dev, neg) => {
       if (backend.tap && vnetHdr && raw === undefined) configureTap(backend.tap, neg.vnetHdrSize, neg.tapOffload, runner);
-      if (backend.fd !== null) attach(dev, queues, backend.fd, runner);
+      if (backend.fd !== null) attach(dev, plan.queues, backend.fd, runner);
       return new RunningVhostNet({
-        device: dev, features: neg.vhostFeatures, regions, queues, trace: runner.trace,
+        device: dev, features: neg.vhostFeatures, regions: plan.regions, queues: plan.queues, trace: runner.trace,
         vnetHdrSize: neg.vnetHdrSize, tapOffload: neg.tapOffload, backendVnetHdr: vnetHdr,
         configureTaps: raw === undefined, attached: backend.fd !== null,
       });

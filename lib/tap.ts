@@ -151,11 +151,23 @@ export function formatMac(bytes: Uint8Array): string {
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(':');
 }
 
-function validateMtu(mtu: unknown, arg = 'mtu'): number {
+/** 68: the IPv4 minimum (and tun's MIN_MTU). */
+const MTU_MIN = 68;
+/** 65535: the largest any link takes (the kernel then applies each link's own max, 65521 for a tap). */
+const MTU_MAX = 65535;
+
+/**
+ * Checks an MTU in 68..65535, naming `arg` in the error. `wording` keeps each
+ * caller's messages: 'link' (links and taps) says 'must be an integer'
+ * (ERR_VHOST_INVALID_ARG) apart from 'must be in 68..65535 (got N)';
+ * 'config' (virtio-net config space, QEMU host_mtu) says 'must be an integer
+ * in 68..65535 (got V)' for both. Out of range is ERR_VHOST_OUT_OF_RANGE.
+ */
+export function validateMtu(mtu: unknown, arg = 'mtu', wording: 'link' | 'config' = 'link'): number {
+  if (isInt(mtu) && mtu >= MTU_MIN && mtu <= MTU_MAX) return mtu;
+  if (wording === 'config') throw invalidArg(arg, `must be an integer in ${MTU_MIN}..${MTU_MAX} (got ${String(mtu)})`, 'ERR_VHOST_OUT_OF_RANGE');
   if (!isInt(mtu)) throw invalidArg(arg, 'must be an integer');
-  // 68: the IPv4 minimum (and tun's MIN_MTU); 65535: the largest any link takes.
-  if (mtu < 68 || mtu > 65535) throw invalidArg(arg, `must be in 68..65535 (got ${mtu})`, 'ERR_VHOST_OUT_OF_RANGE');
-  return mtu;
+  throw invalidArg(arg, `must be in ${MTU_MIN}..${MTU_MAX} (got ${mtu})`, 'ERR_VHOST_OUT_OF_RANGE');
 }
 
 /** Validates Tap.create options and turns them into the syscalls to make. Throws before any syscall. */

@@ -4,7 +4,7 @@
 // only when its feature is offered, so the bytes end after the last one.
 import { invalidArg } from './errors';
 import { features } from './features';
-import { parseMac } from './tap';
+import { parseMac, validateMtu } from './tap';
 
 /** VIRTIO_NET_S_* bits of the status field. */
 export const virtioNetStatus = { LINK_UP: 1, ANNOUNCE: 2 } as const;
@@ -50,9 +50,8 @@ export interface VirtioNetConfig {
 
 /** Refuses an advised MTU above the path MTU: the guest would send frames the path drops. */
 export function checkAdvisedMtu(mtu: number, pathMtu: number): void {
-  for (const [arg, v] of [['mtu', mtu], ['pathMtu', pathMtu]] as const) {
-    if (!Number.isInteger(v) || v < 68 || v > 65535) throw invalidArg(arg, `must be an integer in 68..65535 (got ${v})`, 'ERR_VHOST_OUT_OF_RANGE');
-  }
+  validateMtu(mtu, 'mtu', 'config');
+  validateMtu(pathMtu, 'pathMtu', 'config');
   if (mtu > pathMtu) throw invalidArg('mtu', `${mtu} is above the path MTU ${pathMtu}: frames that large would be dropped`, 'ERR_VHOST_OUT_OF_RANGE');
 }
 

@@ -7,7 +7,7 @@ import { closedError, invalidArg } from './errors';
 import type { EventFd } from './eventfd';
 import type { GuestMemory } from './memory';
 import { native, SEG_END, SEG_WRITABLE, type NativeVirtqueue } from './native';
-import { validateQueueSize } from './vring';
+import { splitRingLayout, validateQueueSize } from './vring';
 
 /** Descriptors per indirect table (native kIndirectMax). */
 export const INDIRECT_MAX = 16;
@@ -49,11 +49,11 @@ export interface VirtqueueOptions {
  * (4-aligned, with avail_event). `end` is the first byte after it.
  */
 export function placeVirtqueue(size: number, base: bigint, options: { indirect?: boolean } = {}): { desc: bigint; avail: bigint; used: bigint; end: bigint } {
-  const n = BigInt(validateQueueSize(size));
-  if (typeof base !== 'bigint' || base < 0n || base % 16n !== 0n) throw invalidArg('base', `must be a 16-aligned non-negative bigint, got ${String(base)}`);
-  const avail = base + 16n * n * (options.indirect ? 1n + BigInt(INDIRECT_MAX) : 1n);
-  const used = (avail + 6n + 2n * n + 3n) & ~3n;
-  return { desc: base, avail, used, end: used + 6n + 8n * n };
+  const ring = splitRingLayout(size, { eventIdx: true });
+  if (typeof base !== 'bigint' || base < 0n || base % ring.descAlign !== 0n) throw invalidArg('base', `must be a 16-aligned non-negative bigint, got ${String(base)}`);
+  const avail = base + ring.descSize * (options.indirect ? 1n + BigInt(INDIRECT_MAX) : 1n);
+  const used = (avail + ring.availSize + ring.usedAlign - 1n) & ~(ring.usedAlign - 1n);
+  return { desc: base, avail, used, end: used + ring.usedSize };
 }
 
 /** Bytes placeVirtqueue needs from its base. */

@@ -6,17 +6,18 @@
 import { spawn, type ChildProcess, type SpawnOptions, type StdioNull, type StdioPipe } from 'node:child_process';
 import './dispose';
 import { invalidArg, VhostError } from './errors';
-import { formatMac, parseMac, Tap, tunFlags, validateLinkName } from './tap';
+import { formatMac, parseMac, Tap, tunFlags, validateLinkName, validateMtu } from './tap';
 import { VhostNet } from './vhost-net';
 import { VhostVsock } from './vhost-vsock';
+import { allocateCid, VSOCK_AUTO_CID_ATTEMPTS, VSOCK_CID_MAX, VSOCK_CID_MIN } from './vsock-builder';
 
 /** VHOST_NET_F_VIRTIO_NET_HDR: every vhost-net device offers it; its absence means the fd is not vhost-net. */
 const VHOST_NET_F_VIRTIO_NET_HDR = 1n << 27n;
 const MAX_QUEUE_PAIRS = 256;
-const CID_FIRST = 3;
-const CID_LAST = 0xffff_fffe;
-/** How many CIDs an auto-CID walk tries before it gives up with the last EADDRINUSE. */
-export const AUTO_CID_ATTEMPTS = 4096;
+const CID_FIRST = VSOCK_CID_MIN;
+const CID_LAST = VSOCK_CID_MAX;
+/** How many CIDs an auto-CID walk tries before it gives up with the last EADDRINUSE: VSOCK_AUTO_CID_ATTEMPTS. */
+export const AUTO_CID_ATTEMPTS = VSOCK_AUTO_CID_ATTEMPTS;
 
 const isInt = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v);
 
@@ -191,10 +192,6 @@ export class VsockHandoff implements Disposable {
   }
 }
 
-function isAddrInUse(err: unknown): boolean {
-  return err instanceof Error && (err as VhostError).code === 'EADDRINUSE';
-}
-
 /**
  * Opens /dev/vhost-vsock and sets the guest CID (VHOST_VSOCK_SET_GUEST_CID,
  * which the kernel accepts before SET_OWNER). With `cid: 'auto'` it walks from
@@ -214,17 +211,7 @@ export function prepareVsockForVmm(options: VsockHandoffOptions): VsockHandoff {
       dev.setGuestCid(cid);
       return new VsockHandoff(dev, cid);
     }
-    let last: unknown;
-    for (let c = CID_FIRST; c < CID_FIRST + AUTO_CID_ATTEMPTS; c++) {
-      try {
-        dev.setGuestCid(c);
-        return new VsockHandoff(dev, c);
-      } catch (err) {
-        if (!isAddrInUse(err)) throw err;
-        last = err;
-      }
-    }
-    throw last;
+    return new VsockHandoff(dev, allocateCid((c) => dev.setGuestCid(c)));
   } catch (err) {
     dev.close();
     throw err;
@@ -310,9 +297,7 @@ export function qemuArgs(input: VmmHandoffInput): VmmHandoff {
     if (net.vhostFds.length !== pairs) throw invalidArg(`${where}.vhostFds`, `must hold one fd per tap fd (${pairs}), got ${net.vhostFds.length}`);
     const tapParent = net.tapFds.map((fd, i) => checkFdNumber(fd, `${where}.tapFds[${i}]`));
     const vhostParent = net.vhostFds.map((fd, i) => checkFdNumber(fd, `${where}.vhostFds[${i}]`));
-    if (net.mtu !== undefined && (!isInt(net.mtu) || net.mtu < 68 || net.mtu > 65535)) {
-      throw invalidArg(`${where}.mtu`, `must be an integer in 68..65535 (got ${String(net.mtu)})`, 'ERR_VHOST_OUT_OF_RANGE');
-    }
+    if (net.mtu !== undefined) validateMtu(net.mtu, `${where}.mtu`, 'config');
     const mac = net.mac === undefined ? undefined : formatMac(parseMac(net.mac, `${where}.mac`));
     const tapChild = tapParent.map(pass);
     const vhostChild = vhostParent.map(pass);

@@ -9,21 +9,22 @@ import {
   VhostDeviceBuilder,
   VHOST_RING_BITS,
   describeValue,
-  memTable,
-  setUpQueue,
-  stepFailure,
   type RunningInit,
 } from './builder';
 import { invalidArg, VhostError } from './errors';
-import { describeFeatures, features } from './features';
+import { features } from './features';
 import type { VhostVsock } from './vhost-vsock';
 
 /** Lowest CID a guest may have (0 hypervisor, 1 local, 2 host are reserved). */
 export const VSOCK_CID_MIN = 3;
 /** Highest: 0xffffffff is VMADDR_CID_ANY, and the kernel takes 32 bits. */
 export const VSOCK_CID_MAX = 0xffff_fffe;
-/** Default number of CIDs cid('auto') tries. */
-export const VSOCK_AUTO_CID_ATTEMPTS = 1024;
+/**
+ * How many CIDs the automatic CID search tries by default, for cid('auto') and
+ * prepareVsockForVmm({ cid: 'auto' }) alike: 4096, the larger of the two
+ * limits they used to have (1024 and 4096), so neither gives up sooner than before.
+ */
+export const VSOCK_AUTO_CID_ATTEMPTS = 4096;
 
 /** Bits of the virtio-vsock feature word vhost-vsock implements: ring/transport bits and the socket types. */
 export const VSOCK_VHOST_BITS = VHOST_RING_BITS | features.vsock.STREAM | features.vsock.SEQPACKET | features.vsock.NO_IMPLIED_STREAM;
@@ -46,7 +47,7 @@ export function negotiateVsockFeatures(offered: bigint, acked: bigint): VsockNeg
 export interface AutoCidOptions {
   /** First CID to try (default 3). */
   from?: number;
-  /** How many consecutive CIDs to try before giving up (default 1024). */
+  /** How many consecutive CIDs to try before giving up (default VSOCK_AUTO_CID_ATTEMPTS, 4096). */
   attempts?: number;
 }
 
@@ -77,6 +78,7 @@ function checkCid(value: unknown, arg: string): number {
 export class VhostVsockBuilder extends VhostDeviceBuilder<VhostVsock> {
   protected readonly queueIndexes = [0, 1] as const;
   protected readonly deviceName = 'VhostVsock';
+  protected readonly featureKind = 'vsock';
   readonly #open: (path?: string) => VhostVsock;
   #cid?: CidPlan;
 
@@ -89,7 +91,7 @@ export class VhostVsockBuilder extends VhostDeviceBuilder<VhostVsock> {
   /**
    * The guest's context id (required): 3..0xfffffffe, or 'auto' to take the
    * first free one from `from` (default 3) upward, trying `attempts` (default
-   * 1024) CIDs. Free means the kernel accepted it (EADDRINUSE otherwise), so
+   * 4096) CIDs. Free means the kernel accepted it (EADDRINUSE otherwise), so
    * concurrent allocations, in this process or others, never get the same CID.
    */
   cid(cid: number | bigint | 'auto', options: AutoCidOptions = {}): this {
@@ -114,49 +116,56 @@ export class VhostVsockBuilder extends VhostDeviceBuilder<VhostVsock> {
    * (closing the device releases the CID) and the error carries `.step`.
    */
   start(): RunningVhostVsock {
-    const { regions, queues } = this.planCommon([0, 1]);
+    const plan = this.planCommon([0, 1]);
     const cidPlan = this.#cid;
     if (cidPlan === undefined) throw invalidArg('cid', "is required: call .cid(number) or .cid('auto')");
     const raw = this._vhostFeatures;
     const runner = new StepRunner();
-    return this.bringUp(this.#open, runner, (dev, offered) => {
-      let vhostFeatures = raw;
-      if (vhostFeatures === undefined) {
-        const neg = negotiateVsockFeatures(offered, this._acked!);
-        if (neg.unsupported !== 0n) {
-          const names = describeFeatures(neg.unsupported, 'vsock').join(', ');
-          runner.fail('SET_FEATURES', undefined, stepFailure(`features the guest acked but the device does not offer: ${names} (offered 0x${offered.toString(16)})`, 'ERR_VHOST_UNSUPPORTED'));
-        }
-        vhostFeatures = neg.vhostFeatures;
-      }
-      const bits = vhostFeatures;
-      runner.run('SET_FEATURES', undefined, () => dev.setFeatures(bits));
-      runner.run('SET_MEM_TABLE', undefined, () => dev.setMemTable(memTable(regions)));
-      for (const q of queues) setUpQueue(dev, q, runner.step);
-      const cid = cidPlan.auto ? allocateCid(dev, cidPlan.from, cidPlan.attempts, runner) : cidPlan.cid;
-      if (!cidPlan.auto) runner.run('SET_GUEST_CID', undefined, () => dev.setGuestCid(cid));
+    const negotiate = (offered: bigint): VsockNegotiation =>
+      raw !== undefined ? { vhostFeatures: raw, unsupported: 0n } : negotiateVsockFeatures(offered, this._acked!);
+    return this.bringUp(this.#open, runner, plan, negotiate, (dev, neg) => {
+      const setCid = (c: number): void => runner.run('SET_GUEST_CID', undefined, () => dev.setGuestCid(c));
+      const cid = cidPlan.auto ? allocateCidOrExplain(setCid, cidPlan.from, cidPlan.attempts) : cidPlan.cid;
+      if (!cidPlan.auto) setCid(cid);
       runner.run('SET_RUNNING', undefined, () => dev.setRunning(true));
-      return new RunningVhostVsock({ device: dev, features: bits, regions, queues, trace: runner.trace, cid });
+      return new RunningVhostVsock({ device: dev, features: neg.vhostFeatures, regions: plan.regions, queues: plan.queues, trace: runner.trace, cid });
     });
   }
 }
 
-/** Tries CIDs from `from` upward until the kernel accepts one; EADDRINUSE means taken, anything else fails. */
-function allocateCid(dev: VhostVsock, from: number, attempts: number, runner: StepRunner): number {
-  let last: VhostError | undefined;
-  let cid = from;
-  for (let n = 0; n < attempts && cid <= VSOCK_CID_MAX; n++, cid++) {
+/**
+ * The automatic CID search: calls `setCid` (VHOST_VSOCK_SET_GUEST_CID) with
+ * CIDs from `from` upward, at most `attempts` of them and never past
+ * VSOCK_CID_MAX, and returns the first one it accepts. EADDRINUSE means
+ * another device holds that CID: the search goes on; any other error is
+ * rethrown at once. When every CID tried is in use, the last EADDRINUSE is
+ * thrown as it came. Arguments are not checked (callers have).
+ * @internal Used by VhostVsockBuilder and prepareVsockForVmm.
+ */
+export function allocateCid(setCid: (cid: number) => void, from: number = VSOCK_CID_MIN, attempts: number = VSOCK_AUTO_CID_ATTEMPTS): number {
+  let last: unknown;
+  for (let n = 0, cid = from; n < attempts && cid <= VSOCK_CID_MAX; n++, cid++) {
     try {
-      const c = cid;
-      runner.run('SET_GUEST_CID', undefined, () => dev.setGuestCid(c));
+      setCid(cid);
       return cid;
     } catch (err) {
-      if ((err as VhostError).code !== 'EADDRINUSE') throw err;
-      last = err as VhostError;
+      if ((err as VhostError | null)?.code !== 'EADDRINUSE') throw err;
+      last = err;
     }
   }
-  last!.message += ` (cid 'auto': CIDs ${from}..${cid - 1} are all in use)`;
   throw last;
+}
+
+/** allocateCid, with the range tried added to the message of the final EADDRINUSE. */
+function allocateCidOrExplain(setCid: (cid: number) => void, from: number, attempts: number): number {
+  try {
+    return allocateCid(setCid, from, attempts);
+  } catch (err) {
+    if ((err as VhostError | null)?.code === 'EADDRINUSE') {
+      (err as VhostError).message += ` (cid 'auto': CIDs ${from}..${Math.min(from + attempts - 1, VSOCK_CID_MAX)} are all in use)`;
+    }
+    throw err;
+  }
 }
 
 interface RunningVsockInit extends RunningInit<VhostVsock> {

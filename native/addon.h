@@ -39,9 +39,14 @@ Napi::Error CodeError(Napi::Env env, const char* code, const std::string& messag
 
 // ---- owned fds (owned_fd.cc) -----------------------------------------------
 class OwnedFd;
+// What the addon itself created behind an OwnedFd, for calls that only make
+// sense on one kind (the path is a label anyone can pass to fdAdopt).
+enum class FdKind { kOther, kEventFd };
 // Wraps a freshly opened fd (must already be O_CLOEXEC) in a JS OwnedFd that
 // becomes its only owner. On failure the fd is closed before throwing.
-Napi::Object WrapFd(Napi::Env env, int fd, const std::string& path);
+Napi::Object WrapFd(Napi::Env env, int fd, const std::string& path, FdKind kind = FdKind::kOther);
+// The kind given to WrapFd (kOther for anything that is not an OwnedFd).
+FdKind KindOf(const Napi::Value& handle);
 // Whether an OwnedFd of this env owns fd now.
 bool FdOwned(Napi::Env env, int fd);
 // The live fd of an OwnedFd, throwing ERR_VHOST_CLOSED if it was closed.
@@ -58,7 +63,13 @@ void SetVringFile(const Napi::CallbackInfo& info, unsigned long request, const c
 // "none" (-1). A closed OwnedFd throws ERR_VHOST_CLOSED.
 int FdArg(const Napi::Value& value, const std::string& syscall);
 
-// ---- argument helpers ------------------------------------------------------
+// ---- argument helpers (errors.cc) -----------------------------------------
+// A string without NUL bytes: syscalls would silently stop at the first one.
+std::string StringArg(const Napi::Value& value, const char* name);
+// Whether d is an integer in min..max (false for NaN and infinities).
+bool IsIntIn(double d, int min, int max);
+// A number that is an integer in min..max.
+int IntArg(const Napi::Value& value, const char* name, int min, int max);
 uint64_t U64Arg(const Napi::Value& value, const char* name);
 uint32_t U32Arg(const Napi::Value& value, const char* name);
 uint64_t U64Field(const Napi::Object& obj, const char* name);

@@ -3,6 +3,7 @@
 #include <uv.h>
 
 #include <cctype>
+#include <cmath>
 #include <cstring>
 
 #include "addon.h"
@@ -88,6 +89,30 @@ uint32_t U32Arg(const Napi::Value& value, const char* name) {
   if (v > UINT32_MAX)
     throw CodeError(value.Env(), "ERR_VHOST_INVALID_ARG", std::string(name) + " must fit in 32 bits");
   return static_cast<uint32_t>(v);
+}
+
+std::string StringArg(const Napi::Value& value, const char* name) {
+  if (!value.IsString())
+    throw CodeError(value.Env(), "ERR_VHOST_INVALID_ARG", std::string(name) + " must be a string");
+  std::string s = value.As<Napi::String>().Utf8Value();
+  if (s.find('\0') != std::string::npos)
+    throw CodeError(value.Env(), "ERR_VHOST_INVALID_ARG", std::string(name) + " must not contain NUL");
+  return s;
+}
+
+bool IsIntIn(double d, int min, int max) {
+  return d >= min && d <= max && d == std::trunc(d);  // NaN fails every comparison
+}
+
+int IntArg(const Napi::Value& value, const char* name, int min, int max) {
+  if (!value.IsNumber())
+    throw CodeError(value.Env(), "ERR_VHOST_INVALID_ARG", std::string(name) + " must be a number");
+  double d = value.As<Napi::Number>().DoubleValue();
+  if (!IsIntIn(d, min, max))
+    throw CodeError(value.Env(), "ERR_VHOST_INVALID_ARG",
+                    std::string(name) + " must be an integer in " + std::to_string(min) + ".." +
+                        std::to_string(max));
+  return static_cast<int>(d);
 }
 
 uint64_t U64Field(const Napi::Object& obj, const char* name) {

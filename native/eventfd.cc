@@ -23,14 +23,14 @@ static Napi::Value EventfdCreate(const Napi::CallbackInfo& info) {
   int flags = EFD_CLOEXEC | EFD_NONBLOCK | (semaphore ? EFD_SEMAPHORE : 0);
   int fd = ::eventfd(initval, flags);
   if (fd < 0) throw ErrnoError(env, errno, "eventfd", "");
-  return WrapFd(env, fd, kLabel);
+  return WrapFd(env, fd, kLabel, FdKind::kEventFd);
 }
 
-// Only fds this file created: read(2) on another kind could block the loop or
-// return a short count taken for a value.
+// Only fds this file created (not an fd adopted under the same label): read(2)
+// on another kind could block the loop or return a short count taken for a value.
 static int EventFdOf(const Napi::Value& handle, const char* syscall) {
   int fd = FdOf(handle, syscall);
-  if (PathOf(handle) != kLabel)
+  if (KindOf(handle) != FdKind::kEventFd)
     throw CodeError(handle.Env(), "ERR_VHOST_INVALID_ARG", std::string(syscall) + ": not an eventfd '" + PathOf(handle) + "'");
   return fd;
 }

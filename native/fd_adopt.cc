@@ -14,14 +14,9 @@ namespace vhost {
 // fd arrives without it) so it does not leak further, and wraps it.
 static Napi::Value FdAdopt(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsNumber())
-    throw CodeError(env, "ERR_VHOST_INVALID_ARG", "fd must be a number");
-  double d = info[0].As<Napi::Number>().DoubleValue();
-  if (!(d >= 0 && d <= INT_MAX) || d != static_cast<double>(static_cast<int>(d)))
-    throw CodeError(env, "ERR_VHOST_INVALID_ARG", "fd must be an integer in 0..2147483647");
+  int fd = IntArg(info[0], "fd", 0, INT_MAX);
   if (!info[1].IsString())
     throw CodeError(env, "ERR_VHOST_INVALID_ARG", "label must be a string");
-  int fd = static_cast<int>(d);
   std::string label = info[1].As<Napi::String>().Utf8Value();
   // One owner per fd: adopting a number an OwnedFd holds would let either
   // close() pull the fd from under the other.

@@ -147,8 +147,7 @@ std::string MemfdPath(const std::string& name) { return "memfd:" + name; }
 // memfdCreate(name, flags): memfd_create(name, MFD_CLOEXEC | flags).
 Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (!info[0].IsString()) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "memfd name must be a string");
-  std::string name = info[0].As<Napi::String>().Utf8Value();
+  std::string name = StringArg(info[0], "memfd name");
   uint32_t flags = U32Arg(info[1], "flags");
   int fd = ::memfd_create(name.c_str(), MFD_CLOEXEC | flags);
   if (fd < 0) throw ErrnoError(env, errno, "memfd_create", MemfdPath(name));

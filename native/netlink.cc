@@ -30,15 +30,6 @@ constexpr const char* kNetnsDir = "/run/netns";
 // A reply that never comes must not hang the event loop forever.
 constexpr int kReplyTimeoutSec = 5;
 
-std::string StringArg(const Napi::Value& value, const char* name) {
-  if (!value.IsString())
-    throw CodeError(value.Env(), "ERR_VHOST_INVALID_ARG", std::string(name) + " must be a string");
-  std::string s = value.As<Napi::String>().Utf8Value();
-  if (s.find('\0') != std::string::npos)
-    throw CodeError(value.Env(), "ERR_VHOST_INVALID_ARG", std::string(name) + " must not contain NUL");
-  return s;
-}
-
 // A namespace name becomes a file name under /run/netns.
 std::string NetnsName(const Napi::Value& value) {
   std::string name = StringArg(value, "name");

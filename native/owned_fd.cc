@@ -46,6 +46,8 @@ class OwnedFd : public Napi::ObjectWrap<OwnedFd> {
 
   int fd() const { return fd_; }
   const std::string& path() const { return path_; }
+  FdKind kind() const { return kind_; }
+  void set_kind(FdKind kind) { kind_ = kind; }
 
  private:
   Napi::Value GetFd(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), fd_); }
@@ -140,6 +142,7 @@ class OwnedFd : public Napi::ObjectWrap<OwnedFd> {
 
   int fd_ = -1;
   std::string path_;
+  FdKind kind_ = FdKind::kOther;
   std::shared_ptr<std::unordered_set<int>> live_;
   uv_poll_t* poll_ = nullptr;
   Napi::FunctionReference callback_;
@@ -147,18 +150,21 @@ class OwnedFd : public Napi::ObjectWrap<OwnedFd> {
   bool pinned_ = false;
 };
 
-Napi::Object WrapFd(Napi::Env env, int fd, const std::string& path) {
+Napi::Object WrapFd(Napi::Env env, int fd, const std::string& path, FdKind kind) {
   AddonData& data = Data(env);
   data.wrappingFd = true;
+  Napi::Object obj;
   try {
-    Napi::Object obj = data.ownedFdCtor.New({Napi::Number::New(env, fd), Napi::String::New(env, path)});
+    obj = data.ownedFdCtor.New({Napi::Number::New(env, fd), Napi::String::New(env, path)});
     data.wrappingFd = false;
-    return obj;
   } catch (...) {
     data.wrappingFd = false;
     ::close(fd);
     throw;
   }
+  // Outside the try: obj owns fd now, so a failure here must not close it.
+  OwnedFd::Unwrap(obj)->set_kind(kind);
+  return obj;
 }
 
 static OwnedFd* Unwrap(const Napi::Value& value) {
@@ -183,6 +189,11 @@ std::string PathOf(const Napi::Value& handle) {
   return owned == nullptr ? std::string() : owned->path();
 }
 
+FdKind KindOf(const Napi::Value& handle) {
+  OwnedFd* owned = Unwrap(handle);
+  return owned == nullptr ? FdKind::kOther : owned->kind();
+}
+
 int IoctlOn(const Napi::Value& handle, unsigned long request, void* arg, const char* name) {
   std::string syscall = std::string("ioctl(") + name + ")";
   int fd = FdOf(handle, syscall);
@@ -198,8 +209,7 @@ int FdArg(const Napi::Value& value, const std::string& syscall) {
   if (value.IsNull() || value.IsUndefined()) return -1;
   if (value.IsNumber()) {
     double d = value.As<Napi::Number>().DoubleValue();
-    if (d == -1) return -1;
-    if (d < 0 || d > INT32_MAX || d != static_cast<int>(d))
+    if (!IsIntIn(d, -1, INT32_MAX))
       throw CodeError(value.Env(), "ERR_VHOST_INVALID_ARG", syscall + ": fd must be an integer >= -1");
     return static_cast<int>(d);
   }
@@ -208,8 +218,7 @@ int FdArg(const Napi::Value& value, const std::string& syscall) {
 
 // openPath(path, extraFlags): open(path, O_RDWR | O_CLOEXEC | extraFlags).
 static Napi::Value OpenPath(const Napi::CallbackInfo& info) {
-  if (!info[0].IsString()) throw CodeError(info.Env(), "ERR_VHOST_INVALID_ARG", "path must be a string");
-  std::string path = info[0].As<Napi::String>().Utf8Value();
+  std::string path = StringArg(info[0], "path");
   int extra = info[1].IsNumber() ? info[1].As<Napi::Number>().Int32Value() : 0;
   // Only flags that make sense for a device; never O_CREAT/O_TMPFILE (they need a mode).
   if ((extra & ~(O_NONBLOCK | O_NOCTTY)) != 0)

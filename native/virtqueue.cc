@@ -117,6 +117,7 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
     // so a misbehaving device cannot corrupt it through the shared table).
     next_.resize(size_);
     chainLen_.assign(size_, 0);
+    segScratch_.reserve(3 * static_cast<size_t>(size_));  // a full ring of one-segment chains
     for (uint32_t i = 0; i < size_; i++) next_[i] = static_cast<uint16_t>(i + 1 == size_ ? 0 : i + 1);
     freeHead_ = 0;
     numFree_ = size_;
@@ -177,8 +178,10 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
       throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "nsegs is larger than segs holds");
     // Work on a private copy: segs may alias heads or guest memory, which the
     // loops below write, and must not change between validation and use.
-    std::vector<uint32_t> segCopy(segs.Data(), segs.Data() + static_cast<size_t>(nsegs) * 3);
-    const uint32_t* s = segCopy.data();
+    // The scratch keeps its capacity, so a steady batch size never allocates.
+    // s is not read after anything that can run JS (only throws follow those).
+    segScratch_.assign(segs.Data(), segs.Data() + static_cast<size_t>(nsegs) * 3);
+    const uint32_t* s = segScratch_.data();
     // Validate every segment before writing anything.
     uint32_t chains = 0, inChain = 0;
     for (uint32_t i = 0; i < nsegs; i++) {
@@ -405,6 +408,7 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
   bool closed_ = false;
   std::vector<uint16_t> next_;      // driver's copy of each descriptor's next
   std::vector<uint16_t> chainLen_;  // descriptors held by each head in flight (0: free)
+  std::vector<uint32_t> segScratch_;  // post()'s copy of segs, kept for its capacity
   uint16_t freeHead_ = 0;
   uint32_t numFree_ = 0;
   uint16_t availIdx_ = 0;  // shadow of avail->idx

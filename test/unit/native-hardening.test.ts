@@ -1,6 +1,7 @@
 // Inputs from JavaScript that once crashed or misled the addon (a review
 // reproduced each): they must now throw a typed error and leave the process up.
-import { native } from '../../lib/native';
+import * as fs from 'node:fs';
+import { native, OwnedFd } from '../../lib/native';
 
 function codeOf(fn: () => unknown): string | undefined {
   try {
@@ -8,6 +9,27 @@ function codeOf(fn: () => unknown): string | undefined {
   } catch (err) {
     return (err as { code?: string }).code;
   }
+  throw new Error('expected a throw');
+}
+
+function errorOf(fn: () => unknown): { code?: string; message: string } {
+  try {
+    fn();
+  } catch (err) {
+    return err as { code?: string; message: string };
+  }
+  throw new Error('expected a throw');
+}
+
+// Like errorOf for calls that return an OwnedFd when they (wrongly) succeed.
+function openErrorOf(open: () => OwnedFd | { fd: OwnedFd }): { code?: string; message: string } {
+  let opened: OwnedFd | { fd: OwnedFd };
+  try {
+    opened = open();
+  } catch (err) {
+    return err as { code?: string; message: string };
+  }
+  ('close' in opened ? opened : opened.fd).close();
   throw new Error('expected a throw');
 }
 
@@ -85,6 +107,58 @@ describe('native input hardening', () => {
       expect(codeOf(() => native.fdAdopt(ev.fd, 'twice'))).toBe('ERR_VHOST_INVALID_ARG');
     } finally {
       ev.close();
+    }
+  });
+
+  // open(2) and memfd_create(2) stop at the first NUL: '/dev/null\0x' would open /dev/null.
+  test('a path or name with an embedded NUL is refused, not truncated by the syscall', () => {
+    const IFF_TAP = 0x0002;
+    const tapPath = openErrorOf(() => native.tapOpen('/dev/null\0/dev/net/tun', '', IFF_TAP));
+    expect(tapPath.code).toBe('ERR_VHOST_INVALID_ARG');
+    expect(tapPath.message).toBe('path must not contain NUL');
+    const tapName = errorOf(() => native.tapOpen('/dev/null', 'tap\0x', IFF_TAP));
+    expect(tapName.code).toBe('ERR_VHOST_INVALID_ARG');
+    expect(tapName.message).toBe('name must not contain NUL');
+    const open = openErrorOf(() => native.openPath('/dev/null\0x'));
+    expect(open.code).toBe('ERR_VHOST_INVALID_ARG');
+    expect(open.message).toBe('path must not contain NUL');
+    const memfd = openErrorOf(() => native.memfdCreate('a\0b', 0));
+    expect(memfd.code).toBe('ERR_VHOST_INVALID_ARG');
+    expect(memfd.message).toBe('memfd name must not contain NUL');
+  });
+
+  test('an adopted fd labelled "eventfd" is still not an eventfd', () => {
+    const adopted = native.fdAdopt(fs.openSync('/dev/null', 'r'), 'eventfd');
+    try {
+      expect(errorOf(() => native.eventfdRead(adopted)).message).toBe("read: not an eventfd 'eventfd'");
+      expect(codeOf(() => native.eventfdWrite(adopted, 1n))).toBe('ERR_VHOST_INVALID_ARG');
+    } finally {
+      adopted.close();
+    }
+  });
+
+  test('fd and integer arguments: type and range checked with the same messages as ever', () => {
+    expect(errorOf(() => native.fdAdopt('3' as never, 'x')).message).toBe('fd must be a number');
+    for (const bad of [-1, 1.5, 2 ** 31, NaN, Infinity]) {
+      expect(errorOf(() => native.fdAdopt(bad, 'x')).message).toBe('fd must be an integer in 0..2147483647');
+    }
+    const dev = native.openPath('/dev/null');
+    try {
+      for (const bad of [-2, 1.5, 2 ** 31, NaN, -Infinity]) {
+        const err = errorOf(() => native.vhostSetLogFd(dev, bad));
+        expect(err.code).toBe('ERR_VHOST_INVALID_ARG');
+        expect(err.message).toBe('ioctl(VHOST_SET_LOG_FD): fd must be an integer >= -1');
+      }
+      // Valid fd numbers get as far as the ioctl, which /dev/null refuses.
+      expect(codeOf(() => native.vhostSetLogFd(dev, -1))).toBe('ENOTTY');
+      expect(codeOf(() => native.vhostSetLogFd(dev, null))).toBe('ENOTTY');
+      expect(errorOf(() => native.tapSetSndbuf(dev, 'x' as never)).message).toBe('size must be a number');
+      for (const bad of [0.5, 2 ** 31, -(2 ** 31) - 1, NaN]) {
+        expect(errorOf(() => native.tapSetSndbuf(dev, bad)).message).toBe('size must be an integer in -2147483648..2147483647');
+      }
+      expect(codeOf(() => native.tapSetSndbuf(dev, -(2 ** 31)))).toBe('ENOTTY');
+    } finally {
+      dev.close();
     }
   });
 });

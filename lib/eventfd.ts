@@ -3,6 +3,7 @@
 // O_CLOEXEC | O_NONBLOCK; readability is watched with uv_poll on this
 // thread's own loop (native OwnedFd.watch).
 import { getSystemErrorName } from 'node:util';
+import { checkBool, checkFunction, checkObject, toBigInt } from './check';
 import { invalidArg, VhostError } from './errors';
 import { FdOwner } from './fd';
 import { native, POLL_READABLE } from './native';
@@ -23,19 +24,12 @@ export interface EventFdOptions {
 /** Called on the loop when the eventfd is readable; `err` is set if polling failed. */
 export type EventFdWatcher = (err?: VhostError) => void;
 
-function toBigInt(value: unknown, arg: string): bigint {
-  if (typeof value === 'bigint') return value;
-  if (typeof value === 'number' && Number.isSafeInteger(value)) return BigInt(value);
-  throw invalidArg(arg, `must be a bigint or a safe integer, got ${typeof value === 'number' ? value : typeof value}`);
-}
-
 /** An eventfd counter (eventfd(2)). One object owns the fd; close() is idempotent. */
 export class EventFd extends FdOwner {
   /** Creates an eventfd with EFD_CLOEXEC | EFD_NONBLOCK (and EFD_SEMAPHORE if asked). */
   static create(options: EventFdOptions = {}): EventFd {
-    if (options === null || typeof options !== 'object') throw invalidArg('options', 'must be an object');
-    const semaphore = options.semaphore ?? false;
-    if (typeof semaphore !== 'boolean') throw invalidArg('options.semaphore', 'must be a boolean');
+    checkObject(options, 'options');
+    const semaphore = checkBool(options.semaphore ?? false, 'options.semaphore', null);
     const initval = toBigInt(options.initval ?? 0, 'options.initval');
     if (initval < 0n || initval > 0xffff_ffffn) {
       throw invalidArg('options.initval', `must be in 0..0xffffffff, got ${initval}`, 'ERR_VHOST_OUT_OF_RANGE');
@@ -74,7 +68,7 @@ export class EventFd extends FdOwner {
    * The watcher keeps the process alive unless unref() is called.
    */
   watch(cb: EventFdWatcher): void {
-    if (typeof cb !== 'function') throw invalidArg('cb', 'must be a function');
+    checkFunction(cb, 'cb');
     this.handle.watch(POLL_READABLE, (status) => {
       if (status < 0) {
         const code = getSystemErrorName(status);

@@ -4,13 +4,13 @@
 // datapath never passes through JavaScript. Types and shapes are checked here;
 // ranges KVM enforces itself (ioeventfd length, slot numbers, alignment) are
 // left to it so its errno reaches the caller.
+import { checkInt, checkNonEmptyString, checkObject, checkOneOf, toU64, typeOf } from './check';
 import { invalidArg } from './errors';
 import { FdOwner } from './fd';
 import { native, type OwnedFd } from './native';
 import type { FdLike, MemoryLike } from './vhost';
 
 const U32_MAX = 0xffff_ffff;
-const U64_MAX = (1n << 64n) - 1n;
 
 const IOEVENTFD_FLAG_DATAMATCH = 1 << 0;
 const IOEVENTFD_FLAG_PIO = 1 << 1;
@@ -22,20 +22,8 @@ export const KVM_MEM_READONLY = 1 << 1;
 /** KVM_MEM_LOG_DIRTY_PAGES */
 export const KVM_MEM_LOG_DIRTY_PAGES = 1 << 0;
 
-function u32(v: unknown, arg: string): number {
-  if (typeof v !== 'number' || !Number.isInteger(v)) throw invalidArg(arg, `must be an integer, got ${typeof v}`);
-  if (v < 0 || v > U32_MAX) throw invalidArg(arg, `must be in 0..${U32_MAX}, got ${v}`, 'ERR_VHOST_OUT_OF_RANGE');
-  return v;
-}
-
-function u64(v: unknown, arg: string): bigint {
-  let b: bigint;
-  if (typeof v === 'bigint') b = v;
-  else if (typeof v === 'number' && Number.isSafeInteger(v)) b = BigInt(v);
-  else throw invalidArg(arg, 'must be a bigint or a safe integer');
-  if (b < 0n || b > U64_MAX) throw invalidArg(arg, 'must fit in 64 bits unsigned', 'ERR_VHOST_OUT_OF_RANGE');
-  return b;
-}
+const u32 = (v: unknown, arg: string): number => checkInt(v, arg, 0, U32_MAX, typeOf);
+const u64 = (v: unknown, arg: string): bigint => toU64(v, arg, null, () => 'must fit in 64 bits unsigned');
 
 function fdOf(v: FdLike | undefined, arg: string, required: boolean): OwnedFd | number | null {
   if (v === null || v === undefined) {
@@ -112,11 +100,11 @@ export class KvmVm extends FdOwner {
   }
 
   private ioeventfd(spec: IoeventfdSpec, deassign: boolean): void {
-    if (typeof spec !== 'object' || spec === null) throw invalidArg('spec', 'must be an object');
+    checkObject(spec, 'spec');
     const addr = u64(spec.addr, 'addr');
     const len = u32(spec.len, 'len');
     const space = spec.space ?? 'mmio';
-    if (space !== 'mmio' && space !== 'pio') throw invalidArg('space', "must be 'mmio' or 'pio'");
+    checkOneOf(space, 'space', ['mmio', 'pio'], null);
     if (space === 'pio' && addr > 0xffffn) throw invalidArg('addr', 'must be a port number 0..0xffff with space pio', 'ERR_VHOST_OUT_OF_RANGE');
     const fd = fdOf(spec.eventfd, 'eventfd', true);
     let flags = (space === 'pio' ? IOEVENTFD_FLAG_PIO : 0) | (deassign ? IOEVENTFD_FLAG_DEASSIGN : 0);
@@ -140,7 +128,7 @@ export class KvmVm extends FdOwner {
 
   /** KVM_IRQFD: routes the call eventfd to `gsi`. Needs an irqchip (EINVAL without); EBUSY if this eventfd is already an irqfd. */
   assignIrqfd(spec: IrqfdSpec): void {
-    if (typeof spec !== 'object' || spec === null) throw invalidArg('spec', 'must be an object');
+    checkObject(spec, 'spec');
     const gsi = u32(spec.gsi, 'gsi');
     const fd = fdOf(spec.eventfd, 'eventfd', true);
     const resample = fdOf(spec.resample, 'resample', false);
@@ -149,7 +137,7 @@ export class KvmVm extends FdOwner {
 
   /** KVM_IRQFD with DEASSIGN: detaches the eventfd from `gsi` (KVM answers 0 when none matched). */
   deassignIrqfd(spec: Pick<IrqfdSpec, 'eventfd' | 'gsi'>): void {
-    if (typeof spec !== 'object' || spec === null) throw invalidArg('spec', 'must be an object');
+    checkObject(spec, 'spec');
     const gsi = u32(spec.gsi, 'gsi');
     const fd = fdOf(spec.eventfd, 'eventfd', true);
     native.kvmIrqfd(this.handle, fd, gsi, IRQFD_FLAG_DEASSIGN, null);
@@ -157,7 +145,7 @@ export class KvmVm extends FdOwner {
 
   /** KVM_SET_USER_MEMORY_REGION: creates, moves or (size 0) deletes a slot. EEXIST when it overlaps another slot. */
   setUserMemoryRegion(spec: MemorySlotSpec): void {
-    if (typeof spec !== 'object' || spec === null) throw invalidArg('spec', 'must be an object');
+    checkObject(spec, 'spec');
     const slot = u32(spec.slot, 'slot');
     const flags = u32(spec.flags ?? 0, 'flags');
     native.kvmSetUserMemoryRegion(this.handle, slot, flags, u64(spec.gpa, 'gpa'), u64(spec.size, 'size'), u64(spec.hva, 'hva'));
@@ -193,7 +181,7 @@ export class Kvm extends FdOwner {
 
   /** Opens /dev/kvm O_RDWR | O_CLOEXEC. */
   static open(path: string = Kvm.defaultPath): Kvm {
-    if (typeof path !== 'string' || path.length === 0) throw invalidArg('path', 'must be a non-empty string');
+    checkNonEmptyString(path, 'path');
     return new Kvm(native.openPath(path));
   }
 

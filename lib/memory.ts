@@ -7,6 +7,7 @@
 // A region larger than the runtime's largest ArrayBuffer (4 GiB on Node 20)
 // can be created, translated and given to vhost, but view() on it throws
 // ERR_VHOST_OUT_OF_RANGE (see native/guest_memory.cc).
+import { checkBool, checkObject, checkOneOf, toU64 } from './check';
 import { closedError, invalidArg } from './errors';
 import { native, type Mapping, type OwnedFd } from './native';
 
@@ -72,26 +73,13 @@ export interface GuestMemoryPlan {
   name: string;
 }
 
-function toU64(value: unknown, arg: string): bigint {
-  let v: bigint;
-  if (typeof value === 'bigint') v = value;
-  else if (typeof value === 'number' && Number.isSafeInteger(value)) v = BigInt(value);
-  else throw invalidArg(arg, `must be a bigint or a safe integer, got ${typeof value === 'number' ? value : typeof value}`);
-  if (v < 0n || v >= U64_LIMIT) throw invalidArg(arg, `must be in 0..2^64-1, got ${v}`, 'ERR_VHOST_OUT_OF_RANGE');
-  return v;
-}
-
 const hex = (v: bigint): string => `0x${v.toString(16)}`;
 
 /** Checks GuestMemory options without making any syscall; throws ERR_VHOST_* naming the argument. */
 export function validateGuestMemoryOptions(options: GuestMemoryOptions): GuestMemoryPlan {
-  if (options === null || typeof options !== 'object') throw invalidArg('options', 'must be an object');
-  const backing = options.backing ?? 'memfd';
-  if (backing !== 'memfd' && backing !== 'anonymous') {
-    throw invalidArg('options.backing', `must be 'memfd' or 'anonymous', got ${String(backing)}`);
-  }
-  const hugetlb = options.hugetlb ?? false;
-  if (typeof hugetlb !== 'boolean') throw invalidArg('options.hugetlb', 'must be a boolean');
+  checkObject(options, 'options');
+  const backing = checkOneOf(options.backing ?? 'memfd', 'options.backing', ['memfd', 'anonymous']);
+  const hugetlb = checkBool(options.hugetlb ?? false, 'options.hugetlb', null);
   let pageSize = PAGE_SIZE;
   if (options.hugePageSize !== undefined) {
     if (!hugetlb) throw invalidArg('options.hugePageSize', 'is only meaningful with hugetlb: true');
@@ -102,8 +90,7 @@ export function validateGuestMemoryOptions(options: GuestMemoryOptions): GuestMe
   } else if (hugetlb) {
     pageSize = DEFAULT_HUGE_PAGE_SIZE;
   }
-  const seal = options.seal ?? false;
-  if (typeof seal !== 'boolean') throw invalidArg('options.seal', 'must be a boolean');
+  const seal = checkBool(options.seal ?? false, 'options.seal', null);
   if (seal && backing !== 'memfd') throw invalidArg('options.seal', "needs backing 'memfd' (anonymous memory has no file to seal)");
   const name = options.name ?? 'linux-vhost-guest';
   if (typeof name !== 'string') throw invalidArg('options.name', 'must be a string');
@@ -115,7 +102,7 @@ export function validateGuestMemoryOptions(options: GuestMemoryOptions): GuestMe
   }
   const regions = options.regions.map((spec: GuestMemoryRegionSpec, i) => {
     const arg = `options.regions[${i}]`;
-    if (spec === null || typeof spec !== 'object') throw invalidArg(arg, 'must be an object { gpa, size }');
+    checkObject(spec, arg, 'an object { gpa, size }');
     const gpa = toU64(spec.gpa, `${arg}.gpa`);
     const size = toU64(spec.size, `${arg}.size`);
     if (gpa % PAGE_SIZE !== 0n) throw invalidArg(`${arg}.gpa`, `must be 4096-aligned, got ${hex(gpa)}`);

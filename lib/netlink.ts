@@ -2,6 +2,7 @@
 // linux/if_link.h): nlmsghdr, ifinfomsg and rtattr trees, all in host byte
 // order (little-endian on every platform this library runs on) with 4-byte
 // alignment. Pure functions: no fds, no syscalls.
+import { checkUint } from './check';
 import { invalidArg } from './errors';
 
 /** Message types (linux/netlink.h, linux/rtnetlink.h). */
@@ -97,10 +98,7 @@ export interface NlMessage {
   payload: Uint8Array;
 }
 
-function checkU(value: number, bits: 8 | 16 | 32, arg: string): number {
-  if (!Number.isInteger(value) || value < 0 || value >= 2 ** bits) throw invalidArg(arg, `must be an integer in 0..${2 ** bits - 1}`, 'ERR_VHOST_OUT_OF_RANGE');
-  return value;
-}
+const checkU = (value: number, bits: 8 | 16 | 32, arg: string): number => checkUint(value, arg, 2 ** bits - 1, undefined, null);
 
 // ---- attribute builders ----------------------------------------------------
 

@@ -3,12 +3,12 @@
 // front. Only types and shapes are checked here; ranges the kernel enforces
 // itself (ring size a power of two, queue index < nvqs, region count) are left
 // to the kernel so its errno (EINVAL, ENOBUFS, E2BIG) reaches the caller.
+import { checkInt, checkNonEmptyString, checkObject, checkOneOf, describe, toU64 } from './check';
 import { invalidArg, VhostError, withDeviceHint } from './errors';
 import { FdOwner } from './fd';
 import { native, type FdArg, type NativeIotlbMsg, type OwnedFd } from './native';
 
 const U32_MAX = 0xffff_ffff;
-const U64_MAX = (1n << 64n) - 1n;
 
 /** One region of a memory table: guest-physical range and where it is mapped in this process. */
 export interface MemTableRegion {
@@ -73,20 +73,8 @@ const IOTLB_PERMS: readonly IotlbPerm[] = ['none', 'ro', 'wo', 'rw'];
 
 // ---- argument checks (thrown before any syscall) ---------------------------
 
-function checkU32(value: unknown, arg: string): number {
-  if (typeof value !== 'number' || !Number.isInteger(value)) throw invalidArg(arg, `must be an integer, got ${describe(value)}`);
-  if (value < 0 || value > U32_MAX) throw invalidArg(arg, `must be in 0..${U32_MAX}, got ${value}`, 'ERR_VHOST_OUT_OF_RANGE');
-  return value;
-}
-
-function checkU64(value: unknown, arg: string): bigint {
-  let v: bigint;
-  if (typeof value === 'bigint') v = value;
-  else if (typeof value === 'number' && Number.isSafeInteger(value)) v = BigInt(value);
-  else throw invalidArg(arg, `must be a bigint or a safe integer, got ${describe(value)}`);
-  if (v < 0n || v > U64_MAX) throw invalidArg(arg, `must be in 0..2^64-1, got ${v}`, 'ERR_VHOST_OUT_OF_RANGE');
-  return v;
-}
+const checkU32 = (value: unknown, arg: string): number => checkInt(value, arg, 0, U32_MAX, describe);
+const checkU64 = (value: unknown, arg: string): bigint => toU64(value, arg, describe);
 
 function checkFd(value: unknown, arg: string): FdArg {
   if (value === null || value === undefined) return null;
@@ -100,23 +88,13 @@ function checkFd(value: unknown, arg: string): FdArg {
 
 function checkBits(value: unknown, arg: string): bigint {
   if (typeof value !== 'bigint') throw invalidArg(arg, `must be a bigint, got ${describe(value)}`);
-  if (value < 0n || value > U64_MAX) throw invalidArg(arg, `must fit in 64 bits, got ${value}`, 'ERR_VHOST_OUT_OF_RANGE');
-  return value;
-}
-
-function describe(value: unknown): string {
-  if (value === null) return 'null';
-  if (typeof value === 'bigint') return `${value}n`;
-  if (typeof value === 'string') return JSON.stringify(value);
-  if (typeof value === 'number' || typeof value === 'boolean' || value === undefined) return String(value);
-  return typeof value;
+  return toU64(value, arg, describe, (v) => `must fit in 64 bits, got ${v}`);
 }
 
 function toMemTable(mem: unknown): { guestPhysAddr: bigint; memorySize: bigint; userspaceAddr: bigint }[] {
   if (Array.isArray(mem)) {
     return mem.map((r: unknown, i) => {
-      if (typeof r !== 'object' || r === null) throw invalidArg(`mem[${i}]`, 'must be an object { guestPhysAddr, size, userspaceAddr }');
-      const region = r as Partial<MemTableRegion>;
+      const region = checkObject<Partial<MemTableRegion>>(r, `mem[${i}]`, 'an object { guestPhysAddr, size, userspaceAddr }');
       return {
         guestPhysAddr: checkU64(region.guestPhysAddr, `mem[${i}].guestPhysAddr`),
         memorySize: checkU64(region.size, `mem[${i}].size`),
@@ -135,8 +113,7 @@ function toMemTable(mem: unknown): { guestPhysAddr: bigint; memorySize: bigint; 
 }
 
 function toIotlbMsg(msg: unknown): NativeIotlbMsg {
-  if (typeof msg !== 'object' || msg === null) throw invalidArg('msg', 'must be an object { type, iova, size, uaddr, perm }');
-  const m = msg as IotlbMsg;
+  const m = checkObject<IotlbMsg>(msg, 'msg', 'an object { type, iova, size, uaddr, perm }');
   const type = IOTLB_TYPES.indexOf(m.type);
   if (type < 0) throw invalidArg('msg.type', `must be one of ${IOTLB_TYPES.join(', ')}, got ${describe(m.type)}`);
   const perm = IOTLB_PERMS.indexOf(m.perm ?? 'none');
@@ -173,7 +150,7 @@ export abstract class VhostDevice extends FdOwner {
 
   /** Opens a device node O_RDWR | O_CLOEXEC; ENOENT / EACCES / EPERM carry a hint. */
   protected static openPath(path: string): OwnedFd {
-    if (typeof path !== 'string' || path.length === 0) throw invalidArg('path', `must be a non-empty string, got ${describe(path)}`);
+    checkNonEmptyString(path, 'path', describe);
     try {
       return native.openPath(path);
     } catch (err) {
@@ -263,7 +240,7 @@ export abstract class VhostDevice extends FdOwner {
   /** VHOST_SET_VRING_ADDR: host virtual addresses of the descriptor table, avail ring and used ring. */
   setVringAddr(index: number, addr: VringAddr): void {
     const i = checkU32(index, 'index');
-    if (typeof addr !== 'object' || addr === null) throw invalidArg('addr', 'must be an object { desc, avail, used, log?, flags? }');
+    checkObject(addr, 'addr', 'an object { desc, avail, used, log?, flags? }');
     const a = {
       desc: checkU64(addr.desc, 'addr.desc'),
       avail: checkU64(addr.avail, 'addr.avail'),
@@ -314,7 +291,7 @@ export abstract class VhostDevice extends FdOwner {
    */
   setVringEndian(index: number, endian: VringEndian): void {
     const i = checkU32(index, 'index');
-    if (endian !== 'little' && endian !== 'big') throw invalidArg('endian', `must be 'little' or 'big', got ${describe(endian)}`);
+    checkOneOf(endian, 'endian', ['little', 'big'], describe);
     native.vhostSetVringEndian(this.handle, i, endian === 'big' ? 1 : 0);
   }
 

@@ -21,6 +21,7 @@
 // per byte; a message larger than the peer's buf_alloc fails with EMSGSIZE.
 import { EventEmitter } from 'node:events';
 import type { DeviceState } from './builder';
+import { abortError, checkBool, checkFunction, checkInt, checkObject, checkSignal, checkVsockType } from './check';
 import { closedError, invalidArg, VhostError } from './errors';
 import { features } from './features';
 import { SEG_END } from './native';
@@ -29,7 +30,7 @@ import { VhostVsock } from './vhost-vsock';
 import type { VsockType } from './vsock';
 import type { RunningVhostVsock } from './vsock-builder';
 import { validateQueueSize } from './vring';
-import { abortError, type Control, type GuestLink, type PacketAddr, VirtioVsockConnection } from './vsock-guest-connection';
+import { type Control, type GuestLink, type PacketAddr, VirtioVsockConnection } from './vsock-guest-connection';
 import { VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_SEQ, VSOCK_SHUTDOWN, VSOCK_TYPE, writeVsockHeader } from './vsock-packet';
 
 export { VirtioVsockConnection, type VsockGuestAddress } from './vsock-guest-connection';
@@ -104,52 +105,32 @@ interface Plan {
 
 const OPTION_KEYS = new Set(['cid', 'queueSize', 'bufferSize', 'bufAlloc', 'seqpacket']);
 
-function intIn(v: unknown, arg: string, min: number, max: number): number {
-  if (typeof v !== 'number' || !Number.isInteger(v)) throw invalidArg(arg, `must be an integer, got ${String(v)}`);
-  if (v < min || v > max) throw invalidArg(arg, `must be in ${min}..${max}, got ${v}`, 'ERR_VHOST_OUT_OF_RANGE');
-  return v;
-}
+const intIn = (v: unknown, arg: string, min: number, max: number): number => checkInt(v, arg, min, max, String);
 
 /** Checks VirtioVsockGuest options without any syscall. */
 export function planVirtioVsockGuest(options: VirtioVsockGuestOptions = {}): Plan {
-  if (options === null || typeof options !== 'object') throw invalidArg('options', 'must be an object');
+  checkObject(options, 'options');
   for (const k of Object.keys(options)) if (!OPTION_KEYS.has(k)) throw invalidArg(`options.${k}`, 'is not a VirtioVsockGuest option');
   const cid = options.cid === undefined || options.cid === 'auto' ? 'auto' : intIn(options.cid, 'options.cid', 3, 0xffff_fffe);
   const queueSize = validateQueueSize(options.queueSize ?? 128, 'options.queueSize');
   const bufferSize = intIn(options.bufferSize ?? 32768, 'options.bufferSize', 256, 65536);
   const bufAlloc = intIn(options.bufAlloc ?? 262144, 'options.bufAlloc', 4096, 1 << 30);
-  const seqpacket = options.seqpacket ?? 'offered';
-  if (seqpacket !== 'offered' && typeof seqpacket !== 'boolean') throw invalidArg('options.seqpacket', `must be a boolean, got ${typeof seqpacket}`);
+  const asked = options.seqpacket ?? 'offered';
+  const seqpacket = asked === 'offered' ? asked : checkBool(asked, 'options.seqpacket');
   return { cid, queueSize, bufferSize, bufAlloc, seqpacket };
 }
 
-function checkPort(v: unknown, arg: string): number {
-  return intIn(v, arg, 0, PORT_MAX);
-}
-
-function checkType(v: unknown, arg: string): VsockType {
-  if (v === undefined) return 'stream';
-  if (v !== 'stream' && v !== 'seqpacket') throw invalidArg(arg, `must be 'stream' or 'seqpacket', got ${String(v)}`);
-  return v;
-}
-
-function checkBool(v: unknown, arg: string): boolean {
-  if (v === undefined) return false;
-  if (typeof v !== 'boolean') throw invalidArg(arg, `must be a boolean, got ${typeof v}`);
-  return v;
-}
+const checkPort = (v: unknown, arg: string): number => intIn(v, arg, 0, PORT_MAX);
 
 /** Checked connect() options. Exported for the unit tests; use VirtioVsockGuest.connect(). */
 export function checkGuestConnectOptions(options: unknown): { port: number; cid: number; allowHalfOpen: boolean; type: VsockType; timeout?: number; signal?: AbortSignal } {
-  if (options === null || typeof options !== 'object') throw invalidArg('options', 'must be an object { port, cid }');
-  const o = options as Record<string, unknown>;
+  const o = checkObject(options, 'options', 'an object { port, cid }');
   const port = checkPort(o.port, 'options.port');
   const cid = o.cid === undefined ? HOST_CID : intIn(o.cid, 'options.cid', 0, 0xffff_fffe);
   const allowHalfOpen = checkBool(o.allowHalfOpen, 'options.allowHalfOpen');
-  const type = checkType(o.type, 'options.type');
+  const type = checkVsockType(o.type, 'options.type');
   const timeout = o.timeout === undefined ? undefined : intIn(o.timeout, 'options.timeout', 1, INT32_MAX);
-  const signal = o.signal;
-  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArg('options.signal', 'must be an AbortSignal');
+  const signal = checkSignal(o.signal, 'options.signal');
   return { port, cid, allowHalfOpen, type, timeout, signal };
 }
 
@@ -306,10 +287,10 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   listen(port: number, onConnection: (conn: VirtioVsockConnection) => void, options: VirtioVsockListenOptions = {}): this {
     if (this.#closed) throw closedError('VirtioVsockGuest (listen)');
     const p = checkPort(port, 'port');
-    if (typeof onConnection !== 'function') throw invalidArg('onConnection', 'must be a function');
-    if (options === null || typeof options !== 'object') throw invalidArg('options', 'must be an object');
+    checkFunction(onConnection, 'onConnection');
+    checkObject(options, 'options');
     const allowHalfOpen = checkBool(options.allowHalfOpen, 'options.allowHalfOpen');
-    const type = checkType(options.type, 'options.type');
+    const type = checkVsockType(options.type, 'options.type');
     this.#checkTypeNegotiated(type);
     if (this.#listeners.has(p)) throw new VhostError(`EADDRINUSE: port ${p} of guest CID ${this.cid} already listens`, { code: 'EADDRINUSE', syscall: 'listen', path: `vsock:${this.cid}:${p}` });
     this.#listeners.set(p, { cb: onConnection, allowHalfOpen, type });
@@ -342,7 +323,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   connect(options: VirtioVsockConnectOptions, onConnect?: () => void): VirtioVsockConnection {
     if (this.#closed) throw closedError('VirtioVsockGuest (connect)');
     const o = checkGuestConnectOptions(options);
-    if (onConnect !== undefined && typeof onConnect !== 'function') throw invalidArg('onConnect', 'must be a function');
+    checkFunction(onConnect, 'onConnect', true);
     this.#checkTypeNegotiated(o.type);
     const localPort = this.#allocPort(o.cid, o.port);
     const conn = new VirtioVsockConnection(this.#link, { localPort, peerCid: o.cid, peerPort: o.port, state: 'connecting', allowHalfOpen: o.allowHalfOpen, type: o.type });

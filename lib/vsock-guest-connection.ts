@@ -3,6 +3,7 @@
 // guest owns the rings and sends packets for it through GuestLink; this file
 // holds the per-connection state machine and stream semantics only.
 import { Duplex } from 'node:stream';
+import { abortError } from './check';
 import { VhostError } from './errors';
 import type { VsockType } from './vsock';
 import { VSOCK_OP, VSOCK_SEQ, VSOCK_SHUTDOWN, VSOCK_TYPE } from './vsock-packet';
@@ -10,15 +11,6 @@ import { VSOCK_OP, VSOCK_SEQ, VSOCK_SHUTDOWN, VSOCK_TYPE } from './vsock-packet'
 export interface VsockGuestAddress {
   cid: number;
   port: number;
-}
-
-
-/** An AbortError like Node core's (and lib/vsock.ts's). */
-export function abortError(signal: AbortSignal): Error {
-  const err = new Error('The operation was aborted', { cause: signal.reason }) as Error & { code: string };
-  err.name = 'AbortError';
-  err.code = 'ABORT_ERR';
-  return err;
 }
 
 function connError(code: string, message: string, local: VsockGuestAddress, peer: VsockGuestAddress): VhostError {

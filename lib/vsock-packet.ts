@@ -1,5 +1,6 @@
 // struct virtio_vsock_hdr (linux/virtio_vsock.h): the 44-byte little-endian
 // header in front of every virtio-vsock packet, both directions.
+import { checkObject, checkUint } from './check';
 import { invalidArg } from './errors';
 
 /** sizeof(struct virtio_vsock_hdr). */
@@ -50,21 +51,13 @@ export interface VsockHeader {
 const U32 = 0xffff_ffff;
 const U64 = (1n << 64n) - 1n;
 
-function checkU32(v: unknown, arg: string): void {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > U32) throw invalidArg(arg, `must be an integer in 0..2^32-1, got ${String(v)}`, 'ERR_VHOST_OUT_OF_RANGE');
-}
-
-function checkU16(v: unknown, arg: string): void {
-  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 0xffff) throw invalidArg(arg, `must be an integer in 0..65535, got ${String(v)}`, 'ERR_VHOST_OUT_OF_RANGE');
-}
-
-function checkU64(v: unknown, arg: string): void {
-  if (typeof v !== 'bigint' || v < 0n || v > U64) throw invalidArg(arg, `must be a bigint in 0..2^64-1, got ${String(v)}`, 'ERR_VHOST_OUT_OF_RANGE');
-}
+const checkU32 = (v: unknown, arg: string): number => checkUint(v, arg, U32, '0..2^32-1');
+const checkU16 = (v: unknown, arg: string): number => checkUint(v, arg, 0xffff);
+const checkU64 = (v: unknown, arg: string): bigint => checkUint(v, arg, U64, '0..2^64-1');
 
 /** Checks every field's range (what encodeVsockHeader would otherwise truncate). */
 export function checkVsockHeader(h: VsockHeader): void {
-  if (h === null || typeof h !== 'object') throw invalidArg('header', 'must be an object');
+  checkObject(h, 'header');
   checkU64(h.srcCid, 'header.srcCid');
   checkU64(h.dstCid, 'header.dstCid');
   for (const k of ['srcPort', 'dstPort', 'len', 'flags', 'bufAlloc', 'fwdCnt'] as const) checkU32(h[k], `header.${k}`);

@@ -8,6 +8,7 @@ import { EventEmitter } from 'node:events';
 import { Duplex } from 'node:stream';
 import { getSystemErrorMap } from 'node:util';
 import './dispose';
+import { abortError, checkBool, checkFunction, checkInt, checkObject, checkSignal, checkVsockType } from './check';
 import { closedError, invalidArg, VhostError } from './errors';
 import { native, POLL_READABLE, POLL_WRITABLE, type OwnedFd } from './native';
 
@@ -84,53 +85,26 @@ const kConnect = Symbol('connect');
 
 // ---- validation (before any syscall) ---------------------------------------
 
-function checkObject(value: unknown, arg: string): Record<string, unknown> {
-  if (value === null || typeof value !== 'object') throw invalidArg(arg, `must be an object, got ${value === null ? 'null' : typeof value}`);
-  return value as Record<string, unknown>;
-}
-
-function checkInt(value: unknown, arg: string, min: number, max: number): number {
-  if (typeof value !== 'number' || !Number.isInteger(value)) {
-    throw invalidArg(arg, `must be an integer, got ${typeof value === 'number' ? value : typeof value}`);
-  }
-  if (value < min || value > max) throw invalidArg(arg, `must be in ${min}..${max}, got ${value}`, 'ERR_VHOST_OUT_OF_RANGE');
-  return value;
-}
-
-function checkType(value: unknown, arg: string): VsockType {
-  if (value === undefined) return 'stream';
-  if (value !== 'stream' && value !== 'seqpacket') throw invalidArg(arg, `must be 'stream' or 'seqpacket', got ${String(value)}`);
-  return value;
-}
-
-function checkBool(value: unknown, arg: string): boolean {
-  if (value === undefined) return false;
-  if (typeof value !== 'boolean') throw invalidArg(arg, `must be a boolean, got ${typeof value}`);
-  return value;
-}
-
-function checkCallback(cb: unknown, arg = 'cb'): void {
-  if (cb !== undefined && typeof cb !== 'function') throw invalidArg(arg, 'must be a function');
-}
+const typeOrNull = (value: unknown): string => (value === null ? 'null' : typeof value);
+const checkOptions = (value: unknown): Record<string, unknown> => checkObject(value, 'options', 'an object', typeOrNull);
 
 /** Validated connect options. Exported for the unit tests; use connect(). */
 export function checkConnectOptions(options: unknown): Required<Omit<VsockConnectOptions, 'timeout' | 'signal'>> & Pick<VsockConnectOptions, 'timeout' | 'signal'> {
-  const o = checkObject(options, 'options');
+  const o = checkOptions(options);
   if (o.cid === undefined) throw invalidArg('options.cid', 'is required');
   if (o.port === undefined) throw invalidArg('options.port', 'is required');
   const cid = checkInt(o.cid, 'options.cid', 0, U32_MAX - 1);
   const port = checkInt(o.port, 'options.port', 0, U32_MAX - 1);
-  const type = checkType(o.type, 'options.type');
+  const type = checkVsockType(o.type, 'options.type');
   const timeout = o.timeout === undefined ? undefined : checkInt(o.timeout, 'options.timeout', 1, INT32_MAX);
-  const signal = o.signal;
-  if (signal !== undefined && !(signal instanceof AbortSignal)) throw invalidArg('options.signal', 'must be an AbortSignal');
+  const signal = checkSignal(o.signal, 'options.signal');
   const allowHalfOpen = checkBool(o.allowHalfOpen, 'options.allowHalfOpen');
   return { cid, port, type, timeout, signal, allowHalfOpen };
 }
 
 /** Validated listen options. Exported for the unit tests; use server.listen(). */
 export function checkListenOptions(options: unknown): Required<VsockListenOptions> {
-  const o = checkObject(options, 'options');
+  const o = checkOptions(options);
   const port = o.port === undefined ? VMADDR_PORT_ANY : checkInt(o.port, 'options.port', 0, U32_MAX);
   const cid = o.cid === undefined ? VMADDR_CID_ANY : checkInt(o.cid, 'options.cid', 0, U32_MAX);
   const backlog = o.backlog === undefined ? DEFAULT_BACKLOG : checkInt(o.backlog, 'options.backlog', 0, INT32_MAX);
@@ -139,8 +113,8 @@ export function checkListenOptions(options: unknown): Required<VsockListenOption
 
 /** Validated server options. Exported for the unit tests; use createServer(). */
 export function checkServerOptions(options: unknown): Required<VsockServerOptions> {
-  const o = checkObject(options, 'options');
-  return { type: checkType(o.type, 'options.type'), allowHalfOpen: checkBool(o.allowHalfOpen, 'options.allowHalfOpen') };
+  const o = checkOptions(options);
+  return { type: checkVsockType(o.type, 'options.type'), allowHalfOpen: checkBool(o.allowHalfOpen, 'options.allowHalfOpen') };
 }
 
 // ---- errors ------------------------------------------------------------------
@@ -172,13 +146,6 @@ function withHint(err: unknown, peer?: VsockAddress, timeout?: number): unknown 
     err.hint = hint;
     err.message += ` (${hint})`;
   }
-  return err;
-}
-
-function abortError(signal: AbortSignal): Error {
-  const err = new Error('The operation was aborted', { cause: signal.reason }) as Error & { code: string };
-  err.name = 'AbortError';
-  err.code = 'ABORT_ERR';
   return err;
 }
 
@@ -575,7 +542,7 @@ export class VsockServer extends EventEmitter {
    */
   listen(options: VsockListenOptions = {}, cb?: () => void): this {
     const opts = checkListenOptions(options);
-    checkCallback(cb);
+    checkFunction(cb, 'cb', true);
     if (this.listening) throw invalidArg('server', 'is already listening');
     if (cb) this.once('listening', cb);
     const local = { cid: opts.cid, port: opts.port };
@@ -607,7 +574,7 @@ export class VsockServer extends EventEmitter {
    * every accepted connection has closed. cb gets an error if not listening.
    */
   close(cb?: (err?: Error) => void): this {
-    checkCallback(cb);
+    checkFunction(cb, 'cb', true);
     if (!this.listening) {
       if (cb) process.nextTick(cb, closedError('VsockServer'));
       return this;
@@ -703,7 +670,7 @@ export function createServer(
   let options: unknown = {};
   if (typeof optionsOrListener === 'function') listener = optionsOrListener;
   else if (optionsOrListener !== undefined) options = optionsOrListener;
-  checkCallback(listener, 'listener');
+  checkFunction(listener, 'listener', true);
   return new VsockServer(checkServerOptions(options), listener);
 }
 
@@ -715,7 +682,7 @@ export function createServer(
  */
 export function connect(options: VsockConnectOptions, cb?: () => void): VsockSocket {
   const opts = checkConnectOptions(options);
-  checkCallback(cb);
+  checkFunction(cb, 'cb', true);
   const socket = new VsockSocket({ type: opts.type, allowHalfOpen: opts.allowHalfOpen });
   if (cb) socket.once('connect', cb);
   socket[kConnect](opts);

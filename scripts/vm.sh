@@ -54,6 +54,8 @@ while [ $# -gt 0 ]; do
 done
 [ $# -gt 0 ] || usage
 [[ $mem =~ ^[0-9]+$ && $smp =~ ^[0-9]+$ && $timeout_s =~ ^[0-9]+$ ]] || usage
+boot_timeout=${LINUX_VHOST_VM_BOOT_TIMEOUT:-120}
+[[ $boot_timeout =~ ^[0-9]+$ ]] || die "LINUX_VHOST_VM_BOOT_TIMEOUT must be a whole number of seconds (got '$boot_timeout')"
 
 cwd=$(pwd -P)
 [ -n "$share" ] || share=$(git rev-parse --show-toplevel 2>/dev/null || echo "$cwd")
@@ -256,10 +258,12 @@ log "booting VM ($accel, $smp cpu, $mem MiB, kernel $kver)"
 	echo $! >"$tmp/qemu.pid"
 	wait $!; } 2>/dev/null &
 qpid=$!
-# Elapsed time from /proc/uptime, not $SECONDS: bash's SECONDS follows the wall
-# clock, which a freshly restored machine may step by minutes.
-uptime_s() { local up; read -r up _ </proc/uptime; echo "${up%%.*}"; }
-t0=$(uptime_s) wall0=$SECONDS
+# Elapsed time in hundredths from /proc/uptime (the boot-time clock), not
+# $SECONDS: bash's SECONDS follows the wall clock, which a freshly restored
+# machine may step by minutes.
+uptime_cs() { local up; read -r up _ </proc/uptime; echo $((10#${up/./})); }
+elapsed_s() { echo $((($(uptime_cs) - t0) / 100)); }
+t0=$(uptime_cs) wall0=$SECONDS
 awk "${awk_flags[@]}" -v n="@@$nonce@@" -v dir="$tmp" -v verbose="${LINUX_VHOST_VM_VERBOSE:-}" '
 	{ sub(/\r$/, "") }
 	(i = index($0, n " ")) {
@@ -278,16 +282,15 @@ apid=$!
 # Boot watchdog: a VM that cannot boot (e.g. a broken accelerator) should fail
 # fast, not sit out the whole --timeout. Two witnesses that the command started:
 # the console filter saw START, or init wrote "started" into the run share.
-boot_timeout=${LINUX_VHOST_VM_BOOT_TIMEOUT:-120}
 started() { [ -e "$tmp/started" ] || [ -e "$tmp/guest/started" ]; }
 while ! started && kill -0 "$qpid" 2>/dev/null; do
-	if [ $(($(uptime_s) - t0)) -ge "$boot_timeout" ]; then
+	if [ $(($(uptime_cs) - t0)) -ge $((boot_timeout * 100)) ]; then
 		started && break
 		touch "$tmp/boot-timeout"; stop_qemu; break
 	fi
 	sleep 0.1
 done
-[ "${LINUX_VHOST_VM_VERBOSE:-}" != 1 ] || ! started || log "command started $(($(uptime_s) - t0))s after qemu"
+[ "${LINUX_VHOST_VM_VERBOSE:-}" != 1 ] || ! started || log "command started $(elapsed_s)s after qemu"
 qrc=0; wait "$qpid" || qrc=$?
 qpid=
 wait "$apid" || true
@@ -298,12 +301,12 @@ if [ -e "$tmp/boot-timeout" ]; then
 	# Which witnesses showed up late (if any) and the two clocks, for a boot that was not stuck.
 	log "late start witnesses: console=$([ -e "$tmp/started" ] && echo yes || echo no)" \
 		"run-share=$([ -e "$tmp/guest/started" ] && echo yes || echo no);" \
-		"elapsed $(($(uptime_s) - t0))s, wall clock $((SECONDS - wall0))s"
+		"elapsed $(elapsed_s)s, wall clock $((SECONDS - wall0))s"
 	[ ! -s "$tmp/boot.log" ] || { log "last console lines:"; tail -n 20 "$tmp/boot.log" >&2; }
 	exit 125
 fi
 [ ! -e "$tmp/output-closed" ] || exit 141 # like a command killed by SIGPIPE
-if [ $qrc = 124 ] || { [ $qrc = 137 ] && [ $(($(uptime_s) - t0)) -ge "$timeout_s" ]; }; then
+if [ $qrc = 124 ] || { [ $qrc = 137 ] && [ "$(elapsed_s)" -ge "$timeout_s" ]; }; then
 	log "timeout: the VM ran longer than ${timeout_s}s; qemu killed"
 	exit 124
 fi

@@ -28,13 +28,22 @@ function vm(env: Record<string, string>, ...cmd: string[]): Promise<Run> {
 
 maybe('scripts/vm.sh', () => {
   test('runs past the boot timeout once started and returns the exit status', async () => {
-    // The command outlives the boot timeout by a few seconds: a watchdog still
-    // armed after START would kill it and exit 125.
-    const r = await vm({ LINUX_VHOST_VM_BOOT_TIMEOUT: '15' }, 'bash', '-c', 'echo "in-vm=$LINUX_VHOST_IN_VM"; sleep 18; exit 7');
+    // The command runs until the guest has been up 3 s longer than the boot
+    // timeout (a TCG boot takes ~3 s, 30 s leaves room for a loaded host): a
+    // watchdog still armed after START would kill it and exit 125.
+    const wait = 'until [ "$(cut -d. -f1 /proc/uptime)" -ge 33 ]; do sleep 0.5; done';
+    const r = await vm({ LINUX_VHOST_VM_BOOT_TIMEOUT: '30' }, 'bash', '-c', `echo "in-vm=$LINUX_VHOST_IN_VM"; ${wait}; exit 7`);
     expect(r.stderr).not.toContain('did not boot');
     expect(r.stdout).toContain('in-vm=1');
     expect(r.status).toBe(7);
   }, 180_000);
+
+  test('a boot timeout that is not a whole number of seconds is refused before booting', async () => {
+    const r = await vm({ LINUX_VHOST_VM_BOOT_TIMEOUT: '2m' }, 'true');
+    expect(r.status).toBe(125);
+    expect(r.stderr).toContain("LINUX_VHOST_VM_BOOT_TIMEOUT must be a whole number of seconds (got '2m')");
+    expect(r.stderr).not.toContain('booting VM');
+  });
 
   test('a VM that has not started the command within the boot timeout exits 125 and says why', async () => {
     const r = await vm({ LINUX_VHOST_VM_BOOT_TIMEOUT: '1' }, 'true');

@@ -3,7 +3,7 @@
 // each wording), so the helpers take how to show it: a Show, or null to say
 // no "got ..." at all. Internal: not exported from lib/index.ts.
 import { invalidArg } from './errors';
-import type { VsockType } from './vsock';
+import type { VsockType } from './vsock-options';
 
 /** How a rejected value is shown after "got" in a message; null leaves the "got" out. */
 export type Show = ((value: unknown) => string) | null;

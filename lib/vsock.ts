@@ -8,70 +8,23 @@ import { EventEmitter } from 'node:events';
 import { Duplex } from 'node:stream';
 import { getSystemErrorMap } from 'node:util';
 import './dispose';
-import { abortError, checkBool, checkFunction, checkInt, checkObject, checkSignal, checkVsockType } from './check';
+import { abortError, checkFunction } from './check';
 import { closedError, invalidArg, VhostError } from './errors';
 import { native, POLL_READABLE, POLL_WRITABLE, type OwnedFd } from './native';
+import {
+  checkConnectOptions, checkListenOptions, checkServerOptions,
+  type VsockAddress, type VsockConnectOptions, type VsockListenOptions, type VsockServerOptions, type VsockType,
+} from './vsock-options';
 
-/** Any local CID (bind) — the default for servers. */
-export const VMADDR_CID_ANY = 0xffffffff;
-/** Any port: bind() picks a free one. */
-export const VMADDR_PORT_ANY = 0xffffffff;
-export const VMADDR_CID_HYPERVISOR = 0;
-/** This host or guest itself, through the vsock_loopback transport. */
-export const VMADDR_CID_LOCAL = 1;
-/** The host, as seen from a guest. */
-export const VMADDR_CID_HOST = 2;
-
-/** SOCK_STREAM: a byte stream. SOCK_SEQPACKET: messages with boundaries kept. */
-export type VsockType = 'stream' | 'seqpacket';
-
-export interface VsockAddress {
-  cid: number;
-  port: number;
-}
-
-export interface VsockConnectOptions {
-  /** The peer's context id, 0..0xfffffffe (1 = this machine through vsock_loopback, 2 = the host). */
-  cid: number;
-  /** The peer's port, 0..0xfffffffe. */
-  port: number;
-  /** Default 'stream'. */
-  type?: VsockType;
-  /**
-   * Connect timeout in ms (1..2^31-1), enforced by the kernel
-   * (SO_VM_SOCKETS_CONNECT_TIMEOUT) and failing with ETIMEDOUT. Without it the
-   * kernel's default applies (2000 ms on Linux).
-   */
-  timeout?: number;
-  /** Aborting it destroys the socket with an AbortError (code ABORT_ERR), connected or not. */
-  signal?: AbortSignal;
-  /** Keep the writable side open after the peer ends (default false: end() follows, like net). */
-  allowHalfOpen?: boolean;
-}
-
-export interface VsockServerOptions {
-  /** Default 'stream'. */
-  type?: VsockType;
-  /** For accepted sockets, as in VsockConnectOptions. Default false. */
-  allowHalfOpen?: boolean;
-}
-
-export interface VsockListenOptions {
-  /** Default VMADDR_PORT_ANY: the kernel picks one (see address()). */
-  port?: number;
-  /** Local CID to bind, default VMADDR_CID_ANY. */
-  cid?: number;
-  /** listen() backlog, 0..2^31-1, default 511 (the kernel caps it at somaxconn). */
-  backlog?: number;
-}
+export {
+  VMADDR_CID_ANY, VMADDR_PORT_ANY, VMADDR_CID_HYPERVISOR, VMADDR_CID_LOCAL, VMADDR_CID_HOST,
+  type VsockType, type VsockAddress, type VsockConnectOptions, type VsockServerOptions, type VsockListenOptions,
+} from './vsock-options';
 
 const SOCK_STREAM = 1;
 const SOCK_SEQPACKET = 5;
 const SHUT_WR = 1;
 const EMSGSIZE = 90;
-const U32_MAX = 0xffffffff;
-const INT32_MAX = 0x7fffffff;
-const DEFAULT_BACKLOG = 511;
 /** One stream read; the copy out of it is sized to what arrived. */
 const STREAM_READ_SIZE = 64 * 1024;
 /** A seqpacket message cannot exceed the peer's buffer (256 KiB by default). */
@@ -82,40 +35,6 @@ const ACCEPTS_PER_WAKEUP = 64;
 
 const kAdopt = Symbol('adopt');
 const kConnect = Symbol('connect');
-
-// ---- validation (before any syscall) ---------------------------------------
-
-const typeOrNull = (value: unknown): string => (value === null ? 'null' : typeof value);
-const checkOptions = (value: unknown): Record<string, unknown> => checkObject(value, 'options', 'an object', typeOrNull);
-
-/** Validated connect options. Exported for the unit tests; use connect(). */
-export function checkConnectOptions(options: unknown): Required<Omit<VsockConnectOptions, 'timeout' | 'signal'>> & Pick<VsockConnectOptions, 'timeout' | 'signal'> {
-  const o = checkOptions(options);
-  if (o.cid === undefined) throw invalidArg('options.cid', 'is required');
-  if (o.port === undefined) throw invalidArg('options.port', 'is required');
-  const cid = checkInt(o.cid, 'options.cid', 0, U32_MAX - 1);
-  const port = checkInt(o.port, 'options.port', 0, U32_MAX - 1);
-  const type = checkVsockType(o.type, 'options.type');
-  const timeout = o.timeout === undefined ? undefined : checkInt(o.timeout, 'options.timeout', 1, INT32_MAX);
-  const signal = checkSignal(o.signal, 'options.signal');
-  const allowHalfOpen = checkBool(o.allowHalfOpen, 'options.allowHalfOpen');
-  return { cid, port, type, timeout, signal, allowHalfOpen };
-}
-
-/** Validated listen options. Exported for the unit tests; use server.listen(). */
-export function checkListenOptions(options: unknown): Required<VsockListenOptions> {
-  const o = checkOptions(options);
-  const port = o.port === undefined ? VMADDR_PORT_ANY : checkInt(o.port, 'options.port', 0, U32_MAX);
-  const cid = o.cid === undefined ? VMADDR_CID_ANY : checkInt(o.cid, 'options.cid', 0, U32_MAX);
-  const backlog = o.backlog === undefined ? DEFAULT_BACKLOG : checkInt(o.backlog, 'options.backlog', 0, INT32_MAX);
-  return { port, cid, backlog };
-}
-
-/** Validated server options. Exported for the unit tests; use createServer(). */
-export function checkServerOptions(options: unknown): Required<VsockServerOptions> {
-  const o = checkOptions(options);
-  return { type: checkVsockType(o.type, 'options.type'), allowHalfOpen: checkBool(o.allowHalfOpen, 'options.allowHalfOpen') };
-}
 
 // ---- errors ------------------------------------------------------------------
 

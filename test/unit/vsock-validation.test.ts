@@ -4,6 +4,7 @@
 import * as fs from 'node:fs';
 import { native } from '../../lib/native';
 import * as vsock from '../../lib/vsock';
+import { checkConnectOptions, checkListenOptions, checkServerOptions } from '../../lib/vsock-options';
 
 type Err = Error & { code?: string; argument?: string };
 
@@ -65,8 +66,8 @@ describe('vsock.connect() options', () => {
   });
 
   test('defaults: a stream, not half-open, no timeout; the full u32 range below ANY is accepted', () => {
-    expect(vsock.checkConnectOptions(good)).toEqual({ cid: 3, port: 1234, type: 'stream', allowHalfOpen: false, timeout: undefined, signal: undefined });
-    const max = vsock.checkConnectOptions({ cid: 0xfffffffe, port: 0xfffffffe, type: 'seqpacket', timeout: 2 ** 31 - 1 });
+    expect(checkConnectOptions(good)).toEqual({ cid: 3, port: 1234, type: 'stream', allowHalfOpen: false, timeout: undefined, signal: undefined });
+    const max = checkConnectOptions({ cid: 0xfffffffe, port: 0xfffffffe, type: 'seqpacket', timeout: 2 ** 31 - 1 });
     expect(max).toMatchObject({ cid: 0xfffffffe, port: 0xfffffffe, type: 'seqpacket', timeout: 2 ** 31 - 1 });
   });
 
@@ -112,7 +113,7 @@ describe('vsock.createServer() and listen()', () => {
   });
 
   test('listen defaults: any CID, any port, backlog 511', () => {
-    expect(vsock.checkListenOptions({})).toEqual({ cid: vsock.VMADDR_CID_ANY, port: vsock.VMADDR_PORT_ANY, backlog: 511 });
+    expect(checkListenOptions({})).toEqual({ cid: vsock.VMADDR_CID_ANY, port: vsock.VMADDR_PORT_ANY, backlog: 511 });
   });
 
   test('listen with a callback that is not a function is refused', () => {

@@ -4,7 +4,7 @@
 // the first byte 0xFE, so the bridge never takes a tap's address as its own
 // and the host side of the tap is never confused with the guest.
 import './dispose';
-import { invalidArg } from './errors';
+import { checkBool, checkObject } from './check';
 import { Rtnl, validateLinkMtu, type Link, type LinkRef } from './links';
 import { parseMac, validateLinkName } from './tap';
 import { checkAdvisedMtu } from './virtio-net-config';
@@ -97,14 +97,14 @@ export class Bridge implements Disposable {
 /** Creates bridge `name` (EEXIST if it exists), sets its MTU and brings it up. Nothing is left behind on failure. */
 export function bridge(name: string, opts: BridgeOptions = {}): Bridge {
   validateLinkName(name);
-  if (typeof opts !== 'object' || opts === null) throw invalidArg('options', 'must be an object');
+  checkObject(opts, 'options');
   const mtu = opts.mtu === undefined ? undefined : validateLinkMtu(opts.mtu);
-  if (opts.up !== undefined && typeof opts.up !== 'boolean') throw invalidArg('up', 'must be a boolean');
+  const up = opts.up === undefined || checkBool(opts.up, 'up', null);
   const rtnl = Rtnl.open();
   let link: Link | undefined;
   try {
     link = rtnl.createBridge(name, { mtu });
-    if (opts.up ?? true) rtnl.setUp(name, true);
+    if (up) rtnl.setUp(name, true);
     return new Bridge(rtnl, link);
   } catch (err) {
     try {

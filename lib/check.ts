@@ -62,9 +62,14 @@ export function checkBool(value: unknown, arg: string, show: Show = typeOf): boo
   return value;
 }
 
-/** One of two or more strings: "must be 'a' or 'b'". */
-export function checkOneOf<T extends string>(value: unknown, arg: string, choices: readonly T[], show: Show = String): T {
-  if (!choices.includes(value as T)) throw invalidArg(arg, `must be ${choices.map((c) => `'${c}'`).join(' or ')}${got(show, value)}`);
+/** Words choices as "'a' or 'b'". */
+const quotedOr = (choices: readonly string[]): string => choices.map((c) => `'${c}'`).join(' or ');
+/** Words choices as "one of a, b, c". */
+export const oneOfList = (choices: readonly string[]): string => `one of ${choices.join(', ')}`;
+
+/** One of two or more strings: "must be 'a' or 'b'" (or as `words` puts the choices). */
+export function checkOneOf<T extends string>(value: unknown, arg: string, choices: readonly T[], show: Show = String, words = quotedOr): T {
+  if (!choices.includes(value as T)) throw invalidArg(arg, `must be ${words(choices)}${got(show, value)}`);
   return value as T;
 }
 
@@ -77,6 +82,12 @@ export function checkVsockType(value: unknown, arg: string): VsockType {
 export function checkObject<T extends object = Record<string, unknown>>(value: unknown, arg: string, expected = 'an object', show: Show = null): T {
   if (value === null || typeof value !== 'object') throw invalidArg(arg, `must be ${expected}${got(show, value)}`);
   return value as T;
+}
+
+/** A non-empty array (its elements still unchecked). */
+export function checkNonEmptyArray<T = unknown>(value: unknown, arg: string): T[] {
+  if (!Array.isArray(value) || value.length === 0) throw invalidArg(arg, 'must be a non-empty array');
+  return value as T[];
 }
 
 /** A non-empty string. */

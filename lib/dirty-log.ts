@@ -4,7 +4,7 @@
 // bit (page % 8) of byte (page / 8) (drivers/vhost/vhost.c, log_write), so on
 // a little-endian host bit b of 64-bit word w is page w * 64 + b.
 import * as os from 'node:os';
-import { invalidArg } from './errors';
+import { checkNonEmptyArray } from './check';
 import { features } from './features';
 import { native, type Mapping } from './native';
 import { VRING_ADDR_F_LOG, type VhostDevice } from './vhost';
@@ -17,7 +17,7 @@ const HOST_LE = os.endianness() === 'LE';
 
 /** Bytes of log needed to cover guest-physical [0, highest region end): whole 64-bit words. */
 export function dirtyLogSize(regions: readonly { gpa: bigint; size: bigint }[]): bigint {
-  if (!Array.isArray(regions) || regions.length === 0) throw invalidArg('regions', 'must be a non-empty array');
+  checkNonEmptyArray(regions, 'regions');
   let end = 0n;
   for (const r of regions) if (r.gpa + r.size > end) end = r.gpa + r.size;
   const pages = (end + DIRTY_LOG_PAGE_SIZE - 1n) / DIRTY_LOG_PAGE_SIZE;

@@ -4,6 +4,7 @@
 // the bytes. Errors keep the kernel's code (EEXIST, ENODEV, EBUSY, EPERM,
 // EOPNOTSUPP) and carry the link name as `.path`.
 import './dispose';
+import { checkOneOf, oneOfList } from './check';
 import { invalidArg, VhostError } from './errors';
 import { FdOwner } from './fd';
 import { native, type OwnedFd } from './native';
@@ -49,11 +50,6 @@ function refName(ref: LinkRef, arg = 'link'): string {
 /** Checks an MTU in 68..65535 (the kernel then applies each link's own min/max). */
 export function validateLinkMtu(mtu: unknown, arg = 'mtu'): number {
   return validateMtu(mtu, arg);
-}
-
-function checkMode(mode: unknown): MacvtapMode {
-  if (!MODES.includes(mode as MacvtapMode)) throw invalidArg('mode', `must be one of ${MODES.join(', ')}`);
-  return mode as MacvtapMode;
 }
 
 function parseLink(payload: Uint8Array): LinkInfo {
@@ -194,7 +190,7 @@ export class Rtnl extends FdOwner {
   createMacvtap(name: string, lower: LinkRef, mode: MacvtapMode, opts: CreateLinkOptions = {}): Link {
     validateLinkName(name);
     const lowerName = refName(lower, 'lower');
-    const m = checkMode(mode);
+    const m = checkOneOf(mode, 'mode', MODES, null, oneOfList);
     const lowerIndex = this.getLink(lowerName).index;
     return this.create(name, 'macvtap', opts, {
       attrs: [attrU32(ifla.LINK, lowerIndex)],

@@ -3,6 +3,7 @@
 // like a tap's. In passthru mode one macvtap owns its lower NIC outright: the
 // way to dedicate a NIC to exactly one VM.
 import './dispose';
+import { checkBool, checkObject, checkOneOf, oneOfList } from './check';
 import { invalidArg, VhostError } from './errors';
 import { FdOwner } from './fd';
 import { Rtnl, type LinkInfo, type LinkRef, type MacvtapMode } from './links';
@@ -71,13 +72,13 @@ export class Macvtap extends FdOwner {
   /** Creates a macvtap on `lower` in `mode` (bridge, vepa, private, passthru) and opens its tap device. */
   static create(lower: LinkRef, mode: MacvtapMode, opts: MacvtapOptions = {}): Macvtap {
     const nic = lowerName(lower);
-    if (typeof opts !== 'object' || opts === null) throw invalidArg('options', 'must be an object');
+    checkObject(opts, 'options');
     const name = opts.name === undefined ? undefined : validateLinkName(opts.name);
     const mac = opts.mac === undefined ? undefined : parseMac(opts.mac);
-    if (opts.up !== undefined && typeof opts.up !== 'boolean') throw invalidArg('up', 'must be a boolean');
+    const up = opts.up === undefined || checkBool(opts.up, 'up', null);
     const timeout = opts.openTimeoutMs ?? DEFAULT_OPEN_TIMEOUT_MS;
     if (!Number.isInteger(timeout) || timeout < 0) throw invalidArg('openTimeoutMs', 'must be a non-negative integer');
-    if (!['bridge', 'vepa', 'private', 'passthru'].includes(mode)) throw invalidArg('mode', 'must be one of bridge, vepa, private, passthru');
+    checkOneOf<MacvtapMode>(mode, 'mode', ['bridge', 'vepa', 'private', 'passthru'], null, oneOfList);
 
     const rtnl = Rtnl.open();
     let created: string | undefined;
@@ -100,7 +101,7 @@ export class Macvtap extends FdOwner {
       if (!info) throw new VhostError(`ERR_VHOST_UNSUPPORTED: the new macvtap on '${nic}' was not found`, { code: 'ERR_VHOST_UNSUPPORTED', path: nic });
       created = info.name;
       if (mac) rtnl.setMac(created, mac);
-      if (opts.up ?? true) rtnl.setUp(created, true);
+      if (up) rtnl.setUp(created, true);
       handle = openTapDevice(`/dev/tap${info.index}`, timeout);
       native.tapSetVnetHdrSize(handle, VNET_HDR_SIZE);
       return new Macvtap(handle, rtnl, info, nic, mode, restoreMac);

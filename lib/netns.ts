@@ -4,6 +4,7 @@
 // opened inside it); the namespace it created is deleted on dispose.
 import * as fs from 'node:fs';
 import './dispose';
+import { checkNonEmptyString } from './check';
 import { invalidArg } from './errors';
 import { FdOwner } from './fd';
 import { Rtnl } from './links';
@@ -11,8 +12,8 @@ import { native, type OwnedFd } from './native';
 
 const NETNS_DIR = '/run/netns';
 
-function checkName(name: unknown): string {
-  if (typeof name !== 'string' || name.length === 0) throw invalidArg('name', 'must be a non-empty string');
+function checkName(value: unknown): string {
+  const name = checkNonEmptyString(value, 'name');
   if (name === '.' || name === '..' || /[/\0]/.test(name)) throw invalidArg('name', "must be a file name (no '/', NUL, '.' or '..')");
   if (Buffer.byteLength(name) > 255) throw invalidArg('name', 'must be at most 255 bytes');
   return name;

@@ -2,8 +2,8 @@
 // its own way (the `show` argument), so these tests pin both the codes and the
 // exact messages each wording produces.
 import {
-  abortError, checkBool, checkFunction, checkInt, checkNonEmptyString, checkObject, checkOneOf, checkSignal, checkUint, checkVsockType,
-  describe as describeValue, numberOrType, toBigInt, toU64, typeOf,
+  abortError, checkBool, checkFunction, checkInt, checkNonEmptyArray, checkNonEmptyString, checkObject, checkOneOf, checkSignal, checkUint,
+  checkVsockType, describe as describeValue, numberOrType, oneOfList, toBigInt, toU64, typeOf,
 } from '../../lib/check';
 import { VhostError } from '../../lib/errors';
 import { thrown } from '../kernel/helpers';
@@ -96,6 +96,11 @@ describe('checkBool, checkOneOf, checkVsockType', () => {
     rejects(() => checkOneOf(undefined, 'endian', ['little', 'big'], describeValue), 'ERR_VHOST_INVALID_ARG', "endian must be 'little' or 'big', got undefined", 'endian');
   });
 
+  test('checkOneOf with oneOfList lists the choices bare', () => {
+    expect(checkOneOf('vepa', 'mode', ['bridge', 'vepa'], null, oneOfList)).toBe('vepa');
+    rejects(() => checkOneOf('x', 'mode', ['bridge', 'vepa', 'passthru'], null, oneOfList), 'ERR_VHOST_INVALID_ARG', 'mode must be one of bridge, vepa, passthru', 'mode');
+  });
+
   test("checkVsockType: 'stream' when undefined, else 'stream' or 'seqpacket'", () => {
     expect(checkVsockType(undefined, 't')).toBe('stream');
     expect(checkVsockType('seqpacket', 't')).toBe('seqpacket');
@@ -103,13 +108,20 @@ describe('checkBool, checkOneOf, checkVsockType', () => {
   });
 });
 
-describe('checkObject, checkNonEmptyString, checkFunction, checkSignal', () => {
+describe('checkObject, checkNonEmptyArray, checkNonEmptyString, checkFunction, checkSignal', () => {
   test('checkObject returns the object; null and primitives are ERR_VHOST_INVALID_ARG naming the shape', () => {
     const o = { a: 1 };
     expect(checkObject(o, 'o')).toBe(o);
     rejects(() => checkObject(null, 'o'), 'ERR_VHOST_INVALID_ARG', 'o must be an object', 'o');
     rejects(() => checkObject(1, 'o', 'an object { gpa, size }'), 'ERR_VHOST_INVALID_ARG', 'o must be an object { gpa, size }', 'o');
     rejects(() => checkObject('x', 'o', 'an object', typeOf), 'ERR_VHOST_INVALID_ARG', 'o must be an object, got string', 'o');
+  });
+
+  test('checkNonEmptyArray returns the array; an empty array or a non-array is ERR_VHOST_INVALID_ARG', () => {
+    const a = [0];
+    expect(checkNonEmptyArray(a, 'regions')).toBe(a);
+    rejects(() => checkNonEmptyArray([], 'regions'), 'ERR_VHOST_INVALID_ARG', 'regions must be a non-empty array', 'regions');
+    rejects(() => checkNonEmptyArray({ length: 1 }, 'regions'), 'ERR_VHOST_INVALID_ARG', 'regions must be a non-empty array', 'regions');
   });
 
   test('checkNonEmptyString', () => {

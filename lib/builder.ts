@@ -154,9 +154,6 @@ export function readMaxMemRegions(path: string = MAX_MEM_REGIONS_PATH): number {
   }
 }
 
-// net-builder.ts and vsock-builder.ts still import it from here.
-export { describeValue };
-
 const hex = (v: bigint): string => `0x${v.toString(16)}`;
 
 /** Checks that `mem` looks like a GuestMemory / MemoryLike (its regions are read again at start()). */

@@ -94,8 +94,11 @@ export class DirtyLog implements Disposable {
    * Returns the dirty page numbers (ascending, as numbers) and clears them.
    * A word is swapped with zero by Atomics.exchange only when a plain read saw
    * it non-zero, so a bit the kernel sets concurrently is either returned now
-   * or kept for the next call, never lost (the kernel's atomic bit set and
-   * this 32-bit exchange are each atomic on the word they share).
+   * or kept for the next call, never lost. The kernel sets bits with 64-bit
+   * atomics and this exchanges 32-bit halves: mixed sizes, but on x86-64 and
+   * arm64 each is atomic on the bytes it covers, so no update is lost. Pages
+   * are read in the kernel's byte order, which is its layout on
+   * little-endian hosts (the only ones this has been run on).
    */
   readAndClear(): number[] {
     if (this.closed) return [];

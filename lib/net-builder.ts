@@ -10,10 +10,10 @@ import {
   StepRunner,
   VhostDeviceBuilder,
   VHOST_RING_BITS,
-  describeValue,
   type QueuePlan,
   type RunningInit,
 } from './builder';
+import { describe as describeValue } from './check';
 import { closedError, invalidArg } from './errors';
 import { features } from './features';
 import { FdOwner } from './fd';

@@ -8,9 +8,9 @@ import {
   StepRunner,
   VhostDeviceBuilder,
   VHOST_RING_BITS,
-  describeValue,
   type RunningInit,
 } from './builder';
+import { describe as describeValue } from './check';
 import { invalidArg, VhostError } from './errors';
 import { features } from './features';
 import type { VhostVsock } from './vhost-vsock';

@@ -153,6 +153,7 @@ export function allocateCid(setCid: (cid: number) => void, from: number = VSOCK_
       last = err;
     }
   }
+  if (last === undefined) throw invalidArg('attempts', `must allow at least one CID from ${from} up to ${VSOCK_CID_MAX} (got ${attempts})`, 'ERR_VHOST_OUT_OF_RANGE');
   throw last;
 }
 

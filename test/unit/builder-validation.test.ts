@@ -15,7 +15,7 @@ import { RunningVhostNet, VhostNetBuilder } from '../../lib/net-builder';
 import type { MemoryLike } from '../../lib/vhost';
 import { VhostNet } from '../../lib/vhost-net';
 import { VhostVsock } from '../../lib/vhost-vsock';
-import { VhostVsockBuilder } from '../../lib/vsock-builder';
+import { allocateCid, VhostVsockBuilder } from '../../lib/vsock-builder';
 import { openFdCount, thrown } from '../kernel/helpers';
 
 type Err = ReturnType<typeof thrown> & { argument?: string; queue?: number; trace?: string[] };
@@ -605,6 +605,13 @@ describe("cid('auto') (fake device)", () => {
     const err = thrown(() => b.memory(mem1).features(0n).cid('auto').queue(0, queueSpec(0)).queue(1, queueSpec(1)).start()) as Err;
     expect({ step: err.step, code: err.code }).toEqual({ step: 'SET_GUEST_CID', code: 'EIO' });
     expect(fake.calls.filter((c) => c === 'SET_GUEST_CID')).toHaveLength(1);
+  });
+
+  test('the shared search refuses a walk that would try no CID (it had nothing to throw)', () => {
+    const never = () => { throw new Error('setCid must not be called'); };
+    for (const [from, attempts] of [[0xffff_ffff, 10], [3, 0], [3, -1]]) {
+      expect(thrown(() => allocateCid(never, from, attempts))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE', argument: 'attempts' });
+    }
   });
 });
 

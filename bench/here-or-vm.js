@@ -1,6 +1,7 @@
-// Runs a benchmark's main() here when this host has the vhost-net and tun
-// devices (as root), otherwise re-runs the script inside the test VM, which
-// sets LINUX_VHOST_IN_VM=1 so it never recurses.
+// Runs a benchmark's main() here when this host has the devices it needs (as
+// root), otherwise re-runs the script inside the test VM, which sets
+// LINUX_VHOST_IN_VM=1 so it never recurses. The decision and the re-spawn are
+// lib/test-vm.ts's, loaded from dist/ (npm run build:ts).
 'use strict';
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -8,18 +9,18 @@ const path = require('node:path');
 
 const root = path.resolve(__dirname, '..');
 
-function usable(p) {
-  try {
-    fs.accessSync(p, fs.constants.R_OK | fs.constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** name: for messages; script: the caller's __filename; main: async () => exit code. */
-function runHereOrInVm(name, script, main) {
-  if (process.getuid?.() === 0 && usable('/dev/vhost-net') && usable('/dev/net/tun')) {
+/**
+ * name: for messages; script: the caller's __filename; main: async () => exit code.
+ * options.devices: what main() opens (default /dev/vhost-net and /dev/net/tun; root is always needed);
+ * options.lacking: how the messages name them (default '/dev/vhost-net or /dev/net/tun');
+ * options.unusableInVm: the message inside the test VM (default: lacking + ' is not usable');
+ * options.beforeVm: runs on the host before the re-spawn (e.g. buildC()).
+ */
+function runHereOrInVm(name, script, main, options = {}) {
+  const { devices = ['/dev/vhost-net', '/dev/net/tun'], lacking = '/dev/vhost-net or /dev/net/tun' } = options;
+  const { whereToRun, runInTestVm } = require(path.join(root, 'dist', 'test-vm'));
+  const { place } = whereToRun({ root: true, devices });
+  if (place === 'here') {
     main().then(
       (code) => (process.exitCode = code),
       (err) => {
@@ -27,13 +28,13 @@ function runHereOrInVm(name, script, main) {
         process.exitCode = 1;
       },
     );
-  } else if (process.env.LINUX_VHOST_IN_VM === '1') {
-    console.error(`${name}: inside the test VM but /dev/vhost-net or /dev/net/tun is not usable`);
+  } else if (place === 'nowhere') {
+    console.error(`${name}: inside the test VM but ${options.unusableInVm ?? `${lacking} is not usable`}`);
     process.exitCode = 1;
   } else {
-    console.error(`${name}: this host lacks /dev/vhost-net or /dev/net/tun (or root): running inside the test VM`);
-    const res = spawnSync('bash', [path.join(root, 'scripts', 'vm.sh'), '--', process.execPath, script, ...process.argv.slice(2)], { stdio: 'inherit', cwd: root });
-    process.exitCode = res.status ?? 1;
+    options.beforeVm?.();
+    console.error(`${name}: this host lacks ${lacking} (or root): running inside the test VM`);
+    process.exitCode = runInTestVm(process.execPath, [script, ...process.argv.slice(2)], { label: name, cwd: root });
   }
 }
 
@@ -53,4 +54,4 @@ function buildC(name, cSrc, cBin) {
   }
 }
 
-module.exports = { buildC, runHereOrInVm, usable };
+module.exports = { buildC, runHereOrInVm };

@@ -59,18 +59,8 @@ function parseArgs(argv) {
   return opts;
 }
 
-function usable(p) {
-  try {
-    fs.accessSync(p, fs.constants.R_OK | fs.constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-
 /** Re-runs this script inside the test VM; returns its exit status. */
-function runInVm(argv, smp) {
+function runInVm(testVm, argv, smp) {
   const env = { ...process.env };
   // In a VM, and above all under TCG, RCU grace periods last tens of ms; the
   // kernel's synchronize_rcu() calls (vhost-vsock release, tap unregister)
@@ -81,9 +71,7 @@ function runInVm(argv, smp) {
   // cross-CPU IPIs and wake-ups, and the kernel's time per cycle swings 10x between runs.
   console.error(`[bench] no usable /dev/vhost-net + /dev/vhost-vsock here: running inside the test VM ` +
     `(${smp} vCPU, kernel args: ${env.LINUX_VHOST_VM_APPEND || 'none'})`);
-  const vmArgs = ['--smp', String(smp), '--', process.execPath, __filename, ...argv];
-  const res = spawnSync(path.join(root, 'scripts', 'vm.sh'), vmArgs, { cwd: root, stdio: 'inherit', env });
-  return res.status ?? 1;
+  return testVm.runInTestVm(process.execPath, [__filename, ...argv], { label: 'bench', vmArgs: ['--smp', String(smp)], cwd: root, env });
 }
 
 /** Lets require() load lib/*.ts and bench/*.ts from source (transpile only, no type check). */
@@ -151,22 +139,23 @@ function emulatedCpu() {
 function main() {
   const argv = process.argv.slice(2);
   const opts = parseArgs(argv);
-  const inVm = process.env.LINUX_VHOST_IN_VM === '1';
-  const haveDevices = ['/dev/vhost-net', '/dev/vhost-vsock', '/dev/net/tun'].every(usable);
-  if (!haveDevices) {
-    if (inVm) {
-      console.error('bench: inside the test VM but /dev/vhost-net, /dev/vhost-vsock or /dev/net/tun is missing');
-      process.exit(1);
-    }
+  registerTs();
+  const testVm = require('../lib/test-vm.ts');
+  const inVm = testVm.insideTestVm();
+  const { place } = testVm.whereToRun({ devices: ['/dev/vhost-net', '/dev/vhost-vsock', '/dev/net/tun'] });
+  if (place === 'nowhere') {
+    console.error('bench: inside the test VM but /dev/vhost-net, /dev/vhost-vsock or /dev/net/tun is missing');
+    process.exit(1);
+  }
+  if (place === 'test-vm') {
     buildC('bench', cSrc, cBin);
-    process.exit(runInVm(argv, opts.smp));
+    process.exit(runInVm(testVm, argv, opts.smp));
   }
   buildC('bench', cSrc, cBin);
   if (!fs.existsSync(path.join(root, 'build', 'Release'))) {
     console.error('bench: the addon is not built (build/Release missing): run `npm run build:native` first');
     process.exit(1);
   }
-  registerTs();
   v8.setFlagsFromString('--expose-gc');
   const gc = vm.runInNewContext('gc');
   const bench = require('./bringup.ts');

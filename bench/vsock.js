@@ -27,7 +27,7 @@ const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const path = require('node:path');
 const zlib = require('node:zlib');
-const { buildC, usable } = require('./here-or-vm');
+const { buildC, runHereOrInVm } = require('./here-or-vm');
 
 const root = path.resolve(__dirname, '..');
 const cBin = path.join(root, 'build', 'bench', 'vsock-client');
@@ -240,22 +240,13 @@ async function main(opts) {
 }
 
 const opts = parseArgs(process.argv.slice(2));
-if (process.getuid?.() === 0 && usable('/dev/vhost-vsock')) {
-  // Only here: root with a usable vhost-vsock (inside the test VM on a host without one).
+// AF_VSOCK sockets only here: root with a usable vhost-vsock (inside the test VM on a host without one).
+runHereOrInVm('bench/vsock', __filename, () => {
   if (!fs.existsSync(cBin)) buildC('bench/vsock', cSrc, cBin);
-  main(opts).then(
-    (code) => (process.exitCode = code),
-    (err) => {
-      console.error(`bench/vsock: ${err.stack || err.message}`);
-      process.exitCode = 1;
-    },
-  );
-} else if (process.env.LINUX_VHOST_IN_VM === '1') {
-  console.error('bench/vsock: inside the test VM but not root or /dev/vhost-vsock is not usable');
-  process.exitCode = 1;
-} else {
-  buildC('bench/vsock', cSrc, cBin);
-  console.error('bench/vsock: this host lacks /dev/vhost-vsock (or root): running inside the test VM');
-  const res = spawnSync('bash', [path.join(root, 'scripts', 'vm.sh'), '--', process.execPath, __filename, ...process.argv.slice(2)], { stdio: 'inherit', cwd: root });
-  process.exitCode = res.status ?? 1;
-}
+  return main(opts);
+}, {
+  devices: ['/dev/vhost-vsock'],
+  lacking: '/dev/vhost-vsock',
+  unusableInVm: 'not root or /dev/vhost-vsock is not usable',
+  beforeVm: () => buildC('bench/vsock', cSrc, cBin),
+});

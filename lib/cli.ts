@@ -2,10 +2,7 @@
 // The `linux-vhost` command. Each subcommand is one entry of COMMANDS; modules
 // that load the native addon are required only by the command that needs
 // them, so `help` and `vm` work without a build.
-import { spawnSync } from 'node:child_process';
-import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
+import { runInTestVm, runTestVmScript, whereToRun } from './test-vm';
 
 interface Command {
   /** One line for the usage text, e.g. 'probe [--json]'. */
@@ -17,8 +14,6 @@ interface Command {
 
 /** Exit status for usage errors, as in most Unix tools. */
 const EXIT_USAGE = 2;
-
-const packageRoot = path.resolve(__dirname, '..');
 
 function usage(): string {
   const lines = ['usage: linux-vhost <command> [args]', '', 'commands:'];
@@ -44,20 +39,12 @@ function probeCommand(args: string[]): number {
 
 function vmCommand(args: string[]): number {
   if (args.length === 0) return usageError('vm: missing command (linux-vhost vm -- <command...>)');
-  const script = path.join(packageRoot, 'scripts', 'vm.sh');
-  if (!fs.existsSync(script)) {
-    process.stderr.write(`linux-vhost: vm: ${script} is missing from this installation\n`);
-    return 1;
-  }
   // vm.sh takes its own options before '--' and the command after it.
-  const res = spawnSync('bash', [script, ...args], { stdio: 'inherit' });
-  if (res.error) {
-    process.stderr.write(`linux-vhost: vm: ${res.error.message}\n`);
-    return 1;
-  }
-  if (res.signal) return 128 + (os.constants.signals[res.signal] ?? 0);
-  return res.status ?? 1;
+  return runTestVmScript(args, { label: 'linux-vhost: vm' });
 }
+
+/** What runDemo() opens: a tap and a vhost-net device for the ping and burst, a vhost-vsock device for the agent. */
+const DEMO_NEEDS = { root: true, devices: ['/dev/vhost-net', '/dev/net/tun', '/dev/vhost-vsock'] };
 
 /** Exit status after SIGINT, as shells report it. */
 const EXIT_INTERRUPTED = 130;
@@ -77,13 +64,14 @@ function demoCommand(args: string[]): number | Promise<number> {
     process.stdout.write(demo.demoUsage());
     return 0;
   }
-  if (!demo.canRunDemoHere()) {
-    if (process.env.LINUX_VHOST_IN_VM === '1') {
-      process.stderr.write('linux-vhost: demo: inside the test VM but not root or /dev/vhost-net, /dev/vhost-vsock or /dev/net/tun is missing\n');
-      return 1;
-    }
+  const { place } = whereToRun(DEMO_NEEDS);
+  if (place === 'nowhere') {
+    process.stderr.write('linux-vhost: demo: inside the test VM but not root or /dev/vhost-net, /dev/vhost-vsock or /dev/net/tun is missing\n');
+    return 1;
+  }
+  if (place === 'test-vm') {
     process.stderr.write('linux-vhost: demo: this host lacks root, /dev/vhost-net, /dev/vhost-vsock or /dev/net/tun: running the demo inside the test VM (scripts/vm.sh)\n');
-    return vmCommand(['--', process.execPath, __filename, 'demo', ...args]);
+    return runInTestVm(process.execPath, [__filename, 'demo', ...args], { label: 'linux-vhost: vm' });
   }
   return runDemoHere(demo, parsed);
 }

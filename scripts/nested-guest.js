@@ -26,11 +26,15 @@ function buildInitramfs({ kernelDir, kver } = {}) {
   return { initrd, kernel };
 }
 
-/** True when /dev/kvm opens read-write here. */
+/**
+ * True when /dev/kvm opens read-write here and the CPU has vmx/svm, as
+ * scripts/vm.sh decides: some nested hosts expose a /dev/kvm without hardware
+ * virtualization (kvm_pvm), which QEMU cannot use for a stock kernel.
+ */
 function kvmUsable() {
   try {
     fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
-    return true;
+    return /\b(?:vmx|svm)\b/.test(fs.readFileSync('/proc/cpuinfo', 'utf8'));
   } catch {
     return false;
   }

@@ -22,24 +22,25 @@ function log(msg) {
   process.stderr.write(`[test] ${msg}\n`);
 }
 
-function usable(p) {
-  try {
-    fs.accessSync(p, fs.constants.R_OK | fs.constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
+// The test VM's decision and runner (lib/test-vm.ts), from dist/: only the
+// kernel suite needs them, and `npm run test:kernel` builds dist/ first.
+function testVm() {
+  const file = path.join(root, 'dist', 'test-vm.js');
+  if (!fs.existsSync(file)) throw new Error('dist/ is not built: run `npm run build:ts` first');
+  return require(file);
 }
 
-// Runs one jest project; returns its counts from jest's JSON report.
-function runJest(project, wrap = []) {
+// Runs one jest project, here or inside the test VM; returns its counts from jest's JSON report.
+function runJest(project, inVm = false) {
   fs.mkdirSync(outDir, { recursive: true });
   const report = path.join(outDir, `${project}-results.json`);
   fs.rmSync(report, { force: true });
-  const args = [...wrap, process.execPath, jest, '--selectProjects', project, '--json', '--outputFile', report];
+  const args = [jest, '--selectProjects', project, '--json', '--outputFile', report];
   if (project === 'kernel') args.push('--runInBand');
   const env = { ...process.env, ...(project === 'kernel' && required ? { LINUX_VHOST_REQUIRE_KERNEL: '1' } : {}) };
-  const res = spawnSync(args[0], args.slice(1), { cwd: root, stdio: 'inherit', env });
+  const res = inVm
+    ? { status: testVm().runInTestVm(process.execPath, args, { label: '[test] kernel suite', cwd: root, env }) }
+    : spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit', env });
   let counts = { passed: 0, failed: 0, skipped: 0 };
   if (fs.existsSync(report)) {
     const r = JSON.parse(fs.readFileSync(report, 'utf8'));
@@ -53,16 +54,18 @@ function runJest(project, wrap = []) {
   return counts;
 }
 
-function kernelWrap() {
-  if (usable('/dev/vhost-net') && usable('/dev/vhost-vsock') && usable('/dev/net/tun')) {
+// True to run the kernel suite inside the test VM, false to run it here; throws when it cannot run.
+function kernelInVm() {
+  const { place } = testVm().whereToRun({ devices: ['/dev/vhost-net', '/dev/vhost-vsock', '/dev/net/tun'] });
+  if (place === 'here') {
     log('kernel suite: this host has the vhost devices, running directly');
-    return [];
+    return false;
   }
-  if (process.env.LINUX_VHOST_IN_VM === '1') {
+  if (place === 'nowhere') {
     throw new Error('inside the test VM but /dev/vhost-net, /dev/vhost-vsock or /dev/net/tun is missing');
   }
   log('kernel suite: this host lacks /dev/vhost-net or /dev/vhost-vsock; running it inside the test VM');
-  return [path.join(root, 'scripts', 'vm.sh'), '--'];
+  return true;
 }
 
 const total = { passed: 0, failed: 0, skipped: 0 };
@@ -75,15 +78,15 @@ function add(name, c) {
 
 if (which === 'all' || which === 'unit') add('unit', runJest('unit'));
 if (which === 'all' || which === 'kernel') {
-  let wrap;
+  let inVm;
   try {
-    wrap = kernelWrap();
+    inVm = kernelInVm();
   } catch (err) {
     log(`kernel suite cannot run: ${err.message}`);
     total.failed += required ? 1 : 0;
   }
-  if (wrap) {
-    const c = runJest('kernel', wrap);
+  if (inVm !== undefined) {
+    const c = runJest('kernel', inVm);
     add('kernel', c);
     if (required && c.skipped > 0) {
       log(`kernel suite skipped ${c.skipped} test(s) but is required here (CI): failing`);

@@ -60,6 +60,14 @@ describe('linux-vhost bin (dist/cli.js)', () => {
     expect(r.stderr).toContain('vm: missing command');
   });
 
+  test('vm hands its arguments to scripts/vm.sh and returns its exit status', () => {
+    // An unknown vm.sh option stops it at its usage (exit 125) before anything boots.
+    const r = runBin('vm', '--no-such-option', '--', 'true');
+    expect(r.stderr).toContain('[vm] unknown option --no-such-option');
+    expect(r.stderr).toContain('usage: scripts/vm.sh');
+    expect(r.status).toBe(125);
+  });
+
   test('probe --json prints one JSON document that matches this host', () => {
     const r = runBin('probe', '--json');
     expect(r.status).toBe(0);

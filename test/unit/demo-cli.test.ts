@@ -1,6 +1,10 @@
 // `linux-vhost demo` without the kernel: argument parsing and usage errors
-// (exit 2, nothing set up and never the VM path), the ping summary parser on
-// real iputils and busybox output, and the report's formatting.
+// (exit 2, nothing set up and never the VM path), where it runs when the
+// devices are missing, the ping summary parser on real iputils and busybox
+// output, and the report's formatting.
+import childProcess = require('node:child_process');
+import fs = require('node:fs');
+import * as path from 'node:path';
 import { main } from '../../lib/cli';
 import { formatDemoReport, parseDemoArgs, parsePingSummary, type DemoReport } from '../../lib/demo';
 
@@ -54,6 +58,47 @@ describe('main(["demo", ...]) usage paths', () => {
   test('help lists demo', () => {
     expect(main(['help'])).toBe(0);
     expect(String(out.mock.calls[0][0])).toContain('demo [--frames N] [--size BYTES]');
+  });
+});
+
+describe('main(["demo", ...]) without the vhost devices', () => {
+  const savedInVm = process.env.LINUX_VHOST_IN_VM;
+  let err: jest.SpyInstance;
+  beforeEach(() => {
+    err = jest.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    // This process sees no vhost device, whatever the machine has.
+    const accessSync = fs.accessSync;
+    jest.spyOn(fs, 'accessSync').mockImplementation((p, mode) => {
+      if (String(p).startsWith('/dev/vhost-')) throw Object.assign(new Error(`ENOENT: no such file or directory, access '${p}'`), { code: 'ENOENT' });
+      accessSync(p, mode);
+    });
+  });
+  afterEach(() => {
+    jest.restoreAllMocks();
+    if (savedInVm === undefined) delete process.env.LINUX_VHOST_IN_VM;
+    else process.env.LINUX_VHOST_IN_VM = savedInVm;
+  });
+
+  test('re-runs itself with its arguments inside the test VM and returns the VM\'s status', () => {
+    delete process.env.LINUX_VHOST_IN_VM;
+    const spawn = jest.spyOn(childProcess, 'spawnSync').mockReturnValue({ pid: 0, output: [], stdout: '', stderr: '', status: 3, signal: null });
+    expect(main(['demo', '--frames', '5'])).toBe(3);
+    expect(String(err.mock.calls[0][0])).toBe(
+      'linux-vhost: demo: this host lacks root, /dev/vhost-net, /dev/vhost-vsock or /dev/net/tun: running the demo inside the test VM (scripts/vm.sh)\n',
+    );
+    const cli = path.resolve(__dirname, '../../lib/cli.ts');
+    expect(spawn).toHaveBeenCalledTimes(1);
+    expect(spawn.mock.calls[0][0]).toBe('bash');
+    expect(spawn.mock.calls[0][1]).toEqual([path.resolve(__dirname, '../../scripts/vm.sh'), '--', process.execPath, cli, 'demo', '--frames', '5']);
+    expect(fs.accessSync).toHaveBeenCalledWith('/dev/vhost-net', fs.constants.R_OK | fs.constants.W_OK);
+  });
+
+  test('inside the test VM it exits 1 and says what is missing, without re-running itself', () => {
+    process.env.LINUX_VHOST_IN_VM = '1';
+    const spawn = jest.spyOn(childProcess, 'spawnSync');
+    expect(main(['demo'])).toBe(1);
+    expect(err).toHaveBeenCalledWith('linux-vhost: demo: inside the test VM but not root or /dev/vhost-net, /dev/vhost-vsock or /dev/net/tun is missing\n');
+    expect(spawn).not.toHaveBeenCalled();
   });
 });
 

@@ -129,19 +129,6 @@ export function parseDemoArgs(args: string[]): DemoArgs | string {
   return out;
 }
 
-function usable(path: string): boolean {
-  try {
-    fs.accessSync(path, fs.constants.R_OK | fs.constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Whether this process can run the demo itself: root with /dev/vhost-net, /dev/net/tun and /dev/vhost-vsock. */
-export function canRunDemoHere(): boolean {
-  return process.getuid?.() === 0 && usable('/dev/vhost-net') && usable('/dev/net/tun') && usable('/dev/vhost-vsock');
-}
 
 function abortError(): Error {
   const err = new Error('demo interrupted');

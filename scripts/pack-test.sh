@@ -61,8 +61,10 @@ echo "tarball: $(basename "$tarball") ($(stat -c %s "$tarball") bytes)"
 
 step "tarball contents"
 mapfile -t entries < <(tar -tzf "$tarball" | sed 's|^package/||')
-has() { printf '%s\n' "${entries[@]}" | grep -qxF -- "$1"; }
-none() { ! printf '%s\n' "${entries[@]}" | grep -qE -- "$1"; }
+# No grep -q: it exits at the first match, printf then dies of SIGPIPE and
+# pipefail turns the match into a failure (seen once the list grew).
+has() { printf '%s\n' "${entries[@]}" | grep -xF -- "$1" >/dev/null; }
+none() { ! printf '%s\n' "${entries[@]}" | grep -E -- "$1" >/dev/null; }
 none '^test/' || fail "tarball contains test/"
 none '^(build|build-cmake)/' || fail "tarball contains a native build directory"
 none '^node_modules/' || fail "tarball contains node_modules/"

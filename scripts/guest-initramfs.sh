@@ -70,7 +70,7 @@ kernel=$kdir/boot/vmlinux-$kver
 busybox=/bin/busybox
 [ -x $busybox ] || busybox=/usr/bin/busybox
 # The initramfs has no libc, so busybox must be the static build.
-file -L "$busybox" 2>/dev/null | grep -q 'dynamically linked' &&
+[[ $(file -L "$busybox" 2>/dev/null || true) != *'dynamically linked'* ]] ||
 	die "$busybox is dynamically linked; install busybox-static"
 [ -x "$busybox" ] || die "no busybox; install busybox-static"
 command -v cpio >/dev/null || die "cpio missing; install cpio"

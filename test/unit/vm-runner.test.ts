@@ -9,7 +9,7 @@ const script = path.resolve(__dirname, '../../scripts/vm.sh');
 const haveQemu = spawnSync('sh', ['-c', 'command -v qemu-system-x86_64'], { stdio: 'ignore' }).status === 0;
 const maybe = haveQemu || process.env.CI === 'true' ? describe : describe.skip;
 
-interface Run { status: number | null; stdout: string; stderr: string }
+interface Run { status: number | null; stdout: string; stderr: string; firstOutputMs?: number; closeMs?: number }
 
 function vm(env: Record<string, string>, ...cmd: string[]): Promise<Run> {
   return new Promise((resolve, reject) => {
@@ -19,10 +19,14 @@ function vm(env: Record<string, string>, ...cmd: string[]): Promise<Run> {
     });
     let stdout = '';
     let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+    let firstOutputMs: number | undefined;
+    child.stdout.setEncoding('utf8').on('data', (s: string) => {
+      firstOutputMs ??= Date.now();
+      stdout += s;
+    });
     child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
     child.on('error', reject);
-    child.on('close', (status) => resolve({ status, stdout, stderr }));
+    child.on('close', (status) => resolve({ status, stdout, stderr, firstOutputMs, closeMs: Date.now() }));
   });
 }
 
@@ -36,6 +40,9 @@ maybe('scripts/vm.sh', () => {
     expect(r.stderr).not.toContain('did not boot');
     expect(r.stdout).toContain('in-vm=1');
     expect(r.status).toBe(7);
+    // Output streams while the command runs (the console filter must not sit
+    // on it until the VM ends): the first line arrived well before the exit.
+    expect(r.closeMs! - r.firstOutputMs!).toBeGreaterThan(10_000);
   }, 180_000);
 
   test('a boot timeout that is not a whole number of seconds is refused before booting', async () => {

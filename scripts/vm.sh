@@ -100,7 +100,8 @@ if [ -z "$kver" ] || [ ! -e "$cache/kernel/$kver/.complete" ]; then
 	# linux-image-amd64 is a metapackage: the kernel is the linux-image-<ver>-amd64 it depends on.
 	fetch() {
 		pkg=$(apt-cache depends linux-image-amd64 2>/dev/null |
-			sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' | head -n1)
+			sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*-amd64\)$/\1/p' || true)
+		pkg=${pkg%%$'\n'*} # the first (no `| head`: SIGPIPE under pipefail)
 		[ -n "$pkg" ] || return 1
 		log "downloading $pkg (once, ~70 MB) into $cache/kernel"
 		(cd "$dl" && apt-get download "${sandbox[@]}" "$pkg" >&2)

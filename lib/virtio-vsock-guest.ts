@@ -29,9 +29,10 @@ import { failOrRethrow, GuestRings, RX_QUEUE, TX_QUEUE } from './userspace-guest
 import { VhostVsock } from './vhost-vsock';
 import type { VsockType } from './vsock';
 import type { RunningVhostVsock } from './vsock-builder';
+import type { BufferPool } from './virtqueue';
 import { validateQueueSize } from './vring';
-import { type Control, type GuestLink, type PacketAddr, VirtioVsockConnection } from './vsock-guest-connection';
-import { VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_SEQ, VSOCK_SHUTDOWN, VSOCK_TYPE, writeVsockHeader } from './vsock-packet';
+import { type Control, type GuestLink, VirtioVsockConnection } from './vsock-guest-connection';
+import { getVsockCid, putVsockHeader, VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_SEQ, VSOCK_SHUTDOWN, VSOCK_TYPE } from './vsock-packet';
 
 export { VirtioVsockConnection, type VsockGuestAddress } from './vsock-guest-connection';
 
@@ -172,6 +173,9 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   readonly #segs: Uint32Array;
   readonly #slots: Uint32Array;
   readonly #rxUsed: Uint32Array;
+  // Headers are read and written through these, slot s at s * slotSize: no DataView per packet.
+  readonly #rxHdr: DataView;
+  readonly #txHdr: DataView;
   readonly #conns = new Map<string, VirtioVsockConnection>();
   readonly #listeners = new Map<number, { cb: (conn: VirtioVsockConnection) => void; allowHalfOpen: boolean; type: VsockType }>();
   readonly #control: Control[] = [];
@@ -195,6 +199,8 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     this.#segs = new Uint32Array(3 * n);
     this.#slots = new Uint32Array(n);
     this.#rxUsed = new Uint32Array(2 * n);
+    this.#rxHdr = poolDataView(rings.rxPool);
+    this.#txHdr = poolDataView(rings.txPool);
     const self = this;
     this.#link = {
       get cid() {
@@ -359,26 +365,19 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     });
   }
 
-  /** Writes one packet into a free TX slot; returns the slot's payload view, or null when none is free. */
-  #packet(conn: VirtioVsockConnection | null, op: number, flags: number, len: number, addr?: Control['addr']): { slot: number; payload: Uint8Array } | null {
+  /** Writes one packet's header into a free TX slot; returns the slot (its payload goes at VSOCK_HDR_SIZE), or -1 when none is free. */
+  #packet(conn: VirtioVsockConnection | null, op: number, flags: number, len: number, addr?: Control['addr']): number {
     const pool = this.#rings.txPool;
     const slot = pool.alloc();
-    if (slot < 0) return null;
-    const view = pool.view(slot);
-    if (conn) conn.lastFwdSent = conn.fwdCnt;
-    writeVsockHeader(view, 0, {
-      srcCid: BigInt(this.cid),
-      dstCid: BigInt(conn ? conn.peerCid : addr!.peerCid),
-      srcPort: conn ? conn.localPort : addr!.localPort,
-      dstPort: conn ? conn.peerPort : addr!.peerPort,
-      len,
-      type: conn ? conn.wireType : addr!.type,
-      op,
-      flags,
-      bufAlloc: conn ? this.bufAlloc : 0,
-      fwdCnt: conn ? conn.fwdCnt : 0,
-    });
-    return { slot, payload: view.subarray(VSOCK_HDR_SIZE, VSOCK_HDR_SIZE + len) };
+    if (slot < 0) return -1;
+    const at = slot * pool.slotSize;
+    if (conn) {
+      conn.lastFwdSent = conn.fwdCnt;
+      putVsockHeader(this.#txHdr, at, this.cid, conn.peerCid, conn.localPort, conn.peerPort, len, conn.wireType, op, flags, this.bufAlloc, conn.fwdCnt);
+    } else {
+      putVsockHeader(this.#txHdr, at, this.cid, addr!.peerCid, addr!.localPort, addr!.peerPort, len, addr!.type, op, flags, 0, 0);
+    }
+    return slot;
   }
 
   /** Fills free TX buffers: control packets first, then data within each connection's credit; one publish, one kick at most. */
@@ -403,8 +402,8 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
           this.#control.shift();
           continue;
         }
-        const p = this.#packet(c.conn, c.op, c.flags, 0, c.addr);
-        if (!p) {
+        const slot = this.#packet(c.conn, c.op, c.flags, 0, c.addr);
+        if (slot < 0) {
           full = true;
           break;
         }
@@ -415,7 +414,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
         }
         else if (c.op === VSOCK_OP.RST) this.#stats.resetsSent++;
         else if (c.op === VSOCK_OP.REQUEST && c.conn) c.conn.requestSent = true;
-        add(p.slot, 0);
+        add(slot, 0);
       }
       if (!full) {
         for (const conn of this.#txWanted) {
@@ -446,33 +445,33 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
               if (!conn.creditRequested) {
                 // Ask once per stall: the peer's CREDIT_UPDATE reopens the window.
                 conn.creditRequested = true;
-                const p = this.#packet(conn, VSOCK_OP.CREDIT_REQUEST, 0, 0);
-                if (p) add(p.slot, 0);
+                const slot = this.#packet(conn, VSOCK_OP.CREDIT_REQUEST, 0, 0);
+                if (slot >= 0) add(slot, 0);
               }
               break;
             }
             const len = Math.min(left, credit, this.bufferSize);
             // The last packet of a message carries EOM (never EOR: there is no MSG_EOR to ask for it).
-            const p = this.#packet(conn, VSOCK_OP.RW, seqpacket && len === left ? VSOCK_SEQ.EOM : 0, len);
-            if (!p) {
+            const slot = this.#packet(conn, VSOCK_OP.RW, seqpacket && len === left ? VSOCK_SEQ.EOM : 0, len);
+            if (slot < 0) {
               full = true;
               break;
             }
             conn.creditRequested = false;
-            p.payload.set(w.chunk.subarray(w.offset, w.offset + len));
+            this.#rings.txPool.view(slot).set(w.chunk.subarray(w.offset, w.offset + len), VSOCK_HDR_SIZE);
             w.offset += len;
             conn.sent(len);
-            add(p.slot, len);
+            add(slot, len);
           }
           if (full) break;
           if (conn.pending.length === 0) {
             if (conn.finalCb) {
-              const p = this.#packet(conn, VSOCK_OP.SHUTDOWN, VSOCK_SHUTDOWN.SEND, 0);
-              if (!p) {
+              const slot = this.#packet(conn, VSOCK_OP.SHUTDOWN, VSOCK_SHUTDOWN.SEND, 0);
+              if (slot < 0) {
                 full = true;
                 break;
               }
-              add(p.slot, 0);
+              add(slot, 0);
               done.push({ cb: conn.finalCb });
               conn.finalCb = null;
             }
@@ -517,7 +516,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
         const view = rxPool.view(slot);
         const len = Math.min(used[2 * i + 1], view.length);
         try {
-          if (len >= VSOCK_HDR_SIZE) this.#receive(view, len);
+          if (len >= VSOCK_HDR_SIZE) this.#receive(view, slot * rxPool.slotSize, len);
         } catch (e) {
           // A throwing user handler ('data', 'connect', a listener) must not
           // strand the rest of this batch's buffers: rethrow it afterwards.
@@ -536,42 +535,41 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     this.#flushTx();
   }
 
-  #receive(view: Uint8Array, len: number): void {
+  /** One received packet: `view` is its RX slot, at `at` in #rxHdr. */
+  #receive(view: Uint8Array, at: number, len: number): void {
     this.#stats.rxPackets++;
-    const dv = new DataView(view.buffer, view.byteOffset, VSOCK_HDR_SIZE);
-    const srcCid = Number(dv.getBigUint64(0, true));
-    const dstCid = Number(dv.getBigUint64(8, true));
-    const srcPort = dv.getUint32(16, true);
-    const dstPort = dv.getUint32(20, true);
-    const payloadLen = Math.min(dv.getUint32(24, true), len - VSOCK_HDR_SIZE);
-    const type = dv.getUint16(28, true);
-    const op = dv.getUint16(30, true);
-    const flags = dv.getUint32(32, true);
+    const dv = this.#rxHdr;
+    const srcCid = getVsockCid(dv, at);
+    const dstCid = getVsockCid(dv, at + 8);
+    const srcPort = dv.getUint32(at + 16, true);
+    const dstPort = dv.getUint32(at + 20, true);
+    const payloadLen = Math.min(dv.getUint32(at + 24, true), len - VSOCK_HDR_SIZE);
+    const type = dv.getUint16(at + 28, true);
+    const op = dv.getUint16(at + 30, true);
+    const flags = dv.getUint32(at + 32, true);
     if (dstCid !== this.cid) return;
-    // An RST answers with the type of what it refuses: the peer drops one of another type.
-    const addr: PacketAddr = { localPort: dstPort, peerCid: srcCid, peerPort: srcPort, type };
     const conn = this.#conns.get(keyOf(dstPort, srcCid, srcPort));
     const validType = type === VSOCK_TYPE.STREAM || (type === VSOCK_TYPE.SEQPACKET && this.seqpacket);
     // As virtio_transport_recv_pkt: an unknown type, or one other than the connection's, is refused (never an RST itself).
     if (!validType || (conn && conn.wireType !== type)) {
-      if (op !== VSOCK_OP.RST) this.#control.push({ conn: null, op: VSOCK_OP.RST, flags: 0, addr });
+      if (op !== VSOCK_OP.RST) this.#refuse(dstPort, srcCid, srcPort, type);
       return;
     }
     if (conn) {
-      conn.peerBufAlloc = dv.getUint32(36, true);
-      conn.peerFwdCnt = dv.getUint32(40, true);
+      conn.peerBufAlloc = dv.getUint32(at + 36, true);
+      conn.peerFwdCnt = dv.getUint32(at + 40, true);
       if (conn.pending.length > 0 || conn.finalCb) this.#txWanted.add(conn);
     }
     switch (op) {
       case VSOCK_OP.REQUEST: {
         const l = this.#listeners.get(dstPort);
         if (conn || !l || (l.type === 'seqpacket' ? VSOCK_TYPE.SEQPACKET : VSOCK_TYPE.STREAM) !== type) {
-          this.#control.push({ conn: null, op: VSOCK_OP.RST, flags: 0, addr });
+          this.#refuse(dstPort, srcCid, srcPort, type);
           return;
         }
         const c = new VirtioVsockConnection(this.#link, { localPort: dstPort, peerCid: srcCid, peerPort: srcPort, state: 'connected', allowHalfOpen: l.allowHalfOpen, type: l.type });
-        c.peerBufAlloc = dv.getUint32(36, true);
-        c.peerFwdCnt = dv.getUint32(40, true);
+        c.peerBufAlloc = dv.getUint32(at + 36, true);
+        c.peerFwdCnt = dv.getUint32(at + 40, true);
         this.#conns.set(keyOf(dstPort, srcCid, srcPort), c);
         this.#control.push({ conn: c, op: VSOCK_OP.RESPONSE, flags: 0 });
         l.cb(c);
@@ -579,11 +577,11 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
       }
       case VSOCK_OP.RESPONSE:
         if (conn?.state === 'connecting') conn.onResponse();
-        else this.#control.push({ conn: null, op: VSOCK_OP.RST, flags: 0, addr });
+        else this.#refuse(dstPort, srcCid, srcPort, type);
         return;
       case VSOCK_OP.RW:
         if (!conn) {
-          this.#control.push({ conn: null, op: VSOCK_OP.RST, flags: 0, addr });
+          this.#refuse(dstPort, srcCid, srcPort, type);
           return;
         }
         conn.onData(Buffer.from(view.subarray(VSOCK_HDR_SIZE, VSOCK_HDR_SIZE + payloadLen)), flags);
@@ -595,14 +593,19 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
         return; // the credit fields were taken above
       case VSOCK_OP.SHUTDOWN:
         if (conn) conn.onShutdown(flags);
-        else this.#control.push({ conn: null, op: VSOCK_OP.RST, flags: 0, addr });
+        else this.#refuse(dstPort, srcCid, srcPort, type);
         return;
       case VSOCK_OP.RST:
         conn?.onReset(); // never answer a reset
         return;
       default:
-        if (!conn) this.#control.push({ conn: null, op: VSOCK_OP.RST, flags: 0, addr });
+        if (!conn) this.#refuse(dstPort, srcCid, srcPort, type);
     }
+  }
+
+  /** RST to a packet no connection takes, with the packet's type: the peer drops an RST of another type. */
+  #refuse(localPort: number, peerCid: number, peerPort: number, type: number): void {
+    this.#control.push({ conn: null, op: VSOCK_OP.RST, flags: 0, addr: { localPort, peerCid, peerPort, type } });
   }
 
   // ---- lifecycle -------------------------------------------------------------
@@ -681,6 +684,12 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   [Symbol.dispose](): void {
     this.close();
   }
+}
+
+/** One DataView over all of a pool's slots. */
+function poolDataView(pool: BufferPool): DataView {
+  const first = pool.view(0);
+  return new DataView(first.buffer, first.byteOffset, pool.slotSize * pool.count);
 }
 
 function keyOf(localPort: number, peerCid: number, peerPort: number): string {

@@ -66,21 +66,53 @@ export function checkVsockHeader(h: VsockHeader): void {
 }
 
 /**
- * Writes `h` into `out` at `offset` (44 bytes). Hot path: fields are not
- * range-checked here (see checkVsockHeader); `out` must have room.
+ * Writes `h` into `out` at `offset` (44 bytes). Fields are not range-checked
+ * here (see checkVsockHeader); `out` must have room.
  */
 export function writeVsockHeader(out: Uint8Array, offset: number, h: VsockHeader): void {
   const dv = new DataView(out.buffer, out.byteOffset + offset, VSOCK_HDR_SIZE);
   dv.setBigUint64(0, h.srcCid, true);
   dv.setBigUint64(8, h.dstCid, true);
-  dv.setUint32(16, h.srcPort, true);
-  dv.setUint32(20, h.dstPort, true);
-  dv.setUint32(24, h.len, true);
-  dv.setUint16(28, h.type, true);
-  dv.setUint16(30, h.op, true);
-  dv.setUint32(32, h.flags, true);
-  dv.setUint32(36, h.bufAlloc, true);
-  dv.setUint32(40, h.fwdCnt, true);
+  putFields(dv, 0, h.srcPort, h.dstPort, h.len, h.type, h.op, h.flags, h.bufAlloc, h.fwdCnt);
+}
+
+/**
+ * @internal The guest's per-packet path: writes a header at byte `at` of
+ * `dv` (one DataView kept per buffer pool), no checks, no allocation. CIDs
+ * are numbers (the kernel's are u32; any integer below 2^64 gives the bytes
+ * writeVsockHeader writes for BigInt(cid)).
+ */
+export function putVsockHeader(dv: DataView, at: number, srcCid: number, dstCid: number, srcPort: number, dstPort: number, len: number, type: number, op: number, flags: number, bufAlloc: number, fwdCnt: number): void {
+  setCid(dv, at, srcCid);
+  setCid(dv, at + 8, dstCid);
+  putFields(dv, at, srcPort, dstPort, len, type, op, flags, bufAlloc, fwdCnt);
+}
+
+/** The header after the two CIDs. */
+function putFields(dv: DataView, at: number, srcPort: number, dstPort: number, len: number, type: number, op: number, flags: number, bufAlloc: number, fwdCnt: number): void {
+  dv.setUint32(at + 16, srcPort, true);
+  dv.setUint32(at + 20, dstPort, true);
+  dv.setUint32(at + 24, len, true);
+  dv.setUint16(at + 28, type, true);
+  dv.setUint16(at + 30, op, true);
+  dv.setUint32(at + 32, flags, true);
+  dv.setUint32(at + 36, bufAlloc, true);
+  dv.setUint32(at + 40, fwdCnt, true);
+}
+
+const TWO_32 = 0x1_0000_0000;
+
+function setCid(dv: DataView, at: number, cid: number): void {
+  dv.setUint32(at, cid >>> 0, true);
+  dv.setUint32(at + 4, (cid / TWO_32) >>> 0, true);
+}
+
+/**
+ * @internal A le64 CID field at byte `at` of `dv` as a number, without a
+ * bigint: equal to Number(decodeVsockHeader(...).srcCid / dstCid).
+ */
+export function getVsockCid(dv: DataView, at: number): number {
+  return dv.getUint32(at, true) + dv.getUint32(at + 4, true) * TWO_32;
 }
 
 /** Encodes a header (validated) into a new 44-byte Buffer. */

@@ -4,7 +4,7 @@
 // feature choice, connect options: type, timeout, signal).
 import fc from 'fast-check';
 import { features } from '../../lib/features';
-import { decodeVsockHeader, encodeVsockHeader, VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_SEQ, VSOCK_SHUTDOWN, VSOCK_TYPE, writeVsockHeader, type VsockHeader } from '../../lib/vsock-packet';
+import { decodeVsockHeader, encodeVsockHeader, getVsockCid, putVsockHeader, VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_SEQ, VSOCK_SHUTDOWN, VSOCK_TYPE, writeVsockHeader, type VsockHeader } from '../../lib/vsock-packet';
 import { checkGuestConnectOptions, planVirtioVsockGuest, vsockGuestFeatures } from '../../lib/virtio-vsock-guest';
 import { thrown } from '../kernel/helpers';
 
@@ -34,6 +34,44 @@ describe('virtio_vsock_hdr codec', () => {
       writeVsockHeader(out, pad, h);
       expect(Buffer.from(out.subarray(pad)).equals(Buffer.from(bytes))).toBe(true);
     }));
+  });
+
+  // The guest's path: one DataView over a pool, header at a slot's offset, CIDs as numbers.
+  const putInPool = (h: VsockHeader, srcCid: number, dstCid: number, at: number): Buffer => {
+    const pool = new Uint8Array(at + VSOCK_HDR_SIZE + 5).fill(0xa5);
+    putVsockHeader(new DataView(pool.buffer, 3, pool.length - 3), at - 3, srcCid, dstCid, h.srcPort, h.dstPort, h.len, h.type, h.op, h.flags, h.bufAlloc, h.fwdCnt);
+    expect(pool.subarray(0, at).every((b) => b === 0xa5) && pool.subarray(at + VSOCK_HDR_SIZE).every((b) => b === 0xa5)).toBe(true);
+    return Buffer.from(pool.subarray(at, at + VSOCK_HDR_SIZE));
+  };
+
+  test('the fast path writes the bytes of encodeVsockHeader, CIDs as numbers', () => {
+    const cid = fc.oneof(u32.map(BigInt), fc.bigInt({ min: 0n, max: BigInt(Number.MAX_SAFE_INTEGER) }));
+    fc.assert(fc.property(header, cid, cid, fc.integer({ min: 3, max: 4096 }), (h, srcCid, dstCid, at) => {
+      const exact = { ...h, srcCid, dstCid };
+      expect(putInPool(exact, Number(srcCid), Number(dstCid), at).equals(encodeVsockHeader(exact))).toBe(true);
+    }), { numRuns: 1000 });
+    // Above 2^53 a number CID is what Number() made of the bigint: the bytes writeVsockHeader writes for BigInt(Number(cid)), 2^64 wrapping to 0.
+    fc.assert(fc.property(header, (h) => {
+      const rounded = Buffer.alloc(VSOCK_HDR_SIZE);
+      writeVsockHeader(rounded, 0, { ...h, srcCid: BigInt(Number(h.srcCid)), dstCid: BigInt(Number(h.dstCid)) });
+      expect(putInPool(h, Number(h.srcCid), Number(h.dstCid), 44).equals(rounded)).toBe(true);
+    }), { numRuns: 1000 });
+    const h0: VsockHeader = { srcCid: 0n, dstCid: 0n, srcPort: 1, dstPort: 2, len: 0, type: 1, op: 1, flags: 0, bufAlloc: 0, fwdCnt: 0 };
+    expect(putInPool(h0, 2 ** 64, 2 ** 64 - 2 ** 11, 44).readBigUInt64LE(0)).toBe(0n);
+    expect(putInPool(h0, 2 ** 64, 2 ** 64 - 2 ** 11, 44).readBigUInt64LE(8)).toBe(2n ** 64n - 2n ** 11n);
+  });
+
+  test('the fast path reads the CIDs decodeVsockHeader reads, as numbers', () => {
+    fc.assert(fc.property(fc.uint8Array({ minLength: 44, maxLength: 44 }), fc.nat(4096), (bytes, at) => {
+      const pool = new Uint8Array(at + 44 + 3);
+      pool.set(bytes, at);
+      const dv = new DataView(pool.buffer);
+      const h = decodeVsockHeader(pool, at);
+      expect(getVsockCid(dv, at)).toBe(Number(h.srcCid));
+      expect(getVsockCid(dv, at + 8)).toBe(Number(h.dstCid));
+    }), { numRuns: 1000 });
+    const le64 = (v: bigint) => new DataView(new BigUint64Array([v]).buffer);
+    for (const v of [0n, 3n, 0xffff_ffffn, 1n << 32n, (1n << 53n) - 1n, (1n << 64n) - 1n]) expect(getVsockCid(le64(v), 0)).toBe(Number(v));
   });
 
   test('fields sit at the offsets of linux/virtio_vsock.h, little-endian', () => {

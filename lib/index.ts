@@ -32,7 +32,10 @@ export { INDIRECT_MAX, type VirtqueueSegment, type UsedBuffer, type VirtqueueOpt
 export { VIRTIO_NET_HDR_SIZE, type VirtioNetGuestOptions, type VirtioNetGuestBackend, type VirtioNetGuestStats, VirtioNetGuest } from './virtio-net-guest';
 export * from './net-responder';
 export * as vsock from './vsock';
-export * from './vsock-packet';
+export {
+  VSOCK_HDR_SIZE, VSOCK_TYPE, VSOCK_OP, VSOCK_SHUTDOWN, VSOCK_SEQ, type VsockHeader,
+  checkVsockHeader, writeVsockHeader, encodeVsockHeader, decodeVsockHeader,
+} from './vsock-packet';
 export {
   type VirtioVsockGuestOptions, type VirtioVsockConnectOptions, type VirtioVsockListenOptions, type VirtioVsockGuestStats, vsockGuestFeatures,
   VirtioVsockGuest, VirtioVsockConnection, type VsockGuestAddress,

@@ -14,13 +14,12 @@ import { Tap, tunFlags } from '../../lib/tap';
 import { VhostNet } from '../../lib/vhost-net';
 import { virtioNetConfig } from '../../lib/virtio-net-config';
 import { layoutSplitRing } from '../../lib/vring';
-import { describeKernel, fdFlags, O_CLOEXEC, thrown } from './helpers';
+import { describeKernel, disposeAfterEach, fdFlags, O_CLOEXEC, thrown } from './helpers';
+import { inSysNet, sysNet } from './net-helpers';
 
 const prefix = `lvb${process.pid % 1000}`;
 let seq = 0;
 const fresh = (): string => `${prefix}x${seq++}`;
-const sys = (name: string, attr: string): string => fs.readFileSync(path.join('/sys/class/net', name, attr), 'utf8').trim();
-const inSys = (name: string): boolean => fs.existsSync(path.join('/sys/class/net', name));
 const masterOf = (name: string): string | undefined => {
   try {
     return path.basename(fs.readlinkSync(`/sys/class/net/${name}/master`));
@@ -31,17 +30,10 @@ const masterOf = (name: string): string | undefined => {
 
 describeKernel('bridge and macvtap helpers (real kernel)', ['/dev/net/tun', '/dev/vhost-net'], () => {
   let rtnl: Rtnl;
-  const cleanup: Disposable[] = [];
-  const keep = <T extends Disposable>(d: T): T => {
-    cleanup.push(d);
-    return d;
-  };
+  const keep = disposeAfterEach();
 
   beforeAll(() => {
     rtnl = Rtnl.open();
-  });
-  afterEach(() => {
-    for (const d of cleanup.splice(0).reverse()) d[Symbol.dispose]();
   });
   afterAll(() => {
     const left = rtnl.listLinks();
@@ -57,7 +49,7 @@ describeKernel('bridge and macvtap helpers (real kernel)', ['/dev/net/tun', '/de
       const br = keep(bridge(name, { mtu: 9000 }));
       expect(br.mtu).toBe(9000);
       expect(rtnl.getLink(name)).toMatchObject({ kind: 'bridge', mtu: 9000, up: true });
-      expect(sys(name, 'mtu')).toBe('9000');
+      expect(sysNet(name, 'mtu')).toBe('9000');
     });
 
     test('attach: the tap gets the bridge MTU and the guest MAC with 0xFE first, joins, comes up; the bridge keeps 9000', () => {
@@ -66,7 +58,7 @@ describeKernel('bridge and macvtap helpers (real kernel)', ['/dev/net/tun', '/de
       expect(tap.mtu).toBe(1500);
       br.attach(tap, { guestMac: '52:54:00:12:34:56' });
       expect(tap.mtu).toBe(9000);
-      expect(sys(tap.name, 'mtu')).toBe('9000');
+      expect(sysNet(tap.name, 'mtu')).toBe('9000');
       expect(tap.mac).toBe('fe:54:00:12:34:56');
       expect(tap.isUp).toBe(true);
       expect(masterOf(tap.name)).toBe(br.name);
@@ -84,7 +76,7 @@ describeKernel('bridge and macvtap helpers (real kernel)', ['/dev/net/tun', '/de
       br.attach(tap, { guestMac: '00:16:3e:00:00:01' });
       expect(tap.mac).toBe('fe:16:3e:00:00:01');
       expect(rtnl.getLink(br.name).mac).toBe('02:00:00:00:00:01');
-      expect(sys(br.name, 'address')).toBe('02:00:00:00:00:01');
+      expect(sysNet(br.name, 'address')).toBe('02:00:00:00:00:01');
     });
 
     test('the tap MTU and MAC are set before it joins the bridge (call order), then it comes up', () => {
@@ -112,8 +104,8 @@ describeKernel('bridge and macvtap helpers (real kernel)', ['/dev/net/tun', '/de
       expect(br.ports).toEqual([]);
       br.attach(tap);
       br.close();
-      expect(inSys(name)).toBe(false);
-      expect(inSys(tap.name)).toBe(true);
+      expect(inSysNet(name)).toBe(false);
+      expect(inSysNet(tap.name)).toBe(true);
       expect(masterOf(tap.name)).toBeUndefined();
       expect(thrown(() => br.mtu)).toMatchObject({ code: 'ERR_VHOST_CLOSED' });
     });
@@ -175,7 +167,7 @@ describeKernel('bridge and macvtap helpers (real kernel)', ['/dev/net/tun', '/de
       expect(mvt.closed).toBe(true);
       expect(open()).not.toContain(mvt.devicePath);
       expect(thrown(() => mvt.fd)).toMatchObject({ code: 'ERR_VHOST_CLOSED' });
-      expect(inSys(mvt.name)).toBe(false);
+      expect(inSysNet(mvt.name)).toBe(false);
       expect(() => mvt.close()).not.toThrow();
     });
 
@@ -205,7 +197,7 @@ describeKernel('bridge and macvtap helpers (real kernel)', ['/dev/net/tun', '/de
       const err = thrown(() => Macvtap.passthrough(name, { name: second }));
       expect(err).toMatchObject({ code: 'EBUSY', path: name, syscall: 'netlink(RTM_NEWLINK)' });
       expect(err.message).toContain(`'${first.name}'`);
-      expect(inSys(second)).toBe(false);
+      expect(inSysNet(second)).toBe(false);
       // The first claim is untouched.
       expect(first.info.macvlanMode).toBe('passthru');
     });
@@ -223,10 +215,10 @@ describeKernel('bridge and macvtap helpers (real kernel)', ['/dev/net/tun', '/de
       const original = rtnl.getLink(name).mac;
       const mvt = Macvtap.passthrough(name, { name: fresh(), mac: '52:54:00:ab:cd:ef' });
       expect(rtnl.getLink(name).mac).toBe('52:54:00:ab:cd:ef');
-      expect(sys(name, 'address')).toBe('52:54:00:ab:cd:ef');
+      expect(sysNet(name, 'address')).toBe('52:54:00:ab:cd:ef');
       mvt.close();
       expect(rtnl.getLink(name).mac).toBe(original);
-      expect(sys(name, 'address')).toBe(original);
+      expect(sysNet(name, 'address')).toBe(original);
     });
 
     test('a missing NIC: ENODEV naming it, and no macvtap is created', () => {

@@ -1,7 +1,6 @@
 // Dirty logging on the real kernel: the wiring is accepted (and LOG_ALL is
 // really on, as the kernel's memory-table check shows), and vhost writing the
 // used ring after a TX frame marks exactly that page dirty.
-import * as fs from 'node:fs';
 import type { QueueSpec } from '../../lib/builder';
 import { EventFd } from '../../lib/eventfd';
 import { features } from '../../lib/features';
@@ -9,7 +8,8 @@ import { GuestMemory } from '../../lib/memory';
 import { Tap } from '../../lib/tap';
 import { VhostNet } from '../../lib/vhost-net';
 import { VhostVsock } from '../../lib/vhost-vsock';
-import { describeKernel, thrown, waitFor, closeAfterEach } from './helpers';
+import { describeKernel, ringAt, thrown, waitFor, closeAfterEach } from './helpers';
+import { linkStat, postTxFrame } from './net-helpers';
 
 const { ring } = features;
 const QSIZE = 256;
@@ -26,7 +26,7 @@ describeKernel('dirty logging on the real kernel', ['/dev/vhost-net', '/dev/vhos
     mem = track(GuestMemory.create({ regions: [{ gpa: 0n, size: 1 << 20 }] }));
   });
 
-  const queue = (q: number, ringAddr = { desc: 0x10000n * BigInt(q + 1), avail: 0x10000n * BigInt(q + 1) + 0x1000n, used: 0x10000n * BigInt(q + 1) + 0x2000n }): QueueSpec & { kick: EventFd; call: EventFd } => ({
+  const queue = (q: number, ringAddr = ringAt(q)): QueueSpec & { kick: EventFd; call: EventFd } => ({
     size: QSIZE, ...ringAddr, kick: track(EventFd.create()), call: track(EventFd.create()),
   });
 
@@ -66,25 +66,12 @@ describeKernel('dirty logging on the real kernel', ['/dev/vhost-net', '/dev/vhos
 
   test('a TX frame makes vhost write the used ring: exactly its page is dirty, and reading clears it', async () => {
     const tap = track(Tap.create({ name: 'vdl%d', up: true }));
-    const rxPackets = () => Number(fs.readFileSync(`/sys/class/net/${tap.name}/statistics/rx_packets`, 'utf8'));
+    const rxPackets = () => linkStat(tap.name, 'rx_packets');
     const q = queue(TX, TX_RING);
     const running = track(VhostNet.builder().memory(mem).backend(tap).features(ring.VERSION_1 | ring.RING_EVENT_IDX).queue(TX, q).start());
     const used = (() => { const b = mem.view(TX_RING.used, 8); return new DataView(b.buffer, b.byteOffset, 8); })();
     const post = (d: number) => {
-      const buf = 0x40000n + 0x100n * BigInt(d);
-      const frame = mem.view(buf, 72);
-      frame.fill(0);
-      frame.fill(0xff, 12, 18);
-      frame.set([0x02, 0, 0, 0, 0, 1], 18);
-      frame.set([0x88, 0xb5], 24);
-      const desc = mem.view(TX_RING.desc + 16n * BigInt(d), 16);
-      const dv = new DataView(desc.buffer, desc.byteOffset, 16);
-      dv.setBigUint64(0, buf, true);
-      dv.setUint32(8, 72, true);
-      const av = mem.view(TX_RING.avail, 4 + 2 * QSIZE);
-      const avv = new DataView(av.buffer, av.byteOffset, av.byteLength);
-      avv.setUint16(4 + 2 * d, d, true);
-      avv.setUint16(2, d + 1, true);
+      postTxFrame(mem, TX_RING, QSIZE, d);
       q.kick.write(1n);
     };
     const before = rxPackets();

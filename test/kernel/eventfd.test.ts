@@ -6,34 +6,11 @@ import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as ts from 'typescript';
 import { EVENTFD_MAX, EventFd } from '../../lib/eventfd';
 import { native } from '../../lib/native';
-import { describeKernel, fdFlags, O_CLOEXEC, O_NONBLOCK, openFdCount, thrown } from './helpers';
+import { closeAfterEach, describeKernel, fdFlags, O_CLOEXEC, O_NONBLOCK, openFdCount, sleep, thrown, tsPrelude, waitFor } from './helpers';
 
 const ROOT = path.resolve(__dirname, '../..');
-
-/**
- * JS that lets a plain `node -e` child require the TypeScript sources in lib/:
- * they are transpiled here once (loading typescript in the child is slow under
- * TCG) and handed over in a temporary file.
- */
-function tsPrelude(dir: string): string {
-  const out: Record<string, string> = {};
-  for (const name of fs.readdirSync(path.join(ROOT, 'lib')).filter((f) => f.endsWith('.ts'))) {
-    const file = path.join(ROOT, 'lib', name);
-    out[file] = ts.transpileModule(fs.readFileSync(file, 'utf8'), {
-      fileName: file,
-      compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 },
-    }).outputText;
-  }
-  const cache = path.join(dir, 'lib.json');
-  fs.writeFileSync(cache, JSON.stringify(out));
-  return `
-const compiled = JSON.parse(require('fs').readFileSync(${JSON.stringify(cache)}, 'utf8'));
-require.extensions['.ts'] = (m, f) => m._compile(compiled[f], f);
-`;
-}
 
 /** The counter as the kernel reports it in /proc/self/fdinfo. */
 function fdinfoCount(fd: number): bigint {
@@ -42,27 +19,9 @@ function fdinfoCount(fd: number): bigint {
   return BigInt(`0x${m[1]}`);
 }
 
-const tick = (ms = 0): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Waits until cond() holds (fails after 10 s): robust to a slow (TCG) loop. */
-async function until(cond: () => boolean): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error('condition not reached in 10 s');
-    await tick(5);
-  }
-}
-
 describeKernel('EventFd (kernel eventfd)', [], () => {
-  const open: EventFd[] = [];
-  const make = (opts?: Parameters<typeof EventFd.create>[0]): EventFd => {
-    const ev = EventFd.create(opts);
-    open.push(ev);
-    return ev;
-  };
-  afterEach(() => {
-    for (const ev of open.splice(0)) ev.close();
-  });
+  const track = closeAfterEach();
+  const make = (opts?: Parameters<typeof EventFd.create>[0]): EventFd => track(EventFd.create(opts));
 
   test('is an eventfd opened O_CLOEXEC | O_NONBLOCK', () => {
     const ev = make();
@@ -160,15 +119,15 @@ describeKernel('EventFd (kernel eventfd)', [], () => {
     const ev = make();
     const seen: (bigint | null)[] = [];
     ev.watch(() => seen.push(ev.read()));
-    await tick(20);
+    await sleep(20);
     expect(seen).toEqual([]);
     ev.write(41n);
     ev.write(1n);
     expect(seen).toEqual([]); // never synchronously
-    await until(() => seen.length > 0);
+    await waitFor('the first callback', () => seen.length > 0);
     expect(seen).toEqual([42n]);
     ev.write(1n);
-    await until(() => seen.length > 1);
+    await waitFor('the second callback', () => seen.length > 1);
     expect(seen).toEqual([42n, 1n]);
   });
 
@@ -182,14 +141,14 @@ describeKernel('EventFd (kernel eventfd)', [], () => {
     });
     ev.unwatch();
     ev.write(1n);
-    await tick(20);
+    await sleep(20);
     expect(first).toBe(0);
     ev.watch(() => {
       second++;
       ev.read();
     });
-    await until(() => second > 0);
-    await tick(20);
+    await waitFor('the new callback', () => second > 0);
+    await sleep(20);
     expect([first, second]).toEqual([0, 1]);
     ev.unwatch();
     ev.unwatch(); // idempotent
@@ -201,7 +160,7 @@ describeKernel('EventFd (kernel eventfd)', [], () => {
     let calls = 0;
     ev.watch(() => calls++);
     ev.close();
-    await tick(20);
+    await sleep(20);
     expect(calls).toBe(0);
     expect(openFdCount()).toBe(before);
   });
@@ -313,7 +272,7 @@ console.log('ready');
     test('a ref()ed watcher keeps it alive until the eventfd is written and closed', async () => {
       const c = run('ref');
       await c.ready;
-      await tick(500);
+      await sleep(500);
       expect(c.proc.exitCode).toBeNull();
       expect(c.proc.signalCode).toBeNull();
       c.proc.kill('SIGUSR2');

@@ -4,12 +4,9 @@
 import { EventFd } from '../../lib/eventfd';
 import { Kvm, KvmVm } from '../../lib/kvm';
 import { GuestMemory } from '../../lib/memory';
-import { describeKernel, thrown, closeAfterEach, fdFlags, O_CLOEXEC } from './helpers';
+import { describeKernel, thrown, closeAfterEach, errnoExpecter, fdFlags, O_CLOEXEC } from './helpers';
 
-function expectErrno(fn: () => unknown, code: string, syscall: string): void {
-  const err = thrown(fn);
-  expect({ code: err.code, syscall: err.syscall, path: err.path }).toEqual({ code, syscall, path: 'kvm-vm' });
-}
+const expectErrno = errnoExpecter('kvm-vm');
 
 describeKernel('KVM wiring', ['/dev/kvm'], () => {
   const track = closeAfterEach();

@@ -10,30 +10,21 @@ import * as path from 'node:path';
 import { Rtnl, setActiveQueuePairs, type Link } from '../../lib/links';
 import { NetNs } from '../../lib/netns';
 import { linkFlags, Tap } from '../../lib/tap';
-import { describeKernel, thrown } from './helpers';
+import { describeKernel, disposeAfterEach, thrown } from './helpers';
+import { inSysNet, sysNet, txQueues } from './net-helpers';
 
 const root = path.resolve(__dirname, '../..');
 const prefix = `lvl${process.pid % 1000}`;
 let seq = 0;
 /** A link or namespace name unique to this run (≤ 15 bytes), recognisable by its prefix. */
 const fresh = (): string => `${prefix}x${seq++}`;
-const sys = (name: string, attr: string): string => fs.readFileSync(path.join('/sys/class/net', name, attr), 'utf8').trim();
-const inSys = (name: string): boolean => fs.existsSync(path.join('/sys/class/net', name));
-const txQueues = (name: string): number => fs.readdirSync(`/sys/class/net/${name}/queues`).filter((q) => q.startsWith('tx-')).length;
 
 describeKernel('rtnetlink links (real kernel)', ['/dev/net/tun'], () => {
   let rtnl: Rtnl;
-  const cleanup: Disposable[] = [];
-  const keep = <T extends Disposable>(d: T): T => {
-    cleanup.push(d);
-    return d;
-  };
+  const keep = disposeAfterEach();
 
   beforeAll(() => {
     rtnl = Rtnl.open();
-  });
-  afterEach(() => {
-    for (const d of cleanup.splice(0).reverse()) d[Symbol.dispose]();
   });
   afterAll(() => {
     // Nothing this suite created remains: no link, no namespace.
@@ -52,9 +43,9 @@ describeKernel('rtnetlink links (real kernel)', ['/dev/net/tun'], () => {
       expect(rtnl.getLink(info.index).name).toBe(name);
       expect(rtnl.listLinks().find((l) => l.name === name)).toEqual(info);
       expect(fs.existsSync(`/sys/class/net/${name}/bridge`)).toBe(true);
-      expect(Number(sys(name, 'ifindex'))).toBe(info.index);
+      expect(Number(sysNet(name, 'ifindex'))).toBe(info.index);
       link.delete();
-      expect(inSys(name)).toBe(false);
+      expect(inSysNet(name)).toBe(false);
       expect(rtnl.findLink(name)).toBeUndefined();
     });
 
@@ -65,9 +56,9 @@ describeKernel('rtnetlink links (real kernel)', ['/dev/net/tun'], () => {
       const ib = rtnl.getLink(b);
       expect([ia.kind, ib.kind]).toEqual(['veth', 'veth']);
       expect([ia.parent, ib.parent]).toEqual([ib.index, ia.index]);
-      expect(Number(sys(a, 'iflink'))).toBe(ib.index);
+      expect(Number(sysNet(a, 'iflink'))).toBe(ib.index);
       link.delete();
-      expect([inSys(a), inSys(b)]).toEqual([false, false]);
+      expect([inSysNet(a), inSysNet(b)]).toEqual([false, false]);
     });
 
     test.each(['bridge', 'vepa', 'private', 'passthru'] as const)('a macvtap in %s mode on a veth end: mode read back, /dev/tapN exists', (mode) => {
@@ -91,7 +82,7 @@ describeKernel('rtnetlink links (real kernel)', ['/dev/net/tun'], () => {
       keep(rtnl.createVeth(a, b, { mtu: 4000, mac: '02:11:22:33:44:55' }));
       expect(rtnl.getLink(a)).toMatchObject({ mtu: 4000, mac: '02:11:22:33:44:55' });
       expect(rtnl.getLink(b).mtu).toBe(4000);
-      expect(sys(a, 'address')).toBe('02:11:22:33:44:55');
+      expect(sysNet(a, 'address')).toBe('02:11:22:33:44:55');
     });
   });
 
@@ -106,9 +97,9 @@ describeKernel('rtnetlink links (real kernel)', ['/dev/net/tun'], () => {
       rtnl.setMaster(a, br);
       const info = rtnl.getLink(a);
       expect(info).toMatchObject({ mtu: 2000, mac: '02:00:00:aa:bb:cc', up: true, master: rtnl.getLink(br).index });
-      expect(sys(a, 'mtu')).toBe('2000');
-      expect(sys(a, 'address')).toBe('02:00:00:aa:bb:cc');
-      expect(Number(sys(a, 'flags')) & linkFlags.IFF_UP).toBe(linkFlags.IFF_UP);
+      expect(sysNet(a, 'mtu')).toBe('2000');
+      expect(sysNet(a, 'address')).toBe('02:00:00:aa:bb:cc');
+      expect(Number(sysNet(a, 'flags')) & linkFlags.IFF_UP).toBe(linkFlags.IFF_UP);
       expect(path.basename(fs.readlinkSync(`/sys/class/net/${a}/master`))).toBe(br);
       expect(fs.existsSync(`/sys/class/net/${br}/brif/${a}`)).toBe(true);
 
@@ -168,7 +159,7 @@ describeKernel('rtnetlink links (real kernel)', ['/dev/net/tun'], () => {
       const res = spawnSync('setpriv', ['--inh-caps=-net_admin', '--bounding-set=-net_admin', process.execPath, '-e', script, dist, name], { encoding: 'utf8' });
       expect(res.status).toBe(0);
       expect(JSON.parse(res.stdout)).toEqual({ code: 'EPERM', syscall: 'netlink(RTM_NEWLINK)', path: name });
-      expect(inSys(name)).toBe(false);
+      expect(inSysNet(name)).toBe(false);
     });
 
     test('validation errors come before any syscall', () => {
@@ -203,7 +194,7 @@ describeKernel('rtnetlink links (real kernel)', ['/dev/net/tun'], () => {
       const link = keep(rtnl.createVeth(a, b));
       rtnl.moveToNetns(b, ns);
       expect(rtnl.findLink(b)).toBeUndefined();
-      expect(inSys(b)).toBe(false);
+      expect(inSysNet(b)).toBe(false);
       expect(inside.getLink(b)).toMatchObject({ name: b, kind: 'veth' });
       expect(inside.listLinks().map((l) => l.name).sort()).toEqual([b, 'lo'].sort());
       inside.setUp(b, true);
@@ -245,7 +236,7 @@ describeKernel('rtnetlink links (real kernel)', ['/dev/net/tun'], () => {
         rtnl.setMaster(a, br);
         throw new Error('boom');
       }).toThrow('boom');
-      expect([inSys(br), inSys(a), inSys(b)]).toEqual([false, false, false]);
+      expect([inSysNet(br), inSysNet(a), inSysNet(b)]).toEqual([false, false, false]);
     });
 
     test('delete is idempotent and quiet for a link the kernel already removed', () => {

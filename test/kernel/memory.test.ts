@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { constants as bufferConstants } from 'node:buffer';
 import { GuestMemory, memfdSeals } from '../../lib/memory';
 import { native, type OwnedFd } from '../../lib/native';
-import { describeKernel, fdFlags, O_CLOEXEC, openFdCount, thrown } from './helpers';
+import { closeAfterEach, describeKernel, fdFlags, O_CLOEXEC, openFdCount, thrown } from './helpers';
 
 const ROOT = path.resolve(__dirname, '../..');
 const MiB = 1n << 20n;
@@ -24,15 +24,8 @@ const mapsLines = (name: string): string[] =>
 const reopen = (fd: number): OwnedFd => native.openPath(`/proc/self/fd/${fd}`);
 
 describeKernel('GuestMemory (memfd, mmap)', [], () => {
-  const open: GuestMemory[] = [];
-  const make = (opts: Parameters<typeof GuestMemory.create>[0]): GuestMemory => {
-    const mem = GuestMemory.create(opts);
-    open.push(mem);
-    return mem;
-  };
-  afterEach(() => {
-    for (const mem of open.splice(0)) mem.close();
-  });
+  const track = closeAfterEach();
+  const make = (opts: Parameters<typeof GuestMemory.create>[0]): GuestMemory => track(GuestMemory.create(opts));
 
   test('one memfd per region, sized as asked, O_CLOEXEC, offset 0', () => {
     const name = uniqueName();

@@ -13,7 +13,7 @@ import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import { prepareNetForVmm, prepareVsockForVmm, qemuArgs, spawnVmm, type NetHandoff, type VsockHandoff } from '../../lib/vmm-handoff';
 import * as vsock from '../../lib/vsock';
-import { describeKernel } from './helpers';
+import { describeKernel, sleep } from './helpers';
 
 // Plain CommonJS helper shared with bench/qemu-vhost.js; typed here for what the test uses.
 interface GuestLine extends RegExpExecArray {
@@ -332,7 +332,7 @@ describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '
     try {
       for (let n = 1; n <= BULK_ATTEMPTS; n++) {
         collect?.(); // a full GC now postpones V8's idle-time (memory reducer) GC by 8 s
-        await new Promise((r) => setTimeout(r, 1000));
+        await sleep(1000);
         const from = guest!.lines.length;
         guest!.signal(`bulk${n}`);
         await guest!.waitFor(new RegExp(`^BULK_START ${n}$`), MINUTE, from);

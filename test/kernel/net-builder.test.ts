@@ -10,9 +10,8 @@ import { GuestMemory } from '../../lib/memory';
 import type { RunningVhostNet } from '../../lib/net-builder';
 import { Tap } from '../../lib/tap';
 import { VhostNet } from '../../lib/vhost-net';
-import { describeKernel, openFdCount, thrown, waitFor, closeAfterEach } from './helpers';
-
-type Err = ReturnType<typeof thrown> & { queue?: number; trace?: string[] };
+import { describeKernel, expectStepFailure, openFdCount, ringAt, sleep, thrown, waitFor, closeAfterEach, type StepError } from './helpers';
+import { linkStat, postTxFrame } from './net-helpers';
 
 const { ring, net, vhost } = features;
 /** What a Linux guest acks on a virtio-net device with these offers (device-only bits included). */
@@ -21,12 +20,6 @@ const LINUX_ACKED =
   net.MRG_RXBUF | net.STATUS | net.CTRL_VQ | net.MQ | ring.RING_INDIRECT_DESC | ring.RING_EVENT_IDX | ring.VERSION_1;
 const QSIZE = 256;
 const KERNEL_SPACE = 0xffff_8880_0000_0000n;
-
-/** Ring of queue q at gpa 0x10000 * (q + 1): desc, avail +0x1000, used +0x2000. */
-const ringAt = (q: number) => {
-  const base = 0x10000n * BigInt(q + 1);
-  return { desc: base, avail: base + 0x1000n, used: base + 0x2000n };
-};
 
 describeKernel('VhostNet.builder() on the real kernel', ['/dev/vhost-net', '/dev/net/tun'], () => {
   const track = closeAfterEach();
@@ -41,15 +34,6 @@ describeKernel('VhostNet.builder() on the real kernel', ['/dev/vhost-net', '/dev
   }
 
   const tap = (opts: Parameters<typeof Tap.create>[0] = {}) => track(Tap.create({ name: 'vhb%d', ...opts }));
-
-  /** Expects start() to fail at `step` with `code`, leaving the fd count where it was. */
-  function expectStepFailure(start: () => unknown, step: string, code: string, queue?: number): Err {
-    const before = openFdCount();
-    const err = thrown(start) as Err;
-    expect({ step: err.step, code: err.code, queue: err.queue }).toEqual({ step, code, queue });
-    expect(openFdCount()).toBe(before);
-    return err;
-  }
 
   describe('bring-up', () => {
     test('issues the ioctls in QEMU order, backend last, and the kernel holds the result', () => {
@@ -142,28 +126,12 @@ describeKernel('VhostNet.builder() on the real kernel', ['/dev/vhost-net', '/dev
 
     test('stop mid-stream and resume on a new device: each buffer is sent exactly once', async () => {
       const t = tap({ up: true });
-      const rxPackets = () => Number(fs.readFileSync(`/sys/class/net/${t.name}/statistics/rx_packets`, 'utf8'));
+      const rxPackets = () => linkStat(t.name, 'rx_packets');
       const TX = 1;
       const r = ringAt(TX);
-      const availView = () => { const b = mem.view(r.avail, 4 + 2 * QSIZE); return new DataView(b.buffer, b.byteOffset, b.byteLength); };
       const usedView = () => { const b = mem.view(r.used, 4 + 8 * QSIZE); return new DataView(b.buffer, b.byteOffset, b.byteLength); };
       // descriptor d: a 12-byte virtio_net_hdr (zeros) + a 60-byte broadcast frame at 0x40000 + 0x100 * d
-      const post = (d: number) => {
-        const buf = 0x40000n + 0x100n * BigInt(d);
-        const frame = mem.view(buf, 72);
-        frame.fill(0);
-        frame.fill(0xff, 12, 18);
-        frame.set([0x02, 0, 0, 0, 0, 1], 18);
-        frame.set([0x88, 0xb5], 24);
-        const desc = mem.view(r.desc + 16n * BigInt(d), 16);
-        const dv = new DataView(desc.buffer, desc.byteOffset, 16);
-        dv.setBigUint64(0, buf, true);
-        dv.setUint32(8, 72, true);
-        dv.setUint16(12, 0, true);
-        const av = availView();
-        av.setUint16(4 + 2 * (d % QSIZE), d, true);
-        av.setUint16(2, d + 1, true);
-      };
+      const post = (d: number) => postTxFrame(mem, r, QSIZE, d);
       const start = (base: number) => {
         const kick = track(EventFd.create());
         const call = track(EventFd.create());
@@ -185,7 +153,7 @@ describeKernel('VhostNet.builder() on the real kernel', ['/dev/vhost-net', '/dev
       await waitFor('the second frame', () => usedView().getUint16(2, true) === 2);
       await waitFor('the tap to count it', () => rxPackets() === before + 2);
       expect(usedView().getUint32(4 + 8, true)).toBe(1); // used[1] is descriptor 1
-      await new Promise((res) => setTimeout(res, 100));
+      await sleep(100);
       expect(rxPackets()).toBe(before + 2); // nothing sent twice
       expect(b.dev.stop().queues[0].base).toBe(2);
     });
@@ -292,11 +260,11 @@ describeKernel('VhostNet.builder() on the real kernel', ['/dev/vhost-net', '/dev
       const spec = queue(0, { endian: 'big' });
       const before = openFdCount();
       let running: RunningVhostNet | undefined;
-      let err: Err | undefined;
+      let err: StepError | undefined;
       try {
         running = track(VhostNet.builder().memory(mem).features(ring.RING_EVENT_IDX).queue(0, spec).start());
       } catch (e) {
-        err = e as Err;
+        err = e as StepError;
       }
       if (err) {
         // Debian's 6.1: CONFIG_VHOST_CROSS_ENDIAN_LEGACY is off (measured)
@@ -336,7 +304,7 @@ describeKernel('VhostNet.builder() on the real kernel', ['/dev/vhost-net', '/dev
     test('validation errors come before any syscall: the fd count does not move and the device is never opened', () => {
       const spec = queue(0, { used: 0xffc00n }); // 2052 bytes of used ring from 0xffc00 cross the end of the 1 MiB region
       const before = openFdCount();
-      const err = thrown(() => VhostNet.builder().memory(mem).features(ring.VERSION_1).queue(0, spec).start()) as Err & { argument?: string };
+      const err = thrown(() => VhostNet.builder().memory(mem).features(ring.VERSION_1).queue(0, spec).start()) as StepError & { argument?: string };
       expect({ code: err.code, argument: err.argument, step: err.step }).toEqual({ code: 'ERR_VHOST_OUT_OF_RANGE', argument: 'queue(0).used', step: undefined });
       expect(openFdCount()).toBe(before);
     });

@@ -7,71 +7,20 @@
 // - with dirty logging on, frames vhost writes into RX buffers mark the pages
 //   of those buffers and of the RX used ring, and nothing in the TX area.
 // Host side: python3 AF_PACKET scripts (Node cannot open them). Sized for TCG.
-import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { once } from 'node:events';
-import * as fs from 'node:fs';
 import { Tap } from '../../lib/tap';
 import { VirtioNetGuest } from '../../lib/virtio-net-guest';
 import { placeVirtqueue } from '../../lib/virtqueue';
-import { describeKernel, thrown, waitFor } from './helpers';
-import { inject } from './net-helpers';
+import { closeAfterEach, describeKernel, sleep, thrown, waitFor } from './helpers';
+import { capture, FrameLog, inject, linkStat, sendAll, TEST_ETHERTYPE as ETHERTYPE } from './net-helpers';
 
 jest.setTimeout(120_000);
 
-const PYTHON = '/usr/bin/python3';
-const ETHERTYPE = 0x88b5; // IEEE local experimental: the host stack ignores it
 const HOST_MAC = Buffer.from([0x02, 0x77, 0, 0, 0, 9]);
 const QUEUE_SIZE = 256;
 const VHOST_NET_RX = 0;
 const VHOST_NET_TX = 1;
 const PAGE = 4096;
-
-// Prints "ready", then one hex line per ETHERTYPE frame from the guest, until
-// `count` frames, `idle` s without one (after the first), or `timeout` s.
-const CAPTURE = `
-import socket, sys, select, time
-ifname, count, idle, timeout, proto = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5], 0)
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
-s.setsockopt(socket.SOL_SOCKET, 33, 64 << 20)  # SO_RCVBUFFORCE: hold the whole burst
-s.bind((ifname, 0))
-print("ready", flush=True)
-out, end, last = [], time.time() + timeout, None
-while len(out) < count:
-    wait = end - time.time()
-    if last is not None:
-        wait = min(wait, last + idle - time.time())
-    r, _, _ = select.select([s], [], [], max(0, wait))
-    if not r:
-        break
-    data, addr = s.recvfrom(70000)
-    if addr[2] == socket.PACKET_OUTGOING:
-        continue
-    out.append(data.hex())
-    last = time.time()
-sys.stdout.write("\\n".join(out) + "\\n")
-`;
-
-/** Starts a capture; resolves once it listens, with the promise of its frames (wrapped: an async function would flatten it). */
-async function capture(ifname: string, count: number, idleS: number): Promise<{ frames: Promise<Buffer[]> }> {
-  const proc = spawn(PYTHON, ['-c', CAPTURE, ifname, String(count), String(idleS), '60', String(ETHERTYPE)]);
-  let out = '';
-  let err = '';
-  proc.stderr.on('data', (d) => (err += d));
-  const ready = new Promise<void>((resolve, reject) => {
-    proc.stdout.on('data', (d) => {
-      out += d;
-      if (out.startsWith('ready\n')) resolve();
-    });
-    proc.on('exit', (code) => reject(new Error(`capture exited ${code}: ${err}`)));
-  });
-  const frames = once(proc, 'close').then(([code]) => { // 'close': after stdout is fully read
-    if (code !== 0) throw new Error(`capture failed (${code}): ${err}`);
-    return out.split('\n').slice(1).filter((l) => l.length > 0).map((l) => Buffer.from(l, 'hex'));
-  });
-  await ready;
-  return { frames };
-}
 
 /** An ETHERTYPE frame of `size` bytes to broadcast with `seq` after the header and a random payload. */
 function frame(size: number, seq: number): Buffer {
@@ -85,32 +34,14 @@ function frame(size: number, seq: number): Buffer {
 
 const seqs = (frames: Buffer[]) => frames.map((f) => f.readUInt32BE(14));
 const range = (n: number) => Array.from({ length: n }, (_, i) => i);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const tapStat = (tap: Tap, name: string) => Number(fs.readFileSync(`/sys/class/net/${tap.name}/statistics/${name}`, 'utf8'));
 const baseOf = (state: { queues: { index: number; base: number }[] }, index: number) => state.queues.find((q) => q.index === index)!.base;
 
-/** Sends every frame, waiting for 'drain' whenever the ring is full. */
-async function sendAll(guest: VirtioNetGuest, frames: Buffer[]): Promise<void> {
-  let i = 0;
-  while (i < frames.length) {
-    const chunk = frames.slice(i, i + 64);
-    const n = guest.sendBatch(chunk);
-    i += n;
-    if (n < chunk.length) await once(guest, 'drain');
-  }
-}
-
 describeKernel('VirtioNetGuest: stop and restore, dirty log', ['/dev/vhost-net', '/dev/net/tun'], () => {
-  const cleanup: { close(): void }[] = [];
-  afterEach(() => {
-    for (const c of cleanup.splice(0).reverse()) c.close();
-  });
+  const track = closeAfterEach();
 
   function setup(): { tap: Tap; guest: VirtioNetGuest } {
-    const tap = Tap.create({ name: 'vnglc%d', up: true });
-    cleanup.push(tap);
-    const guest = VirtioNetGuest.create({ tap, queueSize: QUEUE_SIZE });
-    cleanup.push(guest);
+    const tap = track(Tap.create({ name: 'vnglc%d', up: true }));
+    const guest = track(VirtioNetGuest.create({ tap, queueSize: QUEUE_SIZE }));
     return { tap, guest };
   }
 
@@ -118,8 +49,8 @@ describeKernel('VirtioNetGuest: stop and restore, dirty log', ['/dev/vhost-net',
     const { tap, guest } = setup();
     const N = 1200;
     const frames = range(N).map((i) => frame(60 + ((i * 37) % 1400), i));
-    const captured = await capture(tap.name, N + 1, 3); // one more than sent: a repeat would show
-    const rx0 = tapStat(tap, 'rx_packets');
+    const captured = await capture(tap.name, N + 1, 60, ETHERTYPE, 3); // one more than sent: a repeat would show
+    const rx0 = linkStat(tap.name, 'rx_packets');
 
     await sendAll(guest, frames.slice(0, 300));
     let sent = 300 + guest.sendBatch(frames.slice(300, 300 + QUEUE_SIZE)); // a ring's worth in flight, then stop at once
@@ -129,7 +60,7 @@ describeKernel('VirtioNetGuest: stop and restore, dirty log', ['/dev/vhost-net',
     expect(firstDevice.running).toBe(false);
     expect(state.queues.map((q) => q.index).sort()).toEqual([VHOST_NET_RX, VHOST_NET_TX]);
     // The TX base is the next descriptor vhost would take: exactly the frames the tap got.
-    const arrivedAtPause = tapStat(tap, 'rx_packets') - rx0;
+    const arrivedAtPause = linkStat(tap.name, 'rx_packets') - rx0;
     expect(baseOf(state, VHOST_NET_TX)).toBe(arrivedAtPause);
     expect(arrivedAtPause).toBeLessThanOrEqual(sent);
     expect(guest.pause()).toEqual(state); // again: the same state
@@ -138,7 +69,7 @@ describeKernel('VirtioNetGuest: stop and restore, dirty log', ['/dev/vhost-net',
     sent += guest.sendBatch(frames.slice(sent, sent + QUEUE_SIZE));
     expect(guest.txInFlight).toBeGreaterThan(0);
     await sleep(300);
-    expect(tapStat(tap, 'rx_packets') - rx0).toBe(arrivedAtPause);
+    expect(linkStat(tap.name, 'rx_packets') - rx0).toBe(arrivedAtPause);
 
     guest.resume(state);
     expect(guest.paused).toBe(false);
@@ -151,7 +82,7 @@ describeKernel('VirtioNetGuest: stop and restore, dirty log', ['/dev/vhost-net',
     expect(got.length).toBe(N);
     expect(seqs(got)).toEqual(range(N));
     for (let i = 0; i < N; i++) if (!got[i].equals(frames[i])) throw new Error(`frame ${i} differs`);
-    expect(tapStat(tap, 'rx_packets') - rx0).toBe(N);
+    expect(linkStat(tap.name, 'rx_packets') - rx0).toBe(N);
     expect(guest.stats.txFrames).toBe(N);
   });
 
@@ -159,20 +90,17 @@ describeKernel('VirtioNetGuest: stop and restore, dirty log', ['/dev/vhost-net',
     const { tap, guest } = setup();
     const N = 400; // below the tap's own queue (500), which holds what arrives while paused
     const frames = range(N).map((i) => frame(60 + ((i * 53) % 1450), i));
-    const got: Buffer[] = [];
-    guest.on('frame', (f: Buffer) => {
-      if (f.readUInt16BE(12) === ETHERTYPE) got.push(f);
-    });
+    const got = new FrameLog(guest, (f) => f.readUInt16BE(12) === ETHERTYPE).frames;
     const injecting = inject(tap.name, frames, 0.002);
     await waitFor('the first 50 frames', () => got.length >= 50, 30_000);
     const state = guest.pause();
     expect(got.length).toBeLessThan(N); // mid-burst
     // While paused vhost takes nothing from the tap (its tx counter is what vhost read); the frames wait there.
     await sleep(100); // whatever vhost had placed in the used ring before the pause is collected now
-    const readAtPause = tapStat(tap, 'tx_packets');
+    const readAtPause = linkStat(tap.name, 'tx_packets');
     const gotAtPause = got.length;
     await sleep(400);
-    expect(tapStat(tap, 'tx_packets')).toBe(readAtPause);
+    expect(linkStat(tap.name, 'tx_packets')).toBe(readAtPause);
     expect(got.length).toBe(gotAtPause);
     const placed = baseOf(state, VHOST_NET_RX);
     guest.resume(state);
@@ -217,10 +145,7 @@ describeKernel('VirtioNetGuest: stop and restore, dirty log', ['/dev/vhost-net',
     guest.device.readDirtyLog(); // start clean (IPv6 noise of the fresh link may have landed already)
 
     const frames = [100, 600, 1000, 1514].map((size, i) => frame(size, i));
-    const got: Buffer[] = [];
-    guest.on('frame', (f: Buffer) => {
-      if (f.readUInt16BE(12) === ETHERTYPE) got.push(f);
-    });
+    const got = new FrameLog(guest, (f) => f.readUInt16BE(12) === ETHERTYPE).frames;
     await inject(tap.name, frames);
     await waitFor('the injected frames', () => got.length === frames.length, 20_000);
     const dirty = new Set(guest.device.readDirtyLog());

@@ -13,8 +13,8 @@ import { once } from 'node:events';
 import { promisify } from 'node:util';
 import { Tap } from '../../lib/tap';
 import { VirtioNetGuest, type VirtioNetGuestOptions } from '../../lib/virtio-net-guest';
-import { describeKernel, openFdCount, thrown } from './helpers';
-import { capture, inject, TEST_ETHERTYPE as ETHERTYPE } from './net-helpers';
+import { closeAfterEach, describeKernel, openFdCount, sleep, thrown, waitFor } from './helpers';
+import { capture, FrameLog, inject, sendAll, TEST_ETHERTYPE as ETHERTYPE } from './net-helpers';
 
 jest.setTimeout(120_000);
 
@@ -63,14 +63,6 @@ function frame(size: number, dst: Buffer = BROADCAST, seq?: number): Buffer {
   return f;
 }
 
-async function waitFor(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
 /** Takes `n` frames from the iterator, or fails after `ms`. */
 async function take(it: AsyncIterator<Buffer>, n: number, ms = 30_000): Promise<Buffer[]> {
   const out: Buffer[] = [];
@@ -93,34 +85,12 @@ async function takeOurs(it: AsyncIterator<Buffer>, n: number): Promise<Buffer[]>
   return out;
 }
 
-/** Sends every frame, waiting for 'drain' whenever the ring is full. */
-async function sendAll(guest: VirtioNetGuest, frames: Buffer[], batch = 64): Promise<void> {
-  let i = 0;
-  while (i < frames.length) {
-    const chunk = frames.slice(i, i + batch);
-    const n = guest.sendBatch(chunk);
-    i += n;
-    if (n < chunk.length) await once(guest, 'drain');
-  }
-}
-
 describeKernel('VirtioNetGuest over vhost-net and a tap', ['/dev/vhost-net', '/dev/net/tun'], () => {
-  const cleanup: { close(): void }[] = [];
-  afterEach(() => {
-    for (const c of cleanup.splice(0).reverse()) {
-      try {
-        c.close();
-      } catch {
-        // already gone (e.g. the tap deleted by the test)
-      }
-    }
-  });
+  const track = closeAfterEach({ ignoreCloseErrors: true }); // a tap the test deleted may fail to close
 
   function setup(options: Partial<VirtioNetGuestOptions> = {}, tapMtu?: number): { tap: Tap; guest: VirtioNetGuest } {
-    const tap = Tap.create({ name: 'vng%d', up: true, mtu: tapMtu });
-    cleanup.push(tap);
-    const guest = VirtioNetGuest.create({ tap, queueSize: 256, ...options });
-    cleanup.push(guest);
+    const tap = track(Tap.create({ name: 'vng%d', up: true, mtu: tapMtu }));
+    const guest = track(VirtioNetGuest.create({ tap, queueSize: 256, ...options }));
     return { tap, guest };
   }
 
@@ -189,19 +159,16 @@ describeKernel('VirtioNetGuest over vhost-net and a tap', ['/dev/vhost-net', '/d
       expect(got).toEqual(frames);
       // 2048-byte buffers hold 2036 bytes after the header: larger frames took several
       const buffers = sizes.reduce((a, n) => a + Math.ceil((n + 12) / 2048), 0);
-      await waitFor('refill', () => guest.stats.rxBuffersPosted - posted >= buffers);
+      await waitFor('refill', () => guest.stats.rxBuffersPosted - posted >= buffers, 20_000);
       await it.return!();
     });
 
     test('without mergeable buffers each frame lands whole in one buffer', async () => {
       const { tap, guest } = setup({ mergeableRx: false });
       const frames = [60, 700, 1514].map((n, i) => frame(n, BROADCAST, i));
-      const got: Buffer[] = [];
-      guest.on('frame', (f: Buffer) => {
-        if (f.readUInt16BE(12) === ETHERTYPE) got.push(f);
-      });
+      const got = new FrameLog(guest, (f) => f.readUInt16BE(12) === ETHERTYPE).frames;
       await inject(tap.name, frames);
-      await waitFor('3 frames', () => got.length === 3);
+      await waitFor('3 frames', () => got.length === 3, 20_000);
       expect(got).toEqual(frames);
     });
 
@@ -210,7 +177,7 @@ describeKernel('VirtioNetGuest over vhost-net and a tap', ['/dev/vhost-net', '/d
       const frames = Array.from({ length: 60 }, (_, i) => frame(100, BROADCAST, i));
       const it = guest.frames();
       await inject(tap.name, frames, 0.002);
-      await new Promise((r) => setTimeout(r, 500));
+      await sleep(500);
       // at most highWaterMark frames taken from the ring while nobody reads
       expect(guest.stats.rxFrames).toBeLessThanOrEqual(8);
       expect(await takeOurs(it, frames.length)).toEqual(frames);
@@ -255,8 +222,7 @@ describeKernel('VirtioNetGuest over vhost-net and a tap', ['/dev/vhost-net', '/d
     });
 
     test('options are validated before any syscall, naming the option', () => {
-      const tap = Tap.create({ name: 'vng%d' });
-      cleanup.push(tap);
+      const tap = track(Tap.create({ name: 'vng%d' }));
       const before = openFdCount();
       const cases: [Record<string, unknown>, string, RegExp][] = [
         [{ queueSize: 100 }, 'ERR_VHOST_INVALID_ARG', /options\.queueSize/],
@@ -276,8 +242,7 @@ describeKernel('VirtioNetGuest over vhost-net and a tap', ['/dev/vhost-net', '/d
     });
 
     test('close() releases every fd and mapping it made, ends frames(), and sending after it throws ERR_VHOST_CLOSED', async () => {
-      const tap = Tap.create({ name: 'vng%d', up: true });
-      cleanup.push(tap);
+      const tap = track(Tap.create({ name: 'vng%d', up: true }));
       const before = openFdCount();
       const guest = VirtioNetGuest.create({ tap });
       expect(openFdCount()).toBeGreaterThan(before);
@@ -296,8 +261,7 @@ describeKernel('VirtioNetGuest over vhost-net and a tap', ['/dev/vhost-net', '/d
     });
 
     test('a tap deleted under the running device gives an error event and a clean close', async () => {
-      const tap = Tap.create({ name: 'vng%d', up: true });
-      cleanup.push(tap);
+      const tap = track(Tap.create({ name: 'vng%d', up: true }));
       const before = openFdCount();
       const guest = VirtioNetGuest.create({ tap, linkCheckIntervalMs: 50 });
       guest.send(frame(60));

@@ -1,27 +1,36 @@
 // Host-side traffic helpers for the network tests (inside the test VM only):
 // python3 AF_PACKET scripts (Node cannot open packet sockets) to capture
 // frames on a link and to inject frames into one, and a frame collector on a
-// VirtioNetGuest that ignores the IPv6 noise a fresh link sends.
+// VirtioNetGuest that ignores the IPv6 noise a fresh link sends; link
+// attributes from /sys/class/net and a TX frame posted on a raw ring.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { once } from 'node:events';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { GuestMemory } from '../../lib/memory';
 import type { VirtioNetGuest } from '../../lib/virtio-net-guest';
+import { sleep } from './helpers';
 
 const PYTHON = '/usr/bin/python3';
 /** IEEE local experimental EtherType: the host stack ignores it. */
 export const TEST_ETHERTYPE = 0x88b5;
 
 // Prints "ready", then one hex line per frame of `proto` received on the
-// link (not the host's own outgoing ones), until `count` or `timeout` s.
+// link (not the host's own outgoing ones), until `count`, `timeout` s, or
+// (when `idle` > 0) `idle` s without a frame after the first.
 const CAPTURE = `
 import socket, sys, select, time
-ifname, count, timeout, proto = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4], 0)
+ifname, count, timeout, proto, idle = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4], 0), float(sys.argv[5])
 s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
 s.setsockopt(socket.SOL_SOCKET, 33, 256 << 20)  # SO_RCVBUFFORCE: hold a whole burst
 s.bind((ifname, 0))
 print("ready", flush=True)
-got, end, out = 0, time.time() + timeout, []
+got, end, out, last = 0, time.time() + timeout, [], None
 while got < count:
-    r, _, _ = select.select([s], [], [], max(0, end - time.time()))
+    wait = end - time.time()
+    if idle > 0 and last is not None:
+        wait = min(wait, last + idle - time.time())
+    r, _, _ = select.select([s], [], [], max(0, wait))
     if not r:
         break
     data, addr = s.recvfrom(70000)
@@ -29,6 +38,7 @@ while got < count:
         continue
     out.append(data.hex())
     got += 1
+    last = time.time()
 sys.stdout.write("\\n".join(out) + "\\n")
 `;
 
@@ -56,9 +66,12 @@ export interface Capture {
   frames: Promise<Buffer[]>;
 }
 
-/** Starts capturing frames of `ethertype` on `ifname`; resolves once the socket is bound. */
-export async function capture(ifname: string, count: number, timeoutS = 30, ethertype = TEST_ETHERTYPE): Promise<Capture> {
-  const proc = spawn(PYTHON, ['-c', CAPTURE, ifname, String(count), String(timeoutS), String(ethertype)]);
+/**
+ * Starts capturing frames of `ethertype` on `ifname`; resolves once the socket
+ * is bound. With `idleS` > 0 it also stops `idleS` seconds after the last frame.
+ */
+export async function capture(ifname: string, count: number, timeoutS = 30, ethertype = TEST_ETHERTYPE, idleS = 0): Promise<Capture> {
+  const proc = spawn(PYTHON, ['-c', CAPTURE, ifname, String(count), String(timeoutS), String(ethertype), String(idleS)]);
   let out = '';
   let err = '';
   proc.stderr.on('data', (d) => (err += d));
@@ -120,7 +133,51 @@ export class FrameLog {
   }
 }
 
-export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+/** Sends every frame, `batch` at a time, waiting for 'drain' whenever the ring is full. */
+export async function sendAll(guest: VirtioNetGuest, frames: Buffer[], batch = 64): Promise<void> {
+  let i = 0;
+  while (i < frames.length) {
+    const chunk = frames.slice(i, i + batch);
+    const n = guest.sendBatch(chunk);
+    i += n;
+    if (n < chunk.length) await once(guest, 'drain');
+  }
+}
 
 /** Whether a frame is IPv4 carrying `proto` (1 ICMP, 17 UDP). */
 export const isIpv4 = (f: Buffer, proto: number): boolean => f.length >= 34 && f.readUInt16BE(12) === 0x0800 && f[23] === proto;
+
+/** An attribute of a link as /sys/class/net shows it (trimmed). */
+export const sysNet = (name: string, attr: string): string => fs.readFileSync(path.join('/sys/class/net', name, attr), 'utf8').trim();
+
+/** Whether /sys/class/net has the link. */
+export const inSysNet = (name: string): boolean => fs.existsSync(path.join('/sys/class/net', name));
+
+/** A counter of the link's statistics (rx_packets, tx_dropped, ...). */
+export const linkStat = (name: string, stat: string): number => Number(sysNet(name, `statistics/${stat}`));
+
+/** How many TX queues the link has. */
+export const txQueues = (name: string): number => fs.readdirSync(`/sys/class/net/${name}/queues`).filter((q) => q.startsWith('tx-')).length;
+
+/**
+ * Posts TX descriptor `d` on a raw split ring of `size` entries (not kicked):
+ * a zero 12-byte virtio_net_hdr and a 60-byte broadcast frame of TEST_ETHERTYPE
+ * at 0x40000 + 0x100 * d, avail entry d % size, avail idx d + 1.
+ */
+export function postTxFrame(mem: GuestMemory, ring: { desc: bigint; avail: bigint }, size: number, d: number): void {
+  const buf = 0x40000n + 0x100n * BigInt(d);
+  const frame = mem.view(buf, 72);
+  frame.fill(0);
+  frame.fill(0xff, 12, 18);
+  frame.set([0x02, 0, 0, 0, 0, 1], 18);
+  frame.set([0x88, 0xb5], 24);
+  const desc = mem.view(ring.desc + 16n * BigInt(d), 16);
+  const dv = new DataView(desc.buffer, desc.byteOffset, 16);
+  dv.setBigUint64(0, buf, true);
+  dv.setUint32(8, 72, true);
+  dv.setUint16(12, 0, true);
+  const av = mem.view(ring.avail, 4 + 2 * size);
+  const avv = new DataView(av.buffer, av.byteOffset, av.byteLength);
+  avv.setUint16(4 + 2 * (d % size), d, true);
+  avv.setUint16(2, d + 1, true);
+}

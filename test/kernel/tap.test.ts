@@ -6,7 +6,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { native } from '../../lib/native';
 import { linkFlags, Tap, tunFlags, tunOffload } from '../../lib/tap';
-import { describeKernel, fdFlags, O_CLOEXEC, O_NONBLOCK, openFdCount, thrown } from './helpers';
+import { describeKernel, fdFlags, O_CLOEXEC, O_NONBLOCK, openFdCount, sleep, thrown } from './helpers';
+import { sysNet, txQueues } from './net-helpers';
 
 const INT_MAX = 0x7fffffff;
 const root = path.resolve(__dirname, '../..');
@@ -14,12 +15,10 @@ let seq = 0;
 /** A link name unique to this test run (≤ 15 bytes). */
 const linkName = (): string => `lvt${process.pid % 10000}x${seq++}`;
 const sysfs = (name: string, attr?: string): string => path.join('/sys/class/net', name, attr ?? '');
-const readSys = (name: string, attr: string): string => fs.readFileSync(sysfs(name, attr), 'utf8').trim();
-const txQueues = (name: string): number => fs.readdirSync(sysfs(name, 'queues')).filter((q) => q.startsWith('tx-')).length;
 
 /** Links go away synchronously on the last close; allow the sysfs removal a moment anyway. */
 async function gone(name: string): Promise<boolean> {
-  for (let i = 0; i < 50 && fs.existsSync(sysfs(name)); i++) await new Promise((r) => setTimeout(r, 20));
+  for (let i = 0; i < 50 && fs.existsSync(sysfs(name)); i++) await sleep(20);
   return !fs.existsSync(sysfs(name));
 }
 
@@ -67,8 +66,8 @@ describeKernel('Tap (real /dev/net/tun)', ['/dev/net/tun', '/dev/vhost-net'], ()
       expect(iff.flags & want).toBe(want);
       expect(iff.flags & (tunFlags.IFF_MULTI_QUEUE | tunFlags.IFF_TUN | tunFlags.IFF_PERSIST)).toBe(0);
       // sysfs shows the same flags the tun driver holds
-      expect(parseInt(readSys(name, 'tun_flags'), 16)).toBe(iff.flags);
-      expect(tap.ifindex).toBe(Number(readSys(name, 'ifindex')));
+      expect(parseInt(sysNet(name, 'tun_flags'), 16)).toBe(iff.flags);
+      expect(tap.ifindex).toBe(Number(sysNet(name, 'ifindex')));
     });
 
     test('without a name the kernel picks tapN; a %d template is resolved', () => {
@@ -103,11 +102,11 @@ describeKernel('Tap (real /dev/net/tun)', ['/dev/net/tun', '/dev/vhost-net'], ()
       const name = linkName();
       const tap = create({ name, mtu: 9000, mac: '02:00:5e:10:20:30', up: true });
       expect(tap.mtu).toBe(9000);
-      expect(readSys(name, 'mtu')).toBe('9000');
+      expect(sysNet(name, 'mtu')).toBe('9000');
       expect(tap.mac).toBe('02:00:5e:10:20:30');
-      expect(readSys(name, 'address')).toBe('02:00:5e:10:20:30');
+      expect(sysNet(name, 'address')).toBe('02:00:5e:10:20:30');
       expect(tap.isUp).toBe(true);
-      expect(parseInt(readSys(name, 'flags'), 16) & linkFlags.IFF_UP).toBe(linkFlags.IFF_UP);
+      expect(parseInt(sysNet(name, 'flags'), 16) & linkFlags.IFF_UP).toBe(linkFlags.IFF_UP);
       expect(native.linkGetFlags(name)).toBe(tap.linkFlags);
     });
 
@@ -115,20 +114,20 @@ describeKernel('Tap (real /dev/net/tun)', ['/dev/net/tun', '/dev/vhost-net'], ()
       const name = linkName();
       const tap = create({ name, up: true });
       tap.mtu = 1280;
-      expect(readSys(name, 'mtu')).toBe('1280');
+      expect(sysNet(name, 'mtu')).toBe('1280');
       tap.setMac(Uint8Array.of(0x02, 1, 2, 3, 4, 5));
-      expect(readSys(name, 'address')).toBe('02:01:02:03:04:05');
+      expect(sysNet(name, 'address')).toBe('02:01:02:03:04:05');
       tap.mac = '02:aa:bb:cc:dd:ee';
-      expect(readSys(name, 'address')).toBe('02:aa:bb:cc:dd:ee');
+      expect(sysNet(name, 'address')).toBe('02:aa:bb:cc:dd:ee');
       tap.setUp(false);
-      expect(parseInt(readSys(name, 'flags'), 16) & linkFlags.IFF_UP).toBe(0);
+      expect(parseInt(sysNet(name, 'flags'), 16) & linkFlags.IFF_UP).toBe(0);
       expect(tap.isUp).toBe(false);
     });
 
     test('a tap is created down unless up is asked for', () => {
       const name = linkName();
       create({ name });
-      expect(parseInt(readSys(name, 'flags'), 16) & linkFlags.IFF_UP).toBe(0);
+      expect(parseInt(sysNet(name, 'flags'), 16) & linkFlags.IFF_UP).toBe(0);
     });
 
     test('TUNGETFEATURES offers tap, no-pi, vnet header and multi-queue', () => {
@@ -286,7 +285,7 @@ describeKernel('Tap (real /dev/net/tun)', ['/dev/net/tun', '/dev/vhost-net'], ()
       const first = Tap.create({ name, persist: true });
       expect(first.iff.flags & tunFlags.IFF_PERSIST).toBe(tunFlags.IFF_PERSIST);
       first.close();
-      await new Promise((r) => setTimeout(r, 50));
+      await sleep(50);
       expect(fs.existsSync(sysfs(name))).toBe(true);
       const again = create({ name });
       expect(again.iff.flags & tunFlags.IFF_PERSIST).toBe(tunFlags.IFF_PERSIST);

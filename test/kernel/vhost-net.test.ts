@@ -8,7 +8,8 @@ import { GuestMemory } from '../../lib/memory';
 import { Tap } from '../../lib/tap';
 import { VhostNet } from '../../lib/vhost-net';
 import { layoutSplitRing, type SplitRingLayout } from '../../lib/vring';
-import { describeKernel, thrown, waitFor } from './helpers';
+import { closeAfterEach, describeKernel, errnoExpecter, thrown, waitFor } from './helpers';
+import { linkStat } from './net-helpers';
 
 const QUEUE_SIZE = 256;
 const EOPNOTSUPP = -os.constants.errno.EOPNOTSUPP;
@@ -17,11 +18,7 @@ function maxMemRegions(): number {
   return Number(fs.readFileSync('/sys/module/vhost/parameters/max_mem_regions', 'utf8').trim());
 }
 
-/** Expects fn to fail with the given errno code from the named ioctl on /dev/vhost-net. */
-function expectErrno(fn: () => unknown, code: string, ioctl: string): void {
-  const err = thrown(fn);
-  expect({ code: err.code, syscall: err.syscall, path: err.path }).toEqual({ code, syscall: `ioctl(${ioctl})`, path: '/dev/vhost-net' });
-}
+const expectErrno = errnoExpecter('/dev/vhost-net');
 
 function dataView(mem: GuestMemory, gpa: bigint, length: number): DataView {
   const bytes = mem.view(gpa, length);
@@ -69,14 +66,10 @@ function setupRing(r: Rig, q: number): void {
 
 describeKernel('vhost-net ioctls', ['/dev/vhost-net', '/dev/net/tun'], () => {
   let r: Rig;
-  // resources a test opens beyond the rig, closed after it
-  const afterThis: { close(): void }[] = [];
+  // the rig, and whatever a test opens beyond it, closed after each test
+  const track = closeAfterEach();
   beforeEach(() => {
-    r = rig();
-  });
-  afterEach(() => {
-    for (const res of afterThis.splice(0)) res.close();
-    r.close();
+    r = track(rig());
   });
 
   describe('features', () => {
@@ -137,7 +130,7 @@ describeKernel('vhost-net ioctls', ['/dev/vhost-net', '/dev/net/tun'], () => {
     });
 
     test('a split-ring base above 0xffff fails with EINVAL', () => {
-      expectErrno(() => r.net.setVringBase(0, 0x10000), 'EINVAL', 'VHOST_SET_VRING_BASE');
+      expectErrno(() => r.net.setVringBase(0, 0x10000), 'EINVAL', 'ioctl(VHOST_SET_VRING_BASE)');
       expect(r.net.getVringBase(0)).toBe(0);
     });
 
@@ -159,7 +152,7 @@ describeKernel('vhost-net ioctls', ['/dev/vhost-net', '/dev/net/tun'], () => {
       if (setErr) {
         // Debian's 6.1 is built without it (measured)
         expect({ code: setErr.code, syscall: setErr.syscall }).toEqual({ code: 'ENOTTY', syscall: 'ioctl(VHOST_SET_VRING_ENDIAN)' });
-        expectErrno(() => r.net.getVringEndian(0), 'ENOTTY', 'VHOST_GET_VRING_ENDIAN');
+        expectErrno(() => r.net.getVringEndian(0), 'ENOTTY', 'ioctl(VHOST_GET_VRING_ENDIAN)');
       } else {
         expect(r.net.getVringEndian(0)).toBe('big');
         r.net.setVringEndian(0, 'little');
@@ -170,30 +163,30 @@ describeKernel('vhost-net ioctls', ['/dev/vhost-net', '/dev/net/tun'], () => {
     test('SET_VRING_NUM takes powers of two up to 32768, EINVAL otherwise', () => {
       r.net.setVringNum(0, 1);
       r.net.setVringNum(0, 32768);
-      expectErrno(() => r.net.setVringNum(0, 3), 'EINVAL', 'VHOST_SET_VRING_NUM');
-      expectErrno(() => r.net.setVringNum(0, 0), 'EINVAL', 'VHOST_SET_VRING_NUM');
-      expectErrno(() => r.net.setVringNum(0, 65536), 'EINVAL', 'VHOST_SET_VRING_NUM');
+      expectErrno(() => r.net.setVringNum(0, 3), 'EINVAL', 'ioctl(VHOST_SET_VRING_NUM)');
+      expectErrno(() => r.net.setVringNum(0, 0), 'EINVAL', 'ioctl(VHOST_SET_VRING_NUM)');
+      expectErrno(() => r.net.setVringNum(0, 65536), 'EINVAL', 'ioctl(VHOST_SET_VRING_NUM)');
     });
 
     test('queue index 2 (vhost-net has 2 queues) fails with ENOBUFS', () => {
-      expectErrno(() => r.net.setVringNum(2, QUEUE_SIZE), 'ENOBUFS', 'VHOST_SET_VRING_NUM');
-      expectErrno(() => r.net.getVringBase(2), 'ENOBUFS', 'VHOST_GET_VRING_BASE');
-      expectErrno(() => r.net.setVringKick(2, null), 'ENOBUFS', 'VHOST_SET_VRING_KICK');
-      expectErrno(() => r.net.setBackend(2, null), 'ENOBUFS', 'VHOST_NET_SET_BACKEND');
+      expectErrno(() => r.net.setVringNum(2, QUEUE_SIZE), 'ENOBUFS', 'ioctl(VHOST_SET_VRING_NUM)');
+      expectErrno(() => r.net.getVringBase(2), 'ENOBUFS', 'ioctl(VHOST_GET_VRING_BASE)');
+      expectErrno(() => r.net.setVringKick(2, null), 'ENOBUFS', 'ioctl(VHOST_SET_VRING_KICK)');
+      expectErrno(() => r.net.setBackend(2, null), 'ENOBUFS', 'ioctl(VHOST_NET_SET_BACKEND)');
     });
 
     test('SET_VRING_ADDR: avail must be 2-aligned and used 4-aligned (EINVAL), unknown flags EOPNOTSUPP', () => {
       const ring = r.rings[0];
       const addr = { desc: r.mem.translate(ring.desc), avail: r.mem.translate(ring.avail), used: r.mem.translate(ring.used) };
       r.net.setVringAddr(0, addr);
-      expectErrno(() => r.net.setVringAddr(0, { ...addr, avail: addr.avail + 1n }), 'EINVAL', 'VHOST_SET_VRING_ADDR');
-      expectErrno(() => r.net.setVringAddr(0, { ...addr, used: addr.used + 2n }), 'EINVAL', 'VHOST_SET_VRING_ADDR');
+      expectErrno(() => r.net.setVringAddr(0, { ...addr, avail: addr.avail + 1n }), 'EINVAL', 'ioctl(VHOST_SET_VRING_ADDR)');
+      expectErrno(() => r.net.setVringAddr(0, { ...addr, used: addr.used + 2n }), 'EINVAL', 'ioctl(VHOST_SET_VRING_ADDR)');
       expect(thrown(() => r.net.setVringAddr(0, { ...addr, flags: 2 })).code).toBe('ENOTSUP');
     });
 
     test('kick, call and err take an eventfd or null; another file is EINVAL, a closed number EBADF', () => {
       const devNull = VhostNet.open('/dev/null'); // an open fd that is not an eventfd
-      afterThis.push(devNull);
+      track(devNull);
       for (const [set, name] of [
         [(q: number, fd: EventFd | number | null) => r.net.setVringKick(q, fd), 'VHOST_SET_VRING_KICK'],
         [(q: number, fd: EventFd | number | null) => r.net.setVringCall(q, fd), 'VHOST_SET_VRING_CALL'],
@@ -202,8 +195,8 @@ describeKernel('vhost-net ioctls', ['/dev/vhost-net', '/dev/net/tun'], () => {
         set(0, r.kick[0]);
         set(1, r.call[1].fd); // a raw fd number
         set(0, null);
-        expectErrno(() => set(0, devNull.fd), 'EINVAL', name);
-        expectErrno(() => set(0, 0x7fff_0000), 'EBADF', name);
+        expectErrno(() => set(0, devNull.fd), 'EINVAL', `ioctl(${name})`);
+        expectErrno(() => set(0, 0x7fff_0000), 'EBADF', `ioctl(${name})`);
       }
     });
 
@@ -211,8 +204,8 @@ describeKernel('vhost-net ioctls', ['/dev/vhost-net', '/dev/net/tun'], () => {
       r.net.setLogFd(r.call[0]);
       r.net.setLogFd(null);
       const devNull = VhostNet.open('/dev/null');
-      afterThis.push(devNull);
-      expectErrno(() => r.net.setLogFd(devNull.fd), 'EINVAL', 'VHOST_SET_LOG_FD');
+      track(devNull);
+      expectErrno(() => r.net.setLogFd(devNull.fd), 'EINVAL', 'ioctl(VHOST_SET_LOG_FD)');
       r.net.setLogBase(r.mem.regions[0].hva);
     });
   });
@@ -224,7 +217,7 @@ describeKernel('vhost-net ioctls', ['/dev/vhost-net', '/dev/net/tun'], () => {
       const hva = r.mem.regions[0].hva;
       const regions = (n: number) => Array.from({ length: n }, (_, i) => ({ guestPhysAddr: BigInt(i) << 12n, size: 4096n, userspaceAddr: hva + (BigInt(i % 256) << 12n) }));
       r.net.setMemTable(regions(max));
-      expectErrno(() => r.net.setMemTable(regions(max + 1)), 'E2BIG', 'VHOST_SET_MEM_TABLE');
+      expectErrno(() => r.net.setMemTable(regions(max + 1)), 'E2BIG', 'ioctl(VHOST_SET_MEM_TABLE)');
       r.net.setMemTable([]);
     });
 
@@ -233,10 +226,10 @@ describeKernel('vhost-net ioctls', ['/dev/vhost-net', '/dev/net/tun'], () => {
       r.net.setMemTable(kernelSpace); // no active ring: checked when one is attached
       r.net.setMemTable(r.mem);
       const tap = Tap.create({ name: 'vhn%d' });
-      afterThis.push(tap);
+      track(tap);
       setupRing(r, 0);
       r.net.setBackend(0, tap);
-      expectErrno(() => r.net.setMemTable(kernelSpace), 'EFAULT', 'VHOST_SET_MEM_TABLE');
+      expectErrno(() => r.net.setMemTable(kernelSpace), 'EFAULT', 'ioctl(VHOST_SET_MEM_TABLE)');
       r.net.setBackend(0, null);
       r.net.setMemTable(kernelSpace);
     });
@@ -251,33 +244,33 @@ describeKernel('vhost-net ioctls', ['/dev/vhost-net', '/dev/net/tun'], () => {
 
     test('without a memory table even detaching fails with EFAULT (measured on 6.1)', () => {
       const net = VhostNet.open();
-      afterThis.push(net);
+      track(net);
       net.setOwner();
-      expectErrno(() => net.setBackend(0, null), 'EFAULT', 'VHOST_NET_SET_BACKEND');
+      expectErrno(() => net.setBackend(0, null), 'EFAULT', 'ioctl(VHOST_NET_SET_BACKEND)');
       net.setMemTable([]);
       net.setBackend(0, null);
     });
 
     test('attaching a tap to a ring whose used ring is not mapped fails with EFAULT', () => {
       const tap = Tap.create({ name: 'vhn%d' });
-      afterThis.push(tap);
+      track(tap);
       r.net.setVringNum(0, QUEUE_SIZE);
       r.net.setVringAddr(0, { desc: 0x1000n, avail: 0x2000n, used: 0x3000n }); // nothing is mapped there
-      expectErrno(() => r.net.setBackend(0, tap), 'EFAULT', 'VHOST_NET_SET_BACKEND');
+      expectErrno(() => r.net.setBackend(0, tap), 'EFAULT', 'ioctl(VHOST_NET_SET_BACKEND)');
     });
 
     test('while a tap is attached: NUM and BASE fail with EBUSY, ADDR is access-checked; after detach they work', () => {
       const tap = Tap.create({ name: 'vhn%d' });
-      afterThis.push(tap);
+      track(tap);
       setupRing(r, 0);
       r.net.setVringBase(0, 7);
       r.net.setBackend(0, tap);
-      expectErrno(() => r.net.setVringNum(0, 128), 'EBUSY', 'VHOST_SET_VRING_NUM');
-      expectErrno(() => r.net.setVringBase(0, 1), 'EBUSY', 'VHOST_SET_VRING_BASE');
+      expectErrno(() => r.net.setVringNum(0, 128), 'EBUSY', 'ioctl(VHOST_SET_VRING_NUM)');
+      expectErrno(() => r.net.setVringBase(0, 1), 'EBUSY', 'ioctl(VHOST_SET_VRING_BASE)');
       expect(r.net.getVringBase(0)).toBe(7);
       const ring = r.rings[0];
       const addr = { desc: r.mem.translate(ring.desc), avail: r.mem.translate(ring.avail), used: r.mem.translate(ring.used) };
-      expectErrno(() => r.net.setVringAddr(0, { ...addr, desc: 0xffff_8880_0000_0000n }), 'EINVAL', 'VHOST_SET_VRING_ADDR');
+      expectErrno(() => r.net.setVringAddr(0, { ...addr, desc: 0xffff_8880_0000_0000n }), 'EINVAL', 'ioctl(VHOST_SET_VRING_ADDR)');
       r.net.setVringAddr(0, addr);
       r.net.setBackend(0, null);
       r.net.setVringNum(0, 128);
@@ -287,19 +280,19 @@ describeKernel('vhost-net ioctls', ['/dev/vhost-net', '/dev/net/tun'], () => {
 
     test('with LOG_ALL and an attached ring, a log base outside user space fails with EFAULT', () => {
       const tap = Tap.create({ name: 'vhn%d' });
-      afterThis.push(tap);
+      track(tap);
       setupRing(r, 0);
       r.net.setBackend(0, tap);
       r.net.setFeatures(features.ring.VERSION_1 | features.vhost.LOG_ALL);
-      expectErrno(() => r.net.setLogBase(0xffff_8880_0000_0000n), 'EFAULT', 'VHOST_SET_LOG_BASE');
+      expectErrno(() => r.net.setLogBase(0xffff_8880_0000_0000n), 'EFAULT', 'ioctl(VHOST_SET_LOG_BASE)');
       r.net.setLogBase(r.mem.translate(0x80000n));
       r.net.setBackend(0, null);
     });
 
     test('a fully set up TX ring sends a frame from guest memory to the tap', async () => {
       const tap = Tap.create({ name: 'vhn%d', vnetHdrSize: 12, up: true });
-      afterThis.push(tap);
-      const rxPackets = () => Number(fs.readFileSync(`/sys/class/net/${tap.name}/statistics/rx_packets`, 'utf8'));
+      track(tap);
+      const rxPackets = () => linkStat(tap.name, 'rx_packets');
       r.net.setFeatures(features.ring.VERSION_1); // 12-byte virtio_net_hdr, supplied by the "guest" and parsed by the tap
       const TX = 1;
       setupRing(r, TX);

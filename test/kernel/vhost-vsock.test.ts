@@ -6,15 +6,12 @@ import { features } from '../../lib/features';
 import { GuestMemory } from '../../lib/memory';
 import { VhostVsock } from '../../lib/vhost-vsock';
 import { layoutSplitRing, type SplitRingLayout } from '../../lib/vring';
-import { describeKernel, thrown, closeAfterEach } from './helpers';
+import { describeKernel, thrown, closeAfterEach, errnoExpecter } from './helpers';
 
 const QUEUE_SIZE = 256;
 const EOPNOTSUPP = -os.constants.errno.EOPNOTSUPP;
 
-function expectErrno(fn: () => unknown, code: string, syscall: string): void {
-  const err = thrown(fn);
-  expect({ code: err.code, syscall: err.syscall, path: err.path }).toEqual({ code, syscall, path: '/dev/vhost-vsock' });
-}
+const expectErrno = errnoExpecter('/dev/vhost-vsock');
 
 // A CID nobody else in this VM uses.
 let nextCid = 1000 + Math.floor(Math.random() * 100_000);

@@ -16,8 +16,8 @@ import { NetNs } from '../../lib/netns';
 import { parseMac, Tap, tunFlags } from '../../lib/tap';
 import { VirtioNetGuest, type VirtioNetGuestOptions } from '../../lib/virtio-net-guest';
 import { virtioNetConfig, virtioNetConfigLayout } from '../../lib/virtio-net-config';
-import { describeKernel, thrown } from './helpers';
-import { capture, FrameLog, inject, isIpv4, sleep, TEST_ETHERTYPE } from './net-helpers';
+import { closeAfterEach, describeKernel, sleep, thrown } from './helpers';
+import { capture, FrameLog, inject, isIpv4, TEST_ETHERTYPE } from './net-helpers';
 
 jest.setTimeout(120_000);
 
@@ -46,17 +46,10 @@ const srcMacIs = (f: Buffer, mac: Uint8Array): boolean => f.subarray(6, 12).equa
 
 describeKernel('networks for VMs: traffic between userspace guests (real kernel)', ['/dev/net/tun', '/dev/vhost-net'], () => {
   let rtnl: Rtnl;
-  const cleanup: { close(): void }[] = [];
-  const keep = <T extends { close(): void }>(d: T): T => {
-    cleanup.push(d);
-    return d;
-  };
+  const keep = closeAfterEach();
 
   beforeAll(() => {
     rtnl = Rtnl.open();
-  });
-  afterEach(() => {
-    for (const d of cleanup.splice(0).reverse()) d.close();
   });
   afterAll(() => {
     const left = rtnl.listLinks();

@@ -11,9 +11,7 @@ import { features } from '../../lib/features';
 import { GuestMemory } from '../../lib/memory';
 import type { RunningVhostVsock } from '../../lib/vsock-builder';
 import { VhostVsock } from '../../lib/vhost-vsock';
-import { describeKernel, openFdCount, thrown, closeAfterEach } from './helpers';
-
-type Err = ReturnType<typeof thrown> & { queue?: number; trace?: string[] };
+import { describeKernel, expectStepFailure, openFdCount, ringAt, thrown, closeAfterEach, type StepError } from './helpers';
 
 const { ring, vsock, net } = features;
 const ACKED = ring.VERSION_1 | ring.RING_EVENT_IDX | vsock.SEQPACKET;
@@ -23,11 +21,6 @@ const repo = path.resolve(__dirname, '../..');
 // CIDs nobody else in this VM uses, well above what 'auto' hands out from 3.
 let nextCid = 200_000 + Math.floor(Math.random() * 100_000);
 const freshCid = (): number => (nextCid += 10);
-
-const ringAt = (q: number) => {
-  const base = 0x10000n * BigInt(q + 1);
-  return { desc: base, avail: base + 0x1000n, used: base + 0x2000n };
-};
 
 /** A child process that builds a vsock device with cid('auto') when told "go", prints its CID, and holds it until stdin closes. */
 const CHILD = `
@@ -102,14 +95,6 @@ describeKernel('VhostVsock.builder() on the real kernel', ['/dev/vhost-vsock'], 
     const dev = track(VhostVsock.open());
     dev.setGuestCid(cid);
     return dev;
-  }
-
-  function expectStepFailure(start: () => unknown, step: string, code: string, queue?: number): Err {
-    const before = openFdCount();
-    const err = thrown(start) as Err;
-    expect({ step: err.step, code: err.code, queue: err.queue }).toEqual({ step, code, queue });
-    expect(openFdCount()).toBe(before);
-    return err;
   }
 
   describe('bring-up', () => {
@@ -282,7 +267,7 @@ describeKernel('VhostVsock.builder() on the real kernel', ['/dev/vhost-vsock'], 
       try {
         track(b.start());
       } catch (e) {
-        const err = e as Err;
+        const err = e as StepError;
         expect({ step: err.step, code: err.code, queue: err.queue }).toEqual({ step: 'SET_VRING_ENDIAN', code: 'ENOTTY', queue: 1 });
         expect(openFdCount()).toBe(before);
       }

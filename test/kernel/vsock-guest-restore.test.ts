@@ -7,20 +7,11 @@
 import { once } from 'node:events';
 import { VirtioVsockGuest, type VirtioVsockConnection } from '../../lib/virtio-vsock-guest';
 import * as vsock from '../../lib/vsock';
-import type { VsockServer, VsockSocket } from '../../lib/vsock';
-import { describeKernel, thrown, waitFor } from './helpers';
+import type { VsockSocket } from '../../lib/vsock';
+import { describeKernel, errorOf, sleep, thrown, vsockAfterEach, waitFor } from './helpers';
 
 jest.setTimeout(60_000);
 
-type Err = Error & { code?: string };
-const tick = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-function errorOf(stream: NodeJS.EventEmitter): Promise<Err> {
-  return new Promise((resolve, reject) => {
-    stream.once('error', resolve);
-    stream.once('close', () => setImmediate(() => reject(new Error('closed without an error'))));
-  });
-}
 
 /** Sends `text` and resolves with the first chunk that comes back. */
 async function roundTrip(stream: NodeJS.ReadWriteStream, text: string): Promise<string> {
@@ -30,14 +21,7 @@ async function roundTrip(stream: NodeJS.ReadWriteStream, text: string): Promise<
 }
 
 describeKernel('VirtioVsockGuest pause / resume over vhost-vsock', ['/dev/vhost-vsock', '/dev/vsock'], () => {
-  const guests: VirtioVsockGuest[] = [];
-  const servers: VsockServer[] = [];
-  const sockets: VsockSocket[] = [];
-  afterEach(() => {
-    for (const s of sockets.splice(0)) s.destroy();
-    for (const s of servers.splice(0)) if (s.listening) s.close();
-    for (const g of guests.splice(0)) g.close();
-  });
+  const { guests, servers, sockets } = vsockAfterEach();
 
   test('resume() after pause() resets connections on both ends (ECONNRESET); new connections work both ways', async () => {
     const g = VirtioVsockGuest.create({ cid: 'auto', queueSize: 64, bufferSize: 4096 });
@@ -74,7 +58,7 @@ describeKernel('VirtioVsockGuest pause / resume over vhost-vsock', ['/dev/vhost-
     expect(state.queues.map((q) => q.index)).toEqual([0, 1]);
     expect(g.pause()).toEqual(state); // idempotent
     h.write('while paused'); // queues at the host: the stopped device takes nothing
-    await tick(300);
+    await sleep(300);
     expect(h.destroyed).toBe(false); // SET_RUNNING 0 leaves host sockets connected
     expect(c.destroyed).toBe(false);
 

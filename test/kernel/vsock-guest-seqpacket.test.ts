@@ -11,22 +11,14 @@ import { once } from 'node:events';
 import { VirtioVsockGuest, type VirtioVsockConnection } from '../../lib/virtio-vsock-guest';
 import * as vsock from '../../lib/vsock';
 import type { VsockServer, VsockSocket, VsockType } from '../../lib/vsock';
-import { describeKernel, thrown, waitFor } from './helpers';
+import { describeKernel, errorOf, thrown, vsockAfterEach, waitFor } from './helpers';
 
 jest.setTimeout(60_000);
 
-type Err = Error & { code?: string };
 const BUFFER_SIZE = 4096;
 const BUF_ALLOC = 65536;
 /** 1 B, one buffer, one buffer + 1 (two packets), several packets; 21 KiB in all, within BUF_ALLOC. */
 const SIZES = [1, 4096, BUFFER_SIZE + 1, 100, 3 * BUFFER_SIZE + 17];
-
-function errorOf(stream: NodeJS.EventEmitter): Promise<Err> {
-  return new Promise((resolve, reject) => {
-    stream.once('error', resolve);
-    stream.once('close', () => setImmediate(() => reject(new Error('closed without an error'))));
-  });
-}
 
 /** The next `n` chunks (messages) a stream yields. */
 function messages(stream: NodeJS.EventEmitter, n: number): Promise<Buffer[]> {
@@ -45,19 +37,12 @@ function messages(stream: NodeJS.EventEmitter, n: number): Promise<Buffer[]> {
 }
 
 describeKernel('VirtioVsockGuest SEQPACKET over vhost-vsock', ['/dev/vhost-vsock', '/dev/vsock'], () => {
-  const guests: VirtioVsockGuest[] = [];
-  const servers: VsockServer[] = [];
-  const sockets: VsockSocket[] = [];
+  const { guests, servers, sockets } = vsockAfterEach();
   const guest = (options: { seqpacket?: boolean } = {}): VirtioVsockGuest => {
     const g = VirtioVsockGuest.create({ cid: 'auto', queueSize: 64, bufferSize: BUFFER_SIZE, bufAlloc: BUF_ALLOC, ...options });
     guests.push(g);
     return g;
   };
-  afterEach(() => {
-    for (const s of sockets.splice(0)) s.destroy();
-    for (const s of servers.splice(0)) if (s.listening) s.close();
-    for (const g of guests.splice(0)) g.close();
-  });
 
   async function hostServer(type: VsockType): Promise<{ server: VsockServer; port: number }> {
     const server = vsock.createServer({ type });

@@ -7,45 +7,17 @@
 // (RST sent, no entry left), and two guests with cid 'auto' in one process.
 // Bulk is the issue's 64 MiB each way (~10 s per test in the TCG VM);
 // LINUX_VHOST_TEST_VSOCK_MB changes it.
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { VirtioVsockGuest, type VirtioVsockConnection } from '../../lib/virtio-vsock-guest';
 import * as vsock from '../../lib/vsock';
 import type { VsockServer, VsockSocket } from '../../lib/vsock';
-import { describeKernel, thrown } from './helpers';
+import { collect, describeKernel, errorOf, sha256, sleep, thrown, vsockAfterEach, waitFor } from './helpers';
 
 jest.setTimeout(120_000);
 
-type Err = Error & { code?: string };
 const MB = Number(process.env.LINUX_VHOST_TEST_VSOCK_MB ?? 64);
 const BULK = Math.max(1, Math.round(MB * 1024 * 1024));
-const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-const tick = (ms = 0): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Everything a stream yields until 'end'. */
-function collect(stream: NodeJS.ReadableStream & NodeJS.EventEmitter): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    stream.on('data', (c: Buffer) => chunks.push(c));
-    stream.once('end', () => resolve(Buffer.concat(chunks)));
-    stream.once('error', reject);
-  });
-}
-
-function errorOf(stream: NodeJS.EventEmitter): Promise<Err> {
-  return new Promise((resolve, reject) => {
-    stream.once('error', resolve);
-    stream.once('close', () => setImmediate(() => reject(new Error('closed without an error'))));
-  });
-}
-
-async function until(cond: () => boolean, what: string, ms = 20_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`${what} not reached in ${ms} ms`);
-    await tick(5);
-  }
-}
 
 /** Writes `data` in 64 KiB pieces honouring backpressure, then ends. */
 async function writeAll(stream: NodeJS.WritableStream & NodeJS.EventEmitter, data: Buffer): Promise<void> {
@@ -56,19 +28,12 @@ async function writeAll(stream: NodeJS.WritableStream & NodeJS.EventEmitter, dat
 }
 
 describeKernel('VirtioVsockGuest over vhost-vsock', ['/dev/vhost-vsock', '/dev/vsock'], () => {
-  const guests: VirtioVsockGuest[] = [];
-  const servers: VsockServer[] = [];
-  const sockets: VsockSocket[] = [];
+  const { guests, servers, sockets } = vsockAfterEach();
   const guest = (): VirtioVsockGuest => {
     const g = VirtioVsockGuest.create({ cid: 'auto' });
     guests.push(g);
     return g;
   };
-  afterEach(() => {
-    for (const s of sockets.splice(0)) s.destroy();
-    for (const s of servers.splice(0)) if (s.listening) s.close();
-    for (const g of guests.splice(0)) g.close();
-  });
 
   async function hostServer(allowHalfOpen = false): Promise<{ server: VsockServer; port: number }> {
     const server = vsock.createServer({ allowHalfOpen });
@@ -112,8 +77,8 @@ describeKernel('VirtioVsockGuest over vhost-vsock', ['/dev/vhost-vsock', '/dev/v
     expect(c.bytesWritten).toBe(BULK);
     expect(c.bytesRead).toBe(BULK);
     console.log(`guest→host→guest ${(2 * BULK) / 1048576} MiB in ${secs.toFixed(2)} s: ${((2 * BULK) / 1048576 / secs).toFixed(1)} MiB/s`);
-    await until(() => c.destroyed, 'guest connection closed');
-    await until(() => g.connections === 0, 'connection table empty');
+    await waitFor('guest connection closed', () => c.destroyed, 20_000);
+    await waitFor('connection table empty', () => g.connections === 0, 20_000);
   });
 
   test('host connect → guest listener: bulk both ways with sha256, half-close each direction', async () => {
@@ -141,8 +106,8 @@ describeKernel('VirtioVsockGuest over vhost-vsock', ['/dev/vhost-vsock', '/dev/v
     expect(sha256(atGuest)).toBe(sha256(up));
     expect(sha256(atHost)).toBe(sha256(down));
     console.log(`host→guest→host ${(2 * BULK) / 1048576} MiB in ${secs.toFixed(2)} s: ${((2 * BULK) / 1048576 / secs).toFixed(1)} MiB/s`);
-    await until(() => h.destroyed, 'host socket closed');
-    await until(() => g.connections === 0, 'connection table empty');
+    await waitFor('host socket closed', () => h.destroyed, 20_000);
+    await waitFor('connection table empty', () => g.connections === 0, 20_000);
   });
 
   test('guest end() → host sees end; guest destroy() → host sees end, no error; guest close() → host ECONNRESET from the kernel', async () => {
@@ -155,23 +120,23 @@ describeKernel('VirtioVsockGuest over vhost-vsock', ['/dev/vhost-vsock', '/dev/v
     });
     const a = hostConnect(g.cid, 5001);
     await once(a, 'connect');
-    await until(() => accepted.length === 1, 'accept');
+    await waitFor('accept', () => accepted.length === 1, 20_000);
     accepted[0].end(Buffer.from('bye'));
     expect((await collect(a)).toString()).toBe('bye');
-    await until(() => a.destroyed && accepted[0].destroyed, 'both ends closed');
+    await waitFor('both ends closed', () => a.destroyed && accepted[0].destroyed, 20_000);
 
     const b = hostConnect(g.cid, 5001);
     await once(b, 'connect');
-    await until(() => accepted.length === 2, 'accept');
+    await waitFor('accept', () => accepted.length === 2, 20_000);
     const bData = collect(b);
     accepted[1].write('x', () => accepted[1].destroy()); // destroy() drops unsent data, as net does
     expect((await bData).toString()).toBe('x');
-    await until(() => b.destroyed, 'host socket closed');
+    await waitFor('host socket closed', () => b.destroyed, 20_000);
 
     const c = hostConnect(g.cid, 5001);
     c.on('data', () => undefined);
     await once(c, 'connect');
-    await until(() => accepted.length === 3, 'accept');
+    await waitFor('accept', () => accepted.length === 3, 20_000);
     const cErr = errorOf(c);
     g.close();
     expect(g.closed).toBe(true);
@@ -190,13 +155,13 @@ describeKernel('VirtioVsockGuest over vhost-vsock', ['/dev/vhost-vsock', '/dev/v
     await once(h, 'connect');
     const data = randomBytes(Math.max(BULK, 2 * 1024 * 1024));
     const writing = writeAll(h, data);
-    await until(() => conn !== undefined, 'accept');
-    await until(() => conn!.receiveQueued > 0, 'data queued at the guest');
-    await tick(500);
+    await waitFor('accept', () => conn !== undefined, 20_000);
+    await waitFor('data queued at the guest', () => conn!.receiveQueued > 0, 20_000);
+    await sleep(500);
     const queued = conn!.receiveQueued;
     expect(queued).toBeLessThanOrEqual(g.bufAlloc);
     expect(conn!.bytesRead + queued).toBeLessThan(data.length); // the host is stalled
-    await tick(300);
+    await sleep(300);
     expect(conn!.receiveQueued).toBe(queued); // and stays stalled: no credit, no data
     const got = collect(conn!);
     conn!.resume();
@@ -215,12 +180,12 @@ describeKernel('VirtioVsockGuest over vhost-vsock', ['/dev/vhost-vsock', '/dev/v
     s.pause();
     const data = randomBytes(Math.max(BULK, 2 * 1024 * 1024));
     const writing = writeAll(c, data);
-    await until(() => g.stats.creditStalls > 0, 'guest out of credit');
-    await tick(300);
+    await waitFor('guest out of credit', () => g.stats.creditStalls > 0, 20_000);
+    await sleep(300);
     const sent = c.bytesWritten;
     expect(sent).toBeLessThan(data.length);
     expect(sent).toBeLessThanOrEqual(512 * 1024); // the host's buf_alloc bounds what is in flight
-    await tick(300);
+    await sleep(300);
     expect(c.bytesWritten).toBe(sent);
     const got = collect(s);
     s.resume();
@@ -258,7 +223,7 @@ describeKernel('VirtioVsockGuest over vhost-vsock', ['/dev/vhost-vsock', '/dev/v
     expect(err.code).toBe('ETIMEDOUT');
     expect(c.destroyed).toBe(true);
     expect(g.connections).toBe(0);
-    await until(() => g.stats.resetsSent === before.resetsSent + 1, 'RST after the REQUEST');
+    await waitFor('RST after the REQUEST', () => g.stats.resetsSent === before.resetsSent + 1, 20_000);
     expect(g.stats.txPackets - before.txPackets).toBe(2); // REQUEST, RST
   });
 
@@ -268,17 +233,17 @@ describeKernel('VirtioVsockGuest over vhost-vsock', ['/dev/vhost-vsock', '/dev/v
     const ac = new AbortController();
     const c = g.connect({ cid: SILENT_CID, port: 1234, signal: ac.signal, timeout: 20_000 });
     const cErr = errorOf(c);
-    await until(() => g.stats.txPackets === before.txPackets + 1, 'REQUEST sent');
+    await waitFor('REQUEST sent', () => g.stats.txPackets === before.txPackets + 1, 20_000);
     ac.abort();
     const err = await cErr;
     expect(err.name).toBe('AbortError');
     expect(err.code).toBe('ABORT_ERR');
     expect(g.connections).toBe(0);
-    await until(() => g.stats.resetsSent === before.resetsSent + 1, 'RST after the REQUEST');
+    await waitFor('RST after the REQUEST', () => g.stats.resetsSent === before.resetsSent + 1, 20_000);
 
     const early = g.connect({ port: 1234, signal: AbortSignal.abort() });
     expect((await errorOf(early)).code).toBe('ABORT_ERR');
-    await tick(50);
+    await sleep(50);
     expect(g.stats.txPackets).toBe(before.txPackets + 2); // nothing sent for it
     expect(g.connections).toBe(0);
 
@@ -307,7 +272,7 @@ describeKernel('VirtioVsockGuest over vhost-vsock', ['/dev/vhost-vsock', '/dev/v
       return (await echoed).equals(payload);
     }));
     expect(results.filter((ok) => ok)).toHaveLength(100);
-    await until(() => g.connections === 0, 'every connection closed');
+    await waitFor('every connection closed', () => g.connections === 0, 20_000);
   });
 
   test("two guests with cid 'auto' get different CIDs and are both reachable", async () => {

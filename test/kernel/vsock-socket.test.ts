@@ -7,20 +7,18 @@
 // abort), server close, many connections, seqpacket boundaries, fd flags and
 // leaks, use after destroy, ref/unref.
 import { spawn, spawnSync } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as ts from 'typescript';
 import { VhostVsock } from '../../lib/vhost-vsock';
 import * as vsock from '../../lib/vsock';
 import type { VsockServer, VsockSocket } from '../../lib/vsock';
-import { describeKernel, fdFlags, O_CLOEXEC, O_NONBLOCK, openFdCount, thrown } from './helpers';
+import { collect, describeKernel, errorOf, fdFlags, O_CLOEXEC, O_NONBLOCK, openFdCount, sha256, sleep, thrown, tsPrelude, vsockAfterEach, waitFor, type KernelError } from './helpers';
 
 const ROOT = path.resolve(__dirname, '../..');
 const VM_MODULES = '/run/linux-vhost-vm-kernel';
-type Err = Error & { code?: string; errno?: number; syscall?: string; path?: string; hint?: string };
 
 /** modprobe (from the VM's module tree when there is one) or rmmod; throws with the tool's output. */
 function modprobe(args: string[]): void {
@@ -30,47 +28,12 @@ function modprobe(args: string[]): void {
 }
 const loaded = (mod: string): boolean => fs.existsSync(`/sys/module/${mod}`);
 
-const tick = (ms = 0): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
-const sha256 = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-/** Resolves with the 'error' a stream emits, failing if it closes without one. */
-function errorOf(stream: NodeJS.EventEmitter): Promise<Err> {
-  return new Promise((resolve, reject) => {
-    stream.once('error', resolve);
-    stream.once('close', () => setImmediate(() => reject(new Error('closed without an error'))));
-  });
-}
-
-/** Everything a stream yields until 'end' (events, not for-await: that destroys the stream at the end). */
-function collect(stream: VsockSocket): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    stream.on('data', (c: Buffer) => chunks.push(c));
-    stream.once('end', () => resolve(Buffer.concat(chunks)));
-    stream.once('error', reject);
-  });
-}
-
-/** Waits until cond() holds (10 s at most: TCG is slow). */
-async function until(cond: () => boolean, what = 'condition'): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`${what} not reached in 10 s`);
-    await tick(5);
-  }
-}
-
 describeKernel('AF_VSOCK sockets', ['/dev/vhost-vsock', '/dev/vsock'], () => {
-  const servers: VsockServer[] = [];
-  const sockets: VsockSocket[] = [];
+  const { servers, sockets } = vsockAfterEach();
   const track = <T extends VsockSocket>(s: T): T => {
     sockets.push(s);
     return s;
   };
-  afterEach(async () => {
-    for (const s of sockets.splice(0)) s.destroy();
-    for (const s of servers.splice(0)) if (s.listening) s.close();
-  });
 
   async function listen(
     options: vsock.VsockListenOptions = {},
@@ -118,7 +81,7 @@ describeKernel('AF_VSOCK sockets', ['/dev/vhost-vsock', '/dev/vsock'], () => {
       expect(err.syscall).toBe('connect');
       expect(err.path).toBe('vsock:1:1234');
       expect(err.hint).toMatch(/vsock_loopback/);
-      await until(() => socket.closed, 'close');
+      await waitFor('close', () => socket.closed);
     });
   });
 
@@ -281,7 +244,7 @@ describeKernel('AF_VSOCK sockets', ['/dev/vhost-vsock', '/dev/vsock'], () => {
       const chunks: Buffer[] = [];
       client.on('data', (c: Buffer) => chunks.push(c));
       conn.write('last words');
-      await until(() => chunks.length > 0, 'data');
+      await waitFor('data', () => chunks.length > 0);
       const ended = once(client, 'end');
       const closed = once(client, 'close');
       conn.destroy();
@@ -296,7 +259,7 @@ describeKernel('AF_VSOCK sockets', ['/dev/vhost-vsock', '/dev/vsock'], () => {
       const fd = client.fd;
       const inode = fs.readlinkSync(`/proc/self/fd/${fd}`);
       client.on('data', () => undefined);
-      await tick(20);
+      await sleep(20);
       const peerEnd = once(conn, 'end');
       conn.resume();
       client.destroy();
@@ -328,16 +291,16 @@ describeKernel('AF_VSOCK sockets', ['/dev/vhost-vsock', '/dev/vsock'], () => {
       while (accepted && sent.length < 1024) {
         accepted = client.write(chunk);
         sent.push(chunk);
-        await tick(1);
+        await sleep(1);
       }
       expect(accepted).toBe(false);
       // The kernel holds what the peer's receive buffer (256 KiB by default) allows; the rest waits in JS.
-      await tick(200);
+      await sleep(200);
       const inKernel = client.bytesWritten;
       expect(inKernel).toBeGreaterThan(0);
       expect(inKernel).toBeLessThanOrEqual(1 << 20);
       expect(client.writableLength).toBeLessThanOrEqual(2 * chunk.length);
-      await tick(200);
+      await sleep(200);
       expect(client.bytesWritten).toBe(inKernel); // stalled, not spinning through data
       const drained = once(client, 'drain');
       const received = collect(conn);
@@ -391,7 +354,7 @@ describeKernel('AF_VSOCK sockets', ['/dev/vhost-vsock', '/dev/vsock'], () => {
       expect(data.toString()).toBe('still here');
       expect(closed).toBe(false);
       conn.destroy();
-      await until(() => closed, 'server close');
+      await waitFor('server close', () => closed);
       expect(server.connections).toBe(0);
     });
 
@@ -400,7 +363,7 @@ describeKernel('AF_VSOCK sockets', ['/dev/vhost-vsock', '/dev/vsock'], () => {
       const second = vsock.createServer();
       servers.push(second);
       second.listen({ port });
-      const [err] = (await once(second, 'error')) as [Err];
+      const [err] = (await once(second, 'error')) as [KernelError];
       expect(err.code).toBe('EADDRINUSE');
       expect(err.syscall).toBe('bind');
       expect(err.path).toBe(`vsock:${vsock.VMADDR_CID_ANY}:${port}`);
@@ -433,7 +396,7 @@ describeKernel('AF_VSOCK sockets', ['/dev/vhost-vsock', '/dev/vsock'], () => {
         await collect(client);
         await closed;
       }
-      await until(() => server.connections === 0, 'server side closed');
+      await waitFor('server side closed', () => server.connections === 0);
       expect(openFdCount()).toBe(before);
     }, 60_000);
 
@@ -442,11 +405,11 @@ describeKernel('AF_VSOCK sockets', ['/dev/vhost-vsock', '/dev/vsock'], () => {
       client.destroy();
       await once(client, 'close');
       expect(thrown(() => client.fd).code).toBe('ERR_VHOST_CLOSED');
-      const err = await new Promise<Err>((resolve) => client.write('late', (e) => resolve(e as Err)));
+      const err = await new Promise<KernelError>((resolve) => client.write('late', (e) => resolve(e as KernelError)));
       expect(err.code).toBe('ERR_STREAM_DESTROYED');
       expect(client.remoteAddress).toEqual({ cid: 1, port });
       const server = vsock.createServer();
-      const closeErr = await new Promise<Err>((resolve) => server.close((e) => resolve(e as Err)));
+      const closeErr = await new Promise<KernelError>((resolve) => server.close((e) => resolve(e as KernelError)));
       expect(closeErr.code).toBe('ERR_VHOST_CLOSED');
     });
 
@@ -498,7 +461,7 @@ describeKernel('AF_VSOCK sockets', ['/dev/vhost-vsock', '/dev/vsock'], () => {
       test('abort during connect: AbortError, close, fd released', async () => {
         const ac = new AbortController();
         const socket = track(vsock.connect({ cid, port: 82, signal: ac.signal }));
-        await tick(50);
+        await sleep(50);
         expect(socket.connecting).toBe(true);
         const fd = socket.fd;
         expect(fdFlags(fd) & (O_CLOEXEC | O_NONBLOCK)).toBe(O_CLOEXEC | O_NONBLOCK);
@@ -543,7 +506,7 @@ const server = vsock.createServer((c) => { ${unref ? 'c.unref();' : ''} c.on('da
         const proc = spawn(process.execPath, ['-e', child(false)], { stdio: ['ignore', 'pipe', 'inherit'] });
         const [line] = (await once(proc.stdout, 'data')) as [Buffer];
         expect(line.toString()).toBe('ready\n');
-        await tick(1500);
+        await sleep(1500);
         expect(proc.exitCode).toBeNull();
         proc.kill();
         await once(proc, 'exit');
@@ -551,24 +514,3 @@ const server = vsock.createServer((c) => { ${unref ? 'c.unref();' : ''} c.on('da
     });
   });
 });
-
-/**
- * JS that lets a plain `node -e` child require the TypeScript sources in lib/:
- * transpiled here once (loading typescript in the child is slow under TCG).
- */
-function tsPrelude(dir: string): string {
-  const out: Record<string, string> = {};
-  for (const name of fs.readdirSync(path.join(ROOT, 'lib')).filter((f) => f.endsWith('.ts'))) {
-    const file = path.join(ROOT, 'lib', name);
-    out[file] = ts.transpileModule(fs.readFileSync(file, 'utf8'), {
-      fileName: file,
-      compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 },
-    }).outputText;
-  }
-  const cache = path.join(dir, 'lib.json');
-  fs.writeFileSync(cache, JSON.stringify(out));
-  return `
-const compiled = JSON.parse(require('fs').readFileSync(${JSON.stringify(cache)}, 'utf8'));
-require.extensions['.ts'] = (m, f) => m._compile(compiled[f], f);
-`;
-}

@@ -6,23 +6,15 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type * as Ts from 'typescript';
+import { canRunHere } from '../../lib/test-vm';
 import type { VirtioVsockGuest } from '../../lib/virtio-vsock-guest';
 import type { VsockServer, VsockSocket } from '../../lib/vsock';
 
 export const requireKernel = process.env.CI === 'true' || process.env.LINUX_VHOST_REQUIRE_KERNEL === '1';
 
-function usable(path: string): boolean {
-  try {
-    fs.accessSync(path, fs.constants.R_OK | fs.constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /** describe() that needs the given device nodes; skips with the reason, or fails when required. */
 export function describeKernel(name: string, devices: string[], fn: () => void): void {
-  const missing = devices.filter((d) => !usable(d));
+  const { missing } = canRunHere({ devices });
   if (missing.length === 0) {
     describe(name, fn);
   } else if (requireKernel) {
@@ -169,12 +161,12 @@ export function vsockAfterEach(): { sockets: VsockSocket[]; servers: VsockServer
 }
 
 /**
- * JS that lets a plain `node -e` child require the TypeScript sources in lib/:
- * they are transpiled here once (loading typescript in the child is slow under
- * TCG) and handed over in a temporary file. typescript is required here, not
- * imported at the top, so that suites without children do not load it.
+ * lib/*.ts transpiled to CommonJS, by absolute path, for children and workers
+ * that must not load typescript themselves (slow under TCG). typescript is
+ * required here, not imported at the top, so suites that never call this do
+ * not load it.
  */
-export function tsPrelude(dir: string): string {
+export function transpiledLib(): Record<string, string> {
   const ts = require('typescript') as typeof Ts;
   const root = path.resolve(__dirname, '../..');
   const out: Record<string, string> = {};
@@ -185,8 +177,13 @@ export function tsPrelude(dir: string): string {
       compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 },
     }).outputText;
   }
+  return out;
+}
+
+/** JS that lets a plain `node -e` child require lib/*.ts: transpiledLib() handed over in a file in `dir`. */
+export function tsPrelude(dir: string): string {
   const cache = path.join(dir, 'lib.json');
-  fs.writeFileSync(cache, JSON.stringify(out));
+  fs.writeFileSync(cache, JSON.stringify(transpiledLib()));
   return `
 const compiled = JSON.parse(require('fs').readFileSync(${JSON.stringify(cache)}, 'utf8'));
 require.extensions['.ts'] = (m, f) => m._compile(compiled[f], f);

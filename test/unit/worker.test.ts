@@ -4,21 +4,14 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import * as ts from 'typescript';
 import { EventFd } from '../../lib/eventfd';
 import { GuestMemory } from '../../lib/memory';
+import { transpiledLib } from '../kernel/helpers';
 
 const ROOT = path.resolve(__dirname, '../..');
 
 /** lib/*.ts transpiled once here, so workers need not load typescript. */
-const compiled: Record<string, string> = {};
-for (const name of fs.readdirSync(path.join(ROOT, 'lib')).filter((f) => f.endsWith('.ts'))) {
-  const file = path.join(ROOT, 'lib', name);
-  compiled[file] = ts.transpileModule(fs.readFileSync(file, 'utf8'), {
-    fileName: file,
-    compilerOptions: { module: ts.ModuleKind.CommonJS, target: ts.ScriptTarget.ES2022 },
-  }).outputText;
-}
+const compiled = transpiledLib();
 
 /** Worker source: lets the worker require lib/*.ts (from `compiled`), then runs `body`. */
 const workerSource = (body: string): string => `

@@ -5,6 +5,8 @@ module.exports = {
   // Kernel tests run under software emulation in CI (JS ~25x slower) on a
   // busy 2-core machine: a generous default; tests that need more set their own.
   testTimeout: 60_000,
+  // The progress file names the test a hung or killed run was in (scripts/test.js).
+  reporters: ['default', '<rootDir>/test/progress-reporter.js'],
   projects: [
     { displayName: 'unit', testMatch: ['<rootDir>/test/unit/**/*.test.ts'], transform: { '^.+\\.ts$': tsJest }, testEnvironment: 'node' },
     { displayName: 'kernel', testMatch: ['<rootDir>/test/kernel/**/*.test.ts'], transform: { '^.+\\.ts$': tsJest }, testEnvironment: 'node' },

@@ -34,10 +34,12 @@ function testVm() {
 function runJest(project, inVm = false) {
   fs.mkdirSync(outDir, { recursive: true });
   const report = path.join(outDir, `${project}-results.json`);
+  const progress = path.join(outDir, `${project}-progress.txt`); // test/progress-reporter.js
   fs.rmSync(report, { force: true });
+  fs.rmSync(progress, { force: true });
   const args = [jest, '--selectProjects', project, '--json', '--outputFile', report];
   if (project === 'kernel') args.push('--runInBand');
-  const env = { ...process.env, ...(project === 'kernel' && required ? { LINUX_VHOST_REQUIRE_KERNEL: '1' } : {}) };
+  const env = { ...process.env, LINUX_VHOST_TEST_PROGRESS: progress, ...(project === 'kernel' && required ? { LINUX_VHOST_REQUIRE_KERNEL: '1' } : {}) };
   const res = inVm
     ? { status: testVm().runInTestVm(process.execPath, args, { label: '[test] kernel suite', cwd: root, env }) }
     : spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit', env });
@@ -49,6 +51,8 @@ function runJest(project, inVm = false) {
   } else {
     counts.failed = 1; // jest died before reporting
     log(`${project}: jest wrote no report (exit ${res.status ?? res.signal})`);
+    const started = fs.existsSync(progress) ? fs.readFileSync(progress, 'utf8').trimEnd().split('\n') : [];
+    log(`${project}: ${started.length} test(s) started; the last: ${started.at(-1) ?? 'none'}`);
   }
   if (res.status !== 0 && counts.failed === 0) counts.failed = 1;
   return counts;

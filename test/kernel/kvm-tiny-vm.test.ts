@@ -242,7 +242,7 @@ describeKernel('KVM tiny VM: notify write → ioeventfd → vhost-net → tap; c
       const tryIt = (fn) => { try { fn(); console.log('ok') } catch (e) { console.log(e.code || e.message, e.syscall || '') } };
       tryIt(() => require(${JSON.stringify(addonPath)}).runVcpu(3, 0, 0, 1));
       tryIt(() => KvmVm.fromFd(3).assignIoeventfd({ addr: 0xd0000, len: 2, eventfd: EventFd.create() }));`;
-    const child = spawnSync(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit', r.vm.fd], encoding: 'utf8' });
+    const child = spawnSync(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit', r.vm.fd], encoding: 'utf8', timeout: 60_000 });
     expect(child.stdout.trim().split('\n')).toEqual(['tiny-vcpu: KVM_CREATE_VCPU: Input/output error ', 'EIO ioctl(KVM_IOEVENTFD)']);
   });
 });

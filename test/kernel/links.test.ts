@@ -156,7 +156,7 @@ describeKernel('rtnetlink links (real kernel)', ['/dev/net/tun'], () => {
         const r = Rtnl.open();
         try { r.createBridge(process.argv[2]); console.log(JSON.stringify({ created: true })); }
         catch (e) { console.log(JSON.stringify({ code: e.code, syscall: e.syscall, path: e.path })); }`;
-      const res = spawnSync('setpriv', ['--inh-caps=-net_admin', '--bounding-set=-net_admin', process.execPath, '-e', script, dist, name], { encoding: 'utf8' });
+      const res = spawnSync('setpriv', ['--inh-caps=-net_admin', '--bounding-set=-net_admin', process.execPath, '-e', script, dist, name], { encoding: 'utf8', timeout: 60_000 });
       expect(res.status).toBe(0);
       expect(JSON.parse(res.stdout)).toEqual({ code: 'EPERM', syscall: 'netlink(RTM_NEWLINK)', path: name });
       expect(inSysNet(name)).toBe(false);

@@ -324,6 +324,24 @@ function startSink(host, port, python = '/usr/bin/python3') {
   sink.next = (ms = 120_000) => nextOf('reports', ms);
   /** Resolves with the peer ("ip:port") of the next connection that delivered its first byte. */
   sink.nextFirst = (ms = 120_000) => nextOf('firsts', ms);
+  /** Resolves with the report of the connection from `peer` (as nextFirst() gave it) once it closed. */
+  sink.reportOf = (peer, ms = 120_000) =>
+    new Promise((resolve, reject) => {
+      const check = () => {
+        const report = sink.reports.find((r) => r.peer === peer);
+        if (report) {
+          clearTimeout(timer);
+          sink.listeners.delete(check);
+          resolve(report);
+        }
+      };
+      const timer = setTimeout(() => {
+        sink.listeners.delete(check);
+        reject(new Error(`sink: no report from ${peer} after ${ms} ms ${sink.stderr}`));
+      }, ms);
+      sink.listeners.add(check);
+      check();
+    });
   sink.stop = () => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   };

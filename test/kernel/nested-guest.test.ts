@@ -38,6 +38,7 @@ interface Sink {
   reports: SinkReport[];
   next(ms?: number): Promise<SinkReport>;
   nextFirst(ms?: number): Promise<string>;
+  reportOf(peer: string, ms?: number): Promise<SinkReport>;
   stop(): void;
 }
 interface NestedGuestModule {
@@ -64,6 +65,10 @@ const FLOW_BYTES = 16 << 20; // per flow of the two-queue step
 const BULK_BYTES = 256 << 20; // ≥ 200 MB (268 MB)
 const BULK_MIN_SECONDS = 8; // and at least this long: /proc counts CPU in 10 ms ticks
 const BULK_ATTEMPTS = 3;
+// A transfer takes ~8 s. Nested guests under TCG rarely stall one mid-way (seen
+// in about 1 of 10 runs, cause not found): the guest kills its sender after this
+// long and the host tries again (within BULK_ATTEMPTS).
+const BULK_STALL_SECONDS = 120;
 const MINUTE = 60_000;
 
 // Guest agent (python3 from the host root: busybox has no AF_VSOCK).
@@ -131,7 +136,7 @@ while :; do
 	while [ ! -e /run/guest/bulk$n ] && [ ! -e /run/guest/end ]; do sleep 0.05; done
 	[ -e /run/guest/bulk$n ] || break
 	echo "BULK_START $n"
-	python3 /run/guest/send.py $H ${SINK_PORT} ${BULK_BYTES} ${BULK_MIN_SECONDS}
+	timeout ${BULK_STALL_SECONDS} python3 /run/guest/send.py $H ${SINK_PORT} ${BULK_BYTES} ${BULK_MIN_SECONDS}
 	echo "BULK_DONE $n $?"
 	n=$((n + 1))
 done
@@ -336,11 +341,19 @@ describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '
         const from = guest!.lines.length;
         guest!.signal(`bulk${n}`);
         await guest!.waitFor(new RegExp(`^BULK_START ${n}$`), MINUTE, from);
-        await sink!.nextFirst(MINUTE); // from the first byte to EOF: the transfer itself
+        const peer = await sink!.nextFirst(MINUTE); // from the first byte to EOF: the transfer itself
         const threads0 = ng.selfThreadsCpu();
         const cpu0 = ng.selfCpuSeconds();
         const wall0 = performance.now();
-        const report = await sink!.next(3 * MINUTE);
+        const outcome = await Promise.race([
+          sink!.reportOf(peer, 3 * MINUTE).then((report) => ({ report, stalled: undefined })),
+          guest!.waitFor(new RegExp(`^BULK_DONE ${n} ([1-9]\\d*)$`), 3 * MINUTE, from).then((m) => ({ report: undefined, stalled: m[1] })),
+        ]);
+        if (outcome.report === undefined) {
+          process.stdout.write(`bulk guest→host #${n}: stalled, the guest's sender gave up (exit ${outcome.stalled}); trying again\n`);
+          continue;
+        }
+        const report = outcome.report;
         const cpu = ng.selfCpuSeconds() - cpu0;
         const wall = (performance.now() - wall0) / 1000;
         const threads = ng.threadsCpuDelta(threads0, ng.selfThreadsCpu());
@@ -363,6 +376,7 @@ describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '
       gcs.disconnect();
       guest!.signal('end');
     }
+    expect(shares.length).toBeGreaterThan(0); // not every attempt stalled
     expect(shares[shares.length - 1]).toBeLessThanOrEqual(1);
     mark(`bulk (${shares.length} transfer(s))`);
   });

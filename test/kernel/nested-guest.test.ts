@@ -64,7 +64,7 @@ const MTU = 9000;
 const FLOW_BYTES = 16 << 20; // per flow of the two-queue step
 const BULK_BYTES = 256 << 20; // ≥ 200 MB (268 MB)
 const BULK_MIN_SECONDS = 8; // and at least this long: /proc counts CPU in 10 ms ticks
-const BULK_ATTEMPTS = 3;
+const BULK_ATTEMPTS = 4; // room for one stalled transfer and one window with a major GC
 // A transfer takes ~8 s. Nested guests under TCG rarely stall one mid-way (seen
 // in about 1 of 10 runs, cause not found): the guest kills its sender after this
 // long and the host tries again (within BULK_ATTEMPTS).

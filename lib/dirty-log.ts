@@ -25,30 +25,26 @@ export function dirtyLogSize(regions: readonly { gpa: bigint; size: bigint }[]):
   return words * 8n;
 }
 
-const swap64 = (v: bigint): bigint => {
-  let out = 0n;
-  for (let i = 0; i < 8; i++) {
-    out = (out << 8n) | (v & 0xffn);
-    v >>= 8n;
-  }
-  return out;
-};
+/** Appends the pages set in log byte `index`: bit b is page index * 8 + b. */
+function pushPagesOfByte(out: number[], index: number, byte: number): void {
+  for (let b = 0; b < 8; b++) if (byte & (1 << b)) out.push(index * 8 + b);
+}
 
 /** Page numbers set in a 64-bit log word read natively (`littleEndian` of this host). */
-export function pagesOfWord(wordIndex: number, value: bigint, littleEndian = os.endianness() === 'LE'): number[] {
-  let v = littleEndian ? value : swap64(value);
+export function pagesOfWord(wordIndex: number, value: bigint, littleEndian = HOST_LE): number[] {
   const out: number[] = [];
-  for (let bit = 0; v !== 0n; bit++, v >>= 1n) if (v & 1n) out.push(wordIndex * 64 + bit);
+  for (let k = 0; k < 8; k++) {
+    const byte = Number((littleEndian ? value >> BigInt(8 * k) : value >> BigInt(56 - 8 * k)) & 0xffn);
+    if (byte !== 0) pushPagesOfByte(out, wordIndex * 8 + k, byte);
+  }
   return out;
 }
 
-/** Appends the pages set in 32-bit log word `index` read natively: bit b of log byte k is page k * 8 + b. */
+/** Appends the pages set in 32-bit log word `index` read natively (the scan's path: no BigInt). */
 function pushPagesOfWord32(out: number[], index: number, value: number): void {
   for (let k = 0; k < 4; k++) {
     const byte = (HOST_LE ? value >>> (8 * k) : value >>> (24 - 8 * k)) & 0xff;
-    if (byte === 0) continue;
-    const first = (index * 4 + k) * 8;
-    for (let b = 0; b < 8; b++) if (byte & (1 << b)) out.push(first + b);
+    if (byte !== 0) pushPagesOfByte(out, index * 4 + k, byte);
   }
 }
 

@@ -32,6 +32,7 @@ env: LINUX_VHOST_CACHE (kernel/initramfs cache, default ~/.cache/linux-vhost)
      LINUX_VHOST_VM_ACCEL=kvm|tcg (default: kvm if /dev/kvm opens read-write and the CPU has vmx/svm)
      LINUX_VHOST_VM_CPU=model (qemu -cpu, default host under kvm, max under tcg)
      LINUX_VHOST_VM_BOOT_TIMEOUT=S (fail if the command has not started after S seconds, default 120)
+     LINUX_VHOST_VM_FREEZE_TIMEOUT=S (fail if qemu uses no CPU at all for S seconds, default 60, 0: off)
      LINUX_VHOST_VM_VERBOSE=1 (show kernel/init boot output on stderr)
      LINUX_VHOST_VM_APPEND="..." (extra kernel command line)
 passed into the VM when set: CI DEBUG NODE_OPTIONS TERM LINUX_VHOST_* JEST_*; LINUX_VHOST_IN_VM=1 is set.
@@ -56,6 +57,8 @@ done
 [[ $mem =~ ^[0-9]+$ && $smp =~ ^[0-9]+$ && $timeout_s =~ ^[0-9]+$ ]] || usage
 boot_timeout=${LINUX_VHOST_VM_BOOT_TIMEOUT:-120}
 [[ $boot_timeout =~ ^[0-9]+$ ]] || die "LINUX_VHOST_VM_BOOT_TIMEOUT must be a whole number of seconds (got '$boot_timeout')"
+freeze_timeout=${LINUX_VHOST_VM_FREEZE_TIMEOUT:-60}
+[[ $freeze_timeout =~ ^[0-9]+$ ]] || die "LINUX_VHOST_VM_FREEZE_TIMEOUT must be a whole number of seconds (got '$freeze_timeout')"
 
 cwd=$(pwd -P)
 [ -n "$share" ] || share=$(git rev-parse --show-toplevel 2>/dev/null || echo "$cwd")
@@ -295,6 +298,25 @@ while ! started && kill -0 "$qpid" 2>/dev/null; do
 	sleep 0.1
 done
 [ "${LINUX_VHOST_VM_VERBOSE:-}" != 1 ] || ! started || log "command started $(elapsed_s)s after qemu"
+
+# Freeze watchdog: nested KVM under TCG (QEMU 7.2's SVM emulation) has left every
+# vCPU of this VM halted for good, qemu using no CPU for minutes. An idle VM
+# still uses a few ticks every 10 s, so none at all for freeze_timeout seconds
+# means frozen: fail now, saying so, instead of sitting out --timeout.
+qemu_ticks() { # utime + stime of qemu (the child of timeout, whose pid is in qemu.pid)
+	local tpid qemu stat
+	tpid=$(cat "$tmp/qemu.pid") && qemu=$(cat "/proc/$tpid/task/$tpid/children") &&
+		stat=$(cat "/proc/${qemu%% *}/stat") || return 1
+	read -r -a stat <<<"${stat##*) }" # fields from 3 (state) on: utime is 14, stime 15
+	echo $((stat[11] + stat[12]))
+} 2>/dev/null
+ticks=-1 since=$(uptime_cs)
+while [ "$freeze_timeout" -gt 0 ] && kill -0 "$qpid" 2>/dev/null; do
+	sleep 0.2
+	now=$(qemu_ticks) || continue
+	if [ "$now" != "$ticks" ]; then ticks=$now since=$(uptime_cs)
+	elif [ $(($(uptime_cs) - since)) -ge $((freeze_timeout * 100)) ]; then touch "$tmp/frozen"; stop_qemu; break; fi
+done
 qrc=0; wait "$qpid" || qrc=$?
 qpid=
 wait "$apid" || true
@@ -306,6 +328,11 @@ if [ -e "$tmp/boot-timeout" ]; then
 	log "late start witnesses: console=$([ -e "$tmp/started" ] && echo yes || echo no)" \
 		"run-share=$([ -e "$tmp/guest/started" ] && echo yes || echo no);" \
 		"elapsed $(elapsed_s)s, wall clock $((SECONDS - wall0))s"
+	[ ! -s "$tmp/boot.log" ] || { log "last console lines:"; tail -n 20 "$tmp/boot.log" >&2; }
+	exit 125
+fi
+if [ -e "$tmp/frozen" ]; then
+	log "the VM froze: qemu used no CPU for ${freeze_timeout}s (every vCPU halted); qemu killed"
 	[ ! -s "$tmp/boot.log" ] || { log "last console lines:"; tail -n 20 "$tmp/boot.log" >&2; }
 	exit 125
 fi

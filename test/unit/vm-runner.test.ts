@@ -2,32 +2,85 @@
 // status comes back, and the boot watchdog stops watching once the command has
 // started (CI once lost a kernel run to a watchdog that fired mid-run). Boots a
 // small VM under QEMU; needs qemu-system-x86_64, which CI installs.
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 
 const script = path.resolve(__dirname, '../../scripts/vm.sh');
 const haveQemu = spawnSync('sh', ['-c', 'command -v qemu-system-x86_64'], { stdio: 'ignore' }).status === 0;
 const maybe = haveQemu || process.env.CI === 'true' ? describe : describe.skip;
 
-interface Run { status: number | null; stdout: string; stderr: string; firstOutputMs?: number; closeMs?: number }
+interface Run { status: number | null; stdout: string; stderr: string; startMs: number; firstOutputMs?: number; closeMs?: number }
+interface Running extends Promise<Run> {
+  child: ChildProcess;
+  /** Resolves once the command's output matched. */
+  output(pattern: RegExp): Promise<void>;
+}
 
-function vm(env: Record<string, string>, ...cmd: string[]): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('bash', [script, '--mem', '1024', '--smp', '1', '--', ...cmd], {
-      env: { ...process.env, ...env },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let stdout = '';
-    let stderr = '';
-    let firstOutputMs: number | undefined;
-    child.stdout.setEncoding('utf8').on('data', (s: string) => {
-      firstOutputMs ??= Date.now();
-      stdout += s;
-    });
-    child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
-    child.on('error', reject);
-    child.on('close', (status) => resolve({ status, stdout, stderr, firstOutputMs, closeMs: Date.now() }));
+function vm(env: Record<string, string>, ...cmd: string[]): Running {
+  const startMs = Date.now();
+  const child = spawn('bash', [script, '--mem', '1024', '--smp', '1', '--', ...cmd], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
+  let stdout = '';
+  let stderr = '';
+  let firstOutputMs: number | undefined;
+  child.stdout.setEncoding('utf8').on('data', (s: string) => {
+    firstOutputMs ??= Date.now();
+    stdout += s;
+  });
+  child.stderr.setEncoding('utf8').on('data', (s: string) => (stderr += s));
+  const done = new Promise<Run>((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (status) => resolve({ status, stdout, stderr, startMs, firstOutputMs, closeMs: Date.now() }));
+  });
+  const output = (pattern: RegExp) =>
+    new Promise<void>((resolve, reject) => {
+      const check = () => {
+        if (!pattern.test(stdout)) return;
+        child.stdout.off('data', check);
+        resolve();
+      };
+      child.stdout.on('data', check);
+      done.then(() => reject(new Error(`the VM ended before its output matched ${pattern}: ${stdout}${stderr}`)), reject);
+      check();
+    });
+  return Object.assign(done, { child, output });
+}
+
+/** The pid of the qemu-system process among pid's descendants, once there is one. */
+async function waitForQemuUnder(pid: number): Promise<number> {
+  for (let i = 0; i < 300; i++) {
+    const found = descendants(pid).find((p) => fs.readFileSync(`/proc/${p}/comm`, 'utf8').startsWith('qemu-system'));
+    if (found) return found;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`no qemu under pid ${pid} after 30 s`);
+}
+
+function descendants(pid: number): number[] {
+  const children = (p: number) =>
+    fs.readdirSync(`/proc/${p}/task`).flatMap((t) => {
+      try {
+        return fs.readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+      } catch {
+        return [];
+      }
+    });
+  const out: number[] = [];
+  for (let todo = [pid]; todo.length > 0; ) {
+    const next = todo.flatMap((p) => {
+      try {
+        return children(p);
+      } catch {
+        return []; // ended meanwhile
+      }
+    });
+    out.push(...next);
+    todo = next;
+  }
+  return out;
 }
 
 maybe('scripts/vm.sh', () => {
@@ -44,6 +97,26 @@ maybe('scripts/vm.sh', () => {
     // on it until the VM ends): the first line arrived well before the exit.
     expect(r.closeMs! - r.firstOutputMs!).toBeGreaterThan(10_000);
   }, 180_000);
+
+  test('a VM whose qemu stops running (no CPU at all) is stopped after the freeze timeout, exit 125', async () => {
+    // A frozen VM (every vCPU halted for good: seen with nested KVM under TCG) uses
+    // no CPU; a stopped qemu is one, for real. The command would run for a minute.
+    const run = vm({ LINUX_VHOST_VM_FREEZE_TIMEOUT: '5' }, 'sh', '-c', 'echo ready; sleep 60');
+    const qemu = await waitForQemuUnder(run.child.pid!);
+    await run.output(/ready/);
+    process.kill(qemu, 'SIGSTOP');
+    const r = await run;
+    expect(r.status).toBe(125);
+    expect(r.stderr).toContain('the VM froze: qemu used no CPU for 5s (every vCPU halted); qemu killed');
+    expect(r.closeMs! - r.startMs).toBeLessThan(45_000); // not the minute the command wanted
+  }, 120_000);
+
+  test('a freeze timeout that is not a whole number of seconds is refused before booting', async () => {
+    const r = await vm({ LINUX_VHOST_VM_FREEZE_TIMEOUT: '-1' }, 'true');
+    expect(r.status).toBe(125);
+    expect(r.stderr).toContain("LINUX_VHOST_VM_FREEZE_TIMEOUT must be a whole number of seconds (got '-1')");
+    expect(r.stderr).not.toContain('booting VM');
+  });
 
   test('a boot timeout that is not a whole number of seconds is refused before booting', async () => {
     const r = await vm({ LINUX_VHOST_VM_BOOT_TIMEOUT: '2m' }, 'true');

@@ -42,7 +42,10 @@ while read -r mod kind; do
 	kvm_intel) grep -qw vmx /proc/cpuinfo || continue ;;
 	kvm_amd) grep -qw svm /proc/cpuinfo || continue ;;
 	esac
-	if ! err=$(insmod "/lib/modules/$mod.ko" 2>&1); then
+	# Module options from the kernel command line (mod.param=value), as modprobe applies them.
+	opts=$(tr ' ' '\n' </proc/cmdline | sed -n "s/^$mod\.//p")
+	# shellcheck disable=SC2086 # one word per option
+	if ! err=$(insmod "/lib/modules/$mod.ko" $opts 2>&1); then
 		case $err in *"File exists"*) continue ;; esac
 		[ "$kind" = optional ] && { say "optional module $mod not loaded: $err"; continue; }
 		die "insmod $mod: $err"

@@ -118,6 +118,13 @@ maybe('scripts/vm.sh', () => {
     expect(r.stderr).not.toContain('booting VM');
   });
 
+  test('module options on the kernel command line reach the modules init loads (as modprobe applies them)', async () => {
+    // vhost's max_mem_regions (default 64) is the one a VMM with many memory regions raises.
+    const r = await vm({ LINUX_VHOST_VM_APPEND: 'vhost.max_mem_regions=100' }, 'cat', '/sys/module/vhost/parameters/max_mem_regions');
+    expect(r.stdout.trim()).toBe('100');
+    expect(r.status).toBe(0);
+  }, 120_000);
+
   test('a boot timeout that is not a whole number of seconds is refused before booting', async () => {
     const r = await vm({ LINUX_VHOST_VM_BOOT_TIMEOUT: '2m' }, 'true');
     expect(r.status).toBe(125);

@@ -238,10 +238,11 @@ describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '
       vs.close();
     };
     boot();
-    // A guest normally reaches its script in 8-35 s here. Nested KVM under TCG has (rarely, in
-    // bench runs) left a guest hanging before its init ran: then boot once more, and say so.
+    // A guest normally reaches its script in 8-35 s here. Nested KVM under TCG (QEMU 7.2's SVM
+    // emulation) now and then hangs or panics a guest while it boots (5 of 115 boots in a loop
+    // here): then boot once more, and say so.
     try {
-      await guest!.waitFor(/^MTU /, 2 * MINUTE);
+      await guest!.waitFor(/^MTU /, 75_000);
     } catch (err) {
       // Print where it stopped (the console's last lines): the cause of the hang is not known.
       process.stdout.write(`nested guest: ${(err as Error).message.split('\n')[0]}; ${guest!.why()}\nbooting it once more\n`);

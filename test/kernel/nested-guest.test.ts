@@ -11,7 +11,7 @@ import { constants, PerformanceObserver, performance, type PerformanceEntry } fr
 import { promisify } from 'node:util';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
-import { prepareNetForVmm, prepareVsockForVmm, qemuArgs, spawnVmm, type NetHandoff, type VsockHandoff } from '../../lib/vmm-handoff';
+import { prepareNetForVmm, prepareVsockForVmm, qemuArgs, spawnVmm } from '../../lib/vmm-handoff';
 import * as vsock from '../../lib/vsock';
 import { describeKernel, sleep } from './helpers';
 
@@ -161,137 +161,66 @@ function parseIrqs(line: string): Map<string, number> {
   return out;
 }
 
+/** What one guest run showed, step by step (a step missing: the run stopped before it). */
+interface Observed {
+  tapName: string;
+  guestCid: number;
+  mtu?: { mtu: number; features: string; tapMtu: string; up: number };
+  queues?: number[];
+  ping?: { guest: string; host: string };
+  vsock?: { local: number; listening: number; reply: string; accepted: string[]; replies: string[]; serverLines: string[]; serverPeers: number[]; failedLines: boolean };
+  flows?: { bytes: number[]; done: string; delta: Record<string, number> };
+  bulk?: { transfers: { bytes: number; sent: number; share: number }[] };
+  end?: { status: number; code: number | null; tapGone: boolean };
+}
+
+// Nested KVM under TCG (QEMU 7.2's SVM emulation) now and then hangs or panics the guest (5 of
+// 115 boots in a loop here; a CI run saw one stop mid-way for good). That is the emulator, not
+// the library: when the guest stops answering (a wait on it times out, or it dies), the whole
+// run is done again in a fresh guest, and said so. Wrong answers are never retried: they are
+// recorded and fail the tests below.
+const GUEST_RUNS = 3;
+function guestTrouble(err: unknown): boolean {
+  const e = err as NodeJS.ErrnoException;
+  return e?.code === 'ETIMEDOUT' || /timed out after \d+ ms waiting for|guest exited while waiting|sink: (nothing in|no report from)|guest still running after/.test(String(e?.message));
+}
+
 describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '/dev/vhost-vsock', '/dev/net/tun'], () => {
-  jest.setTimeout(4 * MINUTE);
-  let net: NetHandoff | undefined;
-  let vs: VsockHandoff | undefined;
-  let guest: Guest | undefined;
-  let sink: Sink | undefined;
+  jest.setTimeout(MINUTE);
   let server: vsock.VsockServer | undefined;
-  let tapName = '';
-  let guestCid = 0;
-  const serverLines: string[] = [];
-  const serverPeers: number[] = [];
-  const t0 = Date.now();
+  let observed: Observed | undefined;
+  let stoppedBy: unknown; // why the last run stopped early, if it did
   const times: string[] = [];
-  const mark = (what: string) => times.push(`${what} ${((Date.now() - t0) / 1000).toFixed(1)}s`);
-  // The steps run in order in one guest: when one fails, stop the guest so the next fail at once.
-  const step = (name: string, fn: () => Promise<void>) =>
-    test(name, async () => {
-      try {
-        await fn();
-      } catch (err) {
-        await guest?.stop();
-        throw err;
-      }
-    });
 
-  beforeAll(async () => {
-    // Inside the test VM kvm_amd/kvm_intel gives a nested /dev/kvm; without it this test cannot run.
-    if (!ng.kvmUsable()) {
-      throw new Error('/dev/kvm is not usable: the nested-guest test needs KVM (in the test VM, kvm_amd/kvm_intel must load: nested virtualization)');
-    }
-    const kernelDir = fs.existsSync('/run/linux-vhost-vm-kernel/lib/modules') ? '/run/linux-vhost-vm-kernel' : undefined;
-    const { kernel, initrd } = ng.buildInitramfs({ kernelDir });
-    mark('initramfs');
-    sink = await ng.startSink('0.0.0.0', SINK_PORT);
-    server = vsock.createServer((conn) => {
-      serverPeers.push(conn.remoteAddress?.cid ?? -1);
-      let buf = '';
-      conn.setEncoding('utf8');
-      conn.on('data', (d: string) => {
-        buf += d;
-        let nl;
-        while ((nl = buf.indexOf('\n')) >= 0) {
-          const req = buf.slice(0, nl);
-          buf = buf.slice(nl + 1);
-          serverLines.push(req);
-          conn.write(`ans ${req.split(' ')[1]} from host\n`);
-        }
-      });
-      conn.on('error', () => {});
-    });
-    await new Promise<void>((resolve, reject) => {
-      server!.once('error', reject);
-      server!.listen({ port: VSOCK_HOST_PORT }, resolve);
-    });
+  /** One guest from boot to power-off; fills `o` as it goes. */
+  async function runGuest(o: Observed, guest: Guest, sink: Sink, handleServer: (fn: (line: string, peer: number) => void) => void): Promise<void> {
+    const t0 = Date.now();
+    const mark = (what: string) => times.push(`${what} ${((Date.now() - t0) / 1000).toFixed(1)}s`);
+    const serverLines: string[] = [];
+    const serverPeers: number[] = [];
+    // The host server reports each accepted peer (peer ≥ 0) and each request line (peer -1).
+    handleServer((l, p) => (p >= 0 ? serverPeers.push(p) : serverLines.push(l)));
 
-    const boot = () => {
-      net = prepareNetForVmm({ tapName: 'nested%d', queuePairs: 2, mtu: MTU });
-      vs = prepareVsockForVmm({ cid: 'auto' });
-      tapName = net.tap.name;
-      guestCid = vs.cid;
-      execFileSync('ip', ['addr', 'add', `${HOST_IP}/24`, 'dev', tapName]);
-      const handoff = qemuArgs({ net, vsock: vs });
-      guest = ng.bootGuest({
-        kernel,
-        initrd,
-        script: GUEST_SCRIPT,
-        files: { 'agent.py': AGENT_PY, 'send.py': ng.SEND_PY },
-        qemuArgs: handoff.args,
-        smp: 2,
-        mem: 256,
-        spawn: (cmd: string, args: string[], opts: { stdio: ['ignore', 'pipe', 'pipe'] }) => spawnVmm(cmd, args, handoff, opts),
-      });
-      // QEMU holds its own copies now: the tap lives exactly as long as QEMU.
-      net.close();
-      vs.close();
-    };
-    boot();
-    // A guest normally reaches its script in 8-35 s here. Nested KVM under TCG (QEMU 7.2's SVM
-    // emulation) now and then hangs or panics a guest while it boots (5 of 115 boots in a loop
-    // here): then boot once more, and say so.
-    try {
-      await guest!.waitFor(/^MTU /, 75_000);
-    } catch (err) {
-      // Print where it stopped (the console's last lines): the cause of the hang is not known.
-      process.stdout.write(`nested guest: ${(err as Error).message.split('\n')[0]}; ${guest!.why()}\nbooting it once more\n`);
-      await guest!.stop();
-      boot();
-    }
-  });
+    const m = await guest.waitFor(/^MTU (\d+) FEATURES ([01]+)$/, 75_000);
+    mark(`script started (boot ${guest.bootSeconds?.toFixed(1)}s)`);
+    const tapMtu = fs.readFileSync(`/sys/class/net/${o.tapName}/mtu`, 'utf8').trim();
+    const up = await guest.waitFor(/^MTU_UP (\d+)$/);
+    o.mtu = { mtu: Number(m[1]), features: m[2], tapMtu, up: Number(up[1]) };
 
-  afterAll(async () => {
-    await guest?.stop();
-    sink?.stop();
-    server?.close();
-    net?.close();
-    vs?.close();
-    process.stdout.write(`nested guest timings: ${times.join(', ')}\n`);
-  });
+    const q = await guest.waitFor(/^QUEUES rx=(\d+) tx=(\d+) cpus=(\d+)$/);
+    o.queues = [Number(q[1]), Number(q[2]), Number(q[3])];
 
-  step("eth0's MTU is the host's 9000, offered through host_mtu (VIRTIO_NET_F_MTU), not set by the guest", async () => {
-    const m = await guest!.waitFor(/^MTU (\d+) FEATURES ([01]+)$/, 3 * MINUTE);
-    mark(`script started (boot ${guest!.bootSeconds?.toFixed(1)}s)`);
-    expect(Number(m[1])).toBe(MTU);
-    expect(m[2][3]).toBe('1'); // feature bit 3 negotiated: the MTU came from the device
-    expect(fs.readFileSync(`/sys/class/net/${tapName}/mtu`, 'utf8').trim()).toBe(String(MTU));
-    const up = await guest!.waitFor(/^MTU_UP (\d+)$/);
-    expect(Number(up[1])).toBe(MTU);
-  });
-
-  step('two queue pairs and two vCPUs in the guest', async () => {
-    const m = await guest!.waitFor(/^QUEUES rx=(\d+) tx=(\d+) cpus=(\d+)$/);
-    expect([Number(m[1]), Number(m[2]), Number(m[3])]).toEqual([2, 2, 2]);
-  });
-
-  step('the guest pings the host tap address and the host pings the guest', async () => {
-    const m = await guest!.waitFor(/^GUEST_PING (.*)$/, MINUTE);
-    expect(m[1]).toBe('ok 3');
-    await guest!.waitFor(/^NET_UP$/);
-    const { stdout } = await run('busybox', ['ping', '-c', '3', '-W', '10', GUEST_IP]);
-    expect(stdout).toMatch(/3 packets transmitted, 3 packets received/);
-    guest!.signal('pinged');
+    const gp = await guest.waitFor(/^GUEST_PING (.*)$/);
+    await guest.waitFor(/^NET_UP$/);
+    const hostPing = await run('busybox', ['ping', '-c', '3', '-W', '10', GUEST_IP]).then((r) => r.stdout, (e: { stdout?: string }) => e.stdout ?? String(e));
+    o.ping = { guest: gp[1], host: hostPing };
+    guest.signal('pinged');
     mark('pings');
-  });
 
-  step('vsock: the guest agent talks to a host AF_VSOCK server, the host connects back to a guest listener', async () => {
-    const local = await guest!.waitFor(/^VSOCK_LOCAL (\d+)$/, MINUTE);
-    expect(Number(local[1])).toBe(guestCid);
-    const listening = await guest!.waitFor(/^VSOCK_LISTENING (\d+)$/, MINUTE);
-    expect(Number(listening[1])).toBe(VSOCK_GUEST_PORT);
+    const local = await guest.waitFor(/^VSOCK_LOCAL (\d+)$/);
+    const listening = await guest.waitFor(/^VSOCK_LISTENING (\d+)$/);
     const reply = await new Promise<string>((resolve, reject) => {
-      const conn = vsock.connect({ cid: guestCid, port: VSOCK_GUEST_PORT, timeout: 10_000 });
+      const conn = vsock.connect({ cid: o.guestCid, port: VSOCK_GUEST_PORT, timeout: 20_000 });
       let got = '';
       conn.setEncoding('utf8');
       conn.on('connect', () => conn.write('hello from the host\n'));
@@ -299,30 +228,38 @@ describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '
       conn.on('end', () => resolve(got));
       conn.on('error', reject);
     });
-    expect(reply).toBe('guest got: hello from the host\n');
-    const accepted = await guest!.waitFor(/^VSOCK_ACCEPTED (\d+) (.*)$/);
-    expect(accepted.slice(1)).toEqual(['2', 'hello from the host']); // the host is CID 2 to the guest
-    await guest!.waitFor(/^VSOCK_DONE$/);
-    const replies = guest!.lines.filter((l) => l.startsWith('VSOCK_REPLY ')).map((l) => l.slice(12));
-    expect(replies).toEqual(['ans 0 from host', 'ans 1 from host', 'ans 2 from host']);
-    expect(serverLines).toEqual(['req 0', 'req 1', 'req 2']);
-    expect(serverPeers).toEqual([guestCid]);
-    expect(guest!.lines.some((l) => /VSOCK_(REQUEST|LISTEN)_FAILED/.test(l))).toBe(false);
+    const accepted = await guest.waitFor(/^VSOCK_ACCEPTED (\d+) (.*)$/);
+    await guest.waitFor(/^VSOCK_DONE$/);
+    o.vsock = {
+      local: Number(local[1]),
+      listening: Number(listening[1]),
+      reply,
+      accepted: accepted.slice(1),
+      replies: guest.lines.filter((l) => l.startsWith('VSOCK_REPLY ')).map((l) => l.slice(12)),
+      serverLines,
+      serverPeers,
+      failedLines: guest.lines.some((l) => /VSOCK_(REQUEST|LISTEN)_FAILED/.test(l)),
+    };
     mark('vsock');
-  });
 
-  step('flows from both guest CPUs use both queue pairs (per-virtqueue interrupts all rise)', async () => {
-    const before = parseIrqs((await guest!.waitFor(/^IRQ_BEFORE (.*)$/, MINUTE))[1]);
-    const [a, b] = [await sink!.next(2 * MINUTE), await sink!.next(2 * MINUTE)];
-    await Promise.all([sink!.nextFirst(), sink!.nextFirst()]);
-    const after = parseIrqs((await guest!.waitFor(/^IRQ_AFTER (.*)$/, MINUTE))[1]);
-    expect((await guest!.waitFor(/^FLOWS_DONE (.*)$/))[1]).toBe('0 0');
-    expect([a.bytes, b.bytes]).toEqual([FLOW_BYTES, FLOW_BYTES]);
-    const delta = Object.fromEntries([...after].map(([q, n]) => [q, n - (before.get(q) ?? 0)]));
+    const before = parseIrqs((await guest.waitFor(/^IRQ_BEFORE (.*)$/))[1]);
+    const [a, b] = [await sink.next(MINUTE), await sink.next(MINUTE)];
+    await Promise.all([sink.nextFirst(), sink.nextFirst()]);
+    const after = parseIrqs((await guest.waitFor(/^IRQ_AFTER (.*)$/))[1]);
+    const done = (await guest.waitFor(/^FLOWS_DONE (.*)$/))[1];
+    const delta = Object.fromEntries([...after].map(([name, n]) => [name, n - (before.get(name) ?? 0)]));
     process.stdout.write(`per-virtqueue interrupts during the two flows: ${JSON.stringify(delta)}\n`);
-    for (const q of ['input.0', 'input.1', 'output.0', 'output.1']) expect(delta[q]).toBeGreaterThan(0);
+    o.flows = { bytes: [a.bytes, b.bytes], done, delta };
     mark('two flows');
-  });
+
+    o.bulk = { transfers: await bulkTransfers(guest, sink) };
+    mark(`bulk (${o.bulk.transfers.length} transfer(s))`);
+
+    const status = await guest.finished(MINUTE);
+    const { code } = await guest.exited;
+    o.end = { status, code, tapGone: !fs.existsSync(path.join('/sys/class/net', o.tapName)) };
+    mark('poweroff');
+  }
 
   // The window counts every thread of this jest process, which also holds jest's and ts-jest's
   // heaps. V8 works on them in the background whenever it likes: its idle-time "memory reducer"
@@ -332,7 +269,7 @@ describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '
   // ever adds CPU, so a window over 1% is repeated (up to BULK_ATTEMPTS transfers, which also
   // cover a stalled one) and the quietest window is asserted: a datapath in Node, ~125 MB/s
   // through JS, would be far over 1% in every window. Each window is printed with the GCs in it.
-  step('a ≥ 200 MB guest→host transfer rides the kernel datapath: this process uses ≤ 1% CPU of its wall time', async () => {
+  async function bulkTransfers(guest: Guest, sink: Sink): Promise<{ bytes: number; sent: number; share: number }[]> {
     const collect = forcedGc();
     const gcs: { at: number; kind: string }[] = [];
     const kinds: Record<number, string> = { [constants.NODE_PERFORMANCE_GC_MAJOR]: 'major', [constants.NODE_PERFORMANCE_GC_INCREMENTAL]: 'incremental marking' };
@@ -343,15 +280,15 @@ describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '
       }
     });
     observer.observe({ entryTypes: ['gc'] });
-    const shares: number[] = [];
+    const transfers: { bytes: number; sent: number; share: number }[] = [];
     try {
       for (let n = 1; n <= BULK_ATTEMPTS; n++) {
         collect?.(); // start each window with little garbage: no allocation-driven major GC in it
         await sleep(1000);
-        const from = guest!.lines.length;
-        guest!.signal(`bulk${n}`);
-        await guest!.waitFor(new RegExp(`^BULK_START ${n}$`), MINUTE, from);
-        const peer = await sink!.nextFirst(MINUTE); // from the first byte to EOF: the transfer itself
+        const from = guest.lines.length;
+        guest.signal(`bulk${n}`);
+        await guest.waitFor(new RegExp(`^BULK_START ${n}$`), MINUTE, from);
+        const peer = await sink.nextFirst(MINUTE); // from the first byte to EOF: the transfer itself
         const threads0 = ng.selfThreadsCpu();
         const cpu0 = ng.selfCpuSeconds();
         const wall0 = performance.now();
@@ -359,12 +296,12 @@ describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '
         // decided by the guest's exit status (a stalled sender killed by timeout also
         // closes its connection, and the sink reports what had arrived).
         let window: { cpu: number; wall: number; threads: string } | undefined;
-        const reported = sink!.reportOf(peer, (BULK_STALL_SECONDS + 60) * 1000).then((r) => {
+        const reported = sink.reportOf(peer, (BULK_STALL_SECONDS + 60) * 1000).then((r) => {
           window = { cpu: ng.selfCpuSeconds() - cpu0, wall: (performance.now() - wall0) / 1000, threads: ng.threadsCpuDelta(threads0, ng.selfThreadsCpu()) };
           return r;
         });
         reported.catch(() => {}); // a stalled transfer may leave no report: the status below says why
-        const status = (await guest!.waitFor(new RegExp(`^BULK_DONE ${n} (\\d+)$`), (BULK_STALL_SECONDS + 60) * 1000, from))[1];
+        const status = (await guest.waitFor(new RegExp(`^BULK_DONE ${n} (\\d+)$`), (BULK_STALL_SECONDS + 60) * 1000, from))[1];
         if (status !== '0') {
           process.stdout.write(`bulk guest→host #${n}: stalled, the guest's sender gave up (exit ${status}); trying again\n`);
           continue;
@@ -372,10 +309,8 @@ describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '
         const report = await reported;
         const { cpu, wall, threads } = window!;
         const share = (100 * cpu) / wall;
-        shares.push(share);
-        const sent = await guest!.waitFor(/^SENT (\d+)$/, MINUTE, from);
-        expect(report.bytes).toBe(Number(sent[1]));
-        expect(report.bytes).toBeGreaterThanOrEqual(BULK_BYTES);
+        const sent = await guest.waitFor(/^SENT (\d+)$/, MINUTE, from);
+        transfers.push({ bytes: report.bytes, sent: Number(sent[1]), share });
         if (share > 1) await sleep(2000); // a GC whose marking began in the window may finish later
         const seen = gcs.filter((g) => g.at >= wall0 - 1000).map((g) => g.kind);
         process.stdout.write(
@@ -388,18 +323,146 @@ describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '
       }
     } finally {
       observer.disconnect();
-      guest!.signal('end');
+      guest.signal('end');
     }
-    expect(shares.length).toBeGreaterThan(0); // not every attempt stalled
-    expect(Math.min(...shares)).toBeLessThanOrEqual(1);
-    mark(`bulk (${shares.length} transfer(s))`);
+    return transfers;
+  }
+
+  beforeAll(async () => {
+    // Inside the test VM kvm_amd/kvm_intel gives a nested /dev/kvm; without it this test cannot run.
+    if (!ng.kvmUsable()) {
+      throw new Error('/dev/kvm is not usable: the nested-guest test needs KVM (in the test VM, kvm_amd/kvm_intel must load: nested virtualization)');
+    }
+    const kernelDir = fs.existsSync('/run/linux-vhost-vm-kernel/lib/modules') ? '/run/linux-vhost-vm-kernel' : undefined;
+    const boot = ng.buildInitramfs({ kernelDir });
+    let onServer: (line: string, peer: number) => void = () => {};
+    server = vsock.createServer((conn) => {
+      onServer('', conn.remoteAddress?.cid ?? -1);
+      let buf = '';
+      conn.setEncoding('utf8');
+      conn.on('data', (d: string) => {
+        buf += d;
+        let nl;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const req = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          onServer(req, -1);
+          conn.write(`ans ${req.split(' ')[1]} from host\n`);
+        }
+      });
+      conn.on('error', () => {});
+    });
+    await new Promise<void>((resolve, reject) => {
+      server!.once('error', reject);
+      server!.listen({ port: VSOCK_HOST_PORT }, resolve);
+    });
+
+    for (let n = 1; n <= GUEST_RUNS; n++) {
+      const net = prepareNetForVmm({ tapName: 'nested%d', queuePairs: 2, mtu: MTU });
+      const vs = prepareVsockForVmm({ cid: 'auto' });
+      const o: Observed = { tapName: net.tap.name, guestCid: vs.cid };
+      let guest: Guest | undefined;
+      let sink: Sink | undefined;
+      try {
+        sink = await ng.startSink('0.0.0.0', SINK_PORT);
+        execFileSync('ip', ['addr', 'add', `${HOST_IP}/24`, 'dev', o.tapName]);
+        const handoff = qemuArgs({ net, vsock: vs });
+        guest = ng.bootGuest({
+          ...boot,
+          script: GUEST_SCRIPT,
+          files: { 'agent.py': AGENT_PY, 'send.py': ng.SEND_PY },
+          qemuArgs: handoff.args,
+          smp: 2,
+          mem: 256,
+          spawn: (cmd: string, args: string[], opts: { stdio: ['ignore', 'pipe', 'pipe'] }) => spawnVmm(cmd, args, handoff, opts),
+        });
+        // QEMU holds its own copies now: the tap lives exactly as long as QEMU.
+        net.close();
+        vs.close();
+        times.push(`run ${n}`);
+        await runGuest(o, guest, sink, (fn) => (onServer = fn));
+        observed = o;
+        stoppedBy = undefined;
+        break;
+      } catch (err) {
+        observed = o;
+        stoppedBy = err;
+        if (!guestTrouble(err) || n === GUEST_RUNS) break;
+        process.stdout.write(`nested guest run ${n} stopped answering (${(err as Error).message.split('\n')[0]}): ${guest?.why() ?? ''}\nrunning it again in a fresh guest\n`);
+      } finally {
+        await guest?.stop();
+        sink?.stop();
+        net.close();
+        vs.close();
+        onServer = () => {};
+      }
+    }
+  }, GUEST_RUNS * 6 * MINUTE);
+
+  afterAll(() => {
+    server?.close();
+    process.stdout.write(`nested guest timings: ${times.join(', ')}\n`);
   });
 
-  step('the guest script ends cleanly, QEMU powers off and the tap goes with it', async () => {
-    expect(await guest!.finished(MINUTE)).toBe(0);
-    const { code } = await guest!.exited;
-    expect(code).toBe(0);
-    expect(fs.existsSync(path.join('/sys/class/net', tapName))).toBe(false);
-    mark('poweroff');
+  /** The observed step `key`, or the reason the run stopped before it. */
+  function seen<K extends keyof Observed>(key: K): NonNullable<Observed[K]> {
+    const value = observed?.[key];
+    if (value === undefined) throw stoppedBy ?? new Error(`the guest run did not get to ${String(key)}`);
+    return value as NonNullable<Observed[K]>;
+  }
+
+  test("eth0's MTU is the host's 9000, offered through host_mtu (VIRTIO_NET_F_MTU), not set by the guest", () => {
+    const m = seen('mtu');
+    expect(m.mtu).toBe(MTU);
+    expect(m.features[3]).toBe('1'); // feature bit 3 negotiated: the MTU came from the device
+    expect(m.tapMtu).toBe(String(MTU));
+    expect(m.up).toBe(MTU);
+  });
+
+  test('two queue pairs and two vCPUs in the guest', () => {
+    expect(seen('queues')).toEqual([2, 2, 2]);
+  });
+
+  test('the guest pings the host tap address and the host pings the guest', () => {
+    const p = seen('ping');
+    expect(p.guest).toBe('ok 3');
+    expect(p.host).toMatch(/3 packets transmitted, 3 packets received/);
+  });
+
+  test('vsock: the guest agent talks to a host AF_VSOCK server, the host connects back to a guest listener', () => {
+    const v = seen('vsock');
+    const cid = observed!.guestCid;
+    expect(v.local).toBe(cid);
+    expect(v.listening).toBe(VSOCK_GUEST_PORT);
+    expect(v.reply).toBe('guest got: hello from the host\n');
+    expect(v.accepted).toEqual(['2', 'hello from the host']); // the host is CID 2 to the guest
+    expect(v.replies).toEqual(['ans 0 from host', 'ans 1 from host', 'ans 2 from host']);
+    expect(v.serverLines).toEqual(['req 0', 'req 1', 'req 2']);
+    expect(v.serverPeers).toEqual([cid]);
+    expect(v.failedLines).toBe(false);
+  });
+
+  test('flows from both guest CPUs use both queue pairs (per-virtqueue interrupts all rise)', () => {
+    const f = seen('flows');
+    expect(f.done).toBe('0 0');
+    expect(f.bytes).toEqual([FLOW_BYTES, FLOW_BYTES]);
+    for (const q of ['input.0', 'input.1', 'output.0', 'output.1']) expect(f.delta[q]).toBeGreaterThan(0);
+  });
+
+  test('a ≥ 200 MB guest→host transfer rides the kernel datapath: this process uses ≤ 1% CPU of its wall time', () => {
+    const { transfers } = seen('bulk');
+    expect(transfers.length).toBeGreaterThan(0); // not every attempt stalled
+    for (const t of transfers) {
+      expect(t.bytes).toBe(t.sent);
+      expect(t.bytes).toBeGreaterThanOrEqual(BULK_BYTES);
+    }
+    expect(Math.min(...transfers.map((t) => t.share))).toBeLessThanOrEqual(1);
+  });
+
+  test('the guest script ends cleanly, QEMU powers off and the tap goes with it', () => {
+    const e = seen('end');
+    expect(e.status).toBe(0);
+    expect(e.code).toBe(0);
+    expect(e.tapGone).toBe(true);
   });
 });

@@ -286,36 +286,36 @@ awk "${awk_flags[@]}" -v n="@@$nonce@@" -v dir="$tmp" -v verbose="${LINUX_VHOST_
 ' <"$tmp/console" || { touch "$tmp/output-closed"; stop_qemu; } & # e.g. our stdout was closed
 apid=$!
 
-# Boot watchdog: a VM that cannot boot (e.g. a broken accelerator) should fail
-# fast, not sit out the whole --timeout. Two witnesses that the command started:
-# the console filter saw START, or init wrote "started" into the run share.
+# Watchdogs, one loop. Boot: a VM that cannot boot (e.g. a broken accelerator)
+# should fail fast, not sit out the whole --timeout; two witnesses that the
+# command started: the console filter saw START, or init wrote "started" into
+# the run share. Freeze: nested KVM under TCG (QEMU 7.2's SVM emulation) has left
+# every vCPU of this VM halted for good, qemu using no CPU for minutes; an idle
+# VM still uses a few ticks every 10 s, so none at all for freeze_timeout
+# seconds means frozen: fail now, saying so.
 started() { [ -e "$tmp/started" ] || [ -e "$tmp/guest/started" ]; }
-while ! started && kill -0 "$qpid" 2>/dev/null; do
-	if [ $(($(uptime_cs) - t0)) -ge $((boot_timeout * 100)) ]; then
-		started && break
-		touch "$tmp/boot-timeout"; stop_qemu; break
+qemu_ticks() { # sets ticks_now: utime + stime of qemu, the child of timeout (pid in qemu.pid)
+	local tpid qemu stat
+	{ read -r tpid <"$tmp/qemu.pid" && { read -r qemu _ <"/proc/$tpid/task/$tpid/children" || [ -n "$qemu" ]; } &&
+		read -r stat <"/proc/$qemu/stat"; } 2>/dev/null || return 1
+	read -r -a stat <<<"${stat##*) }" # fields from 3 (state) on: utime is 14, stime 15
+	ticks_now=$((stat[11] + stat[12]))
+}
+booted= ticks=-1 since=$t0 n=0
+while kill -0 "$qpid" 2>/dev/null; do
+	if [ -z "$booted" ]; then
+		if started; then
+			booted=1
+			[ "${LINUX_VHOST_VM_VERBOSE:-}" != 1 ] || log "command started $(elapsed_s)s after qemu"
+		elif [ $(($(uptime_cs) - t0)) -ge $((boot_timeout * 100)) ]; then
+			started || { touch "$tmp/boot-timeout"; stop_qemu; break; }
+		fi
+	fi
+	if [ "$freeze_timeout" -gt 0 ] && [ $((n++ % 10)) = 0 ] && qemu_ticks; then # once a second
+		if [ "$ticks_now" != "$ticks" ]; then ticks=$ticks_now since=$(uptime_cs)
+		elif [ $(($(uptime_cs) - since)) -ge $((freeze_timeout * 100)) ]; then touch "$tmp/frozen"; stop_qemu; break; fi
 	fi
 	sleep 0.1
-done
-[ "${LINUX_VHOST_VM_VERBOSE:-}" != 1 ] || ! started || log "command started $(elapsed_s)s after qemu"
-
-# Freeze watchdog: nested KVM under TCG (QEMU 7.2's SVM emulation) has left every
-# vCPU of this VM halted for good, qemu using no CPU for minutes. An idle VM
-# still uses a few ticks every 10 s, so none at all for freeze_timeout seconds
-# means frozen: fail now, saying so, instead of sitting out --timeout.
-qemu_ticks() { # utime + stime of qemu (the child of timeout, whose pid is in qemu.pid)
-	local tpid qemu stat
-	tpid=$(cat "$tmp/qemu.pid") && qemu=$(cat "/proc/$tpid/task/$tpid/children") &&
-		stat=$(cat "/proc/${qemu%% *}/stat") || return 1
-	read -r -a stat <<<"${stat##*) }" # fields from 3 (state) on: utime is 14, stime 15
-	echo $((stat[11] + stat[12]))
-} 2>/dev/null
-ticks=-1 since=$(uptime_cs)
-while [ "$freeze_timeout" -gt 0 ] && kill -0 "$qpid" 2>/dev/null; do
-	sleep 0.2
-	now=$(qemu_ticks) || continue
-	if [ "$now" != "$ticks" ]; then ticks=$now since=$(uptime_cs)
-	elif [ $(($(uptime_cs) - since)) -ge $((freeze_timeout * 100)) ]; then touch "$tmp/frozen"; stop_qemu; break; fi
 done
 qrc=0; wait "$qpid" || qrc=$?
 qpid=

@@ -52,7 +52,7 @@ function vm(env: Record<string, string>, ...cmd: string[]): Running {
 /** The pid of the qemu-system process among pid's descendants, once there is one. */
 async function waitForQemuUnder(pid: number): Promise<number> {
   for (let i = 0; i < 300; i++) {
-    const found = descendants(pid).find((p) => fs.readFileSync(`/proc/${p}/comm`, 'utf8').startsWith('qemu-system'));
+    const found = descendants(pid).find((p) => readProc(`${p}/comm`).startsWith('qemu-system'));
     if (found) return found;
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -60,27 +60,23 @@ async function waitForQemuUnder(pid: number): Promise<number> {
 }
 
 function descendants(pid: number): number[] {
-  const children = (p: number) =>
-    fs.readdirSync(`/proc/${p}/task`).flatMap((t) => {
-      try {
-        return fs.readFileSync(`/proc/${p}/task/${t}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-      } catch {
-        return [];
-      }
-    });
-  const out: number[] = [];
-  for (let todo = [pid]; todo.length > 0; ) {
-    const next = todo.flatMap((p) => {
-      try {
-        return children(p);
-      } catch {
-        return []; // ended meanwhile
-      }
-    });
-    out.push(...next);
-    todo = next;
+  let tasks: string[];
+  try {
+    tasks = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return []; // ended meanwhile
   }
-  return out;
+  const children = tasks.flatMap((t) => readProc(`${pid}/task/${t}/children`).split(' ').filter(Boolean).map(Number));
+  return children.flatMap((c) => [c, ...descendants(c)]);
+}
+
+/** A /proc file's text; empty when the process ended meanwhile. */
+function readProc(rel: string): string {
+  try {
+    return fs.readFileSync(`/proc/${rel}`, 'utf8');
+  } catch {
+    return '';
+  }
 }
 
 maybe('scripts/vm.sh', () => {

@@ -172,16 +172,75 @@ class Guest {
     return this.status;
   }
 
-  /** Kills QEMU (SIGKILL after 5 s) and removes the run dir; resolves once it is gone. Idempotent. */
-  async stop() {
-    if (this.child.exitCode === null && this.child.signalCode === null) {
+  /**
+   * Kills QEMU (SIGKILL after 5 s) and removes the run dir; resolves once it is gone. Idempotent.
+   * Rejects with code ERR_GUEST_UNKILLABLE when QEMU outlives SIGKILL by `killWaitMs`: only a
+   * task stuck in this machine's kernel does that (nested KVM under TCG has left QEMU spinning
+   * in KVM_RUN), so the error says where each of its threads is, and QEMU's pipes are let go
+   * so that this process can still exit.
+   */
+  async stop(killWaitMs = 30_000) {
+    if (!this._gone()) {
       this.child.kill('SIGTERM');
-      const t = setTimeout(() => this.child.kill('SIGKILL'), 5000);
-      await this.exited;
-      clearTimeout(t);
+      if (!(await this._exitWithin(5000))) {
+        this.child.kill('SIGKILL');
+        if (!(await this._exitWithin(killWaitMs))) {
+          const pid = this.child.pid;
+          this.child.stdout.destroy();
+          this.child.stderr.destroy();
+          this.child.unref();
+          const err = new Error(`QEMU (pid ${pid}) is still there ${killWaitMs / 1000} s after SIGKILL: it is stuck in this machine's kernel, which is not healthy any more\n${taskStates(pid)}`);
+          err.code = 'ERR_GUEST_UNKILLABLE';
+          throw err;
+        }
+      }
     }
     fs.rmSync(this.runDir, { recursive: true, force: true });
   }
+
+  _gone() {
+    return this.child.exitCode !== null || this.child.signalCode !== null;
+  }
+
+  /** True once the process has exited (not waiting for its pipes), false after ms. */
+  _exitWithin(ms) {
+    if (this._gone()) return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const done = (gone) => {
+        clearTimeout(timer);
+        this.child.off('exit', onExit);
+        resolve(gone);
+      };
+      const onExit = () => done(true);
+      const timer = setTimeout(() => done(false), ms);
+      this.child.on('exit', onExit);
+    });
+  }
+}
+
+/** Each thread of `pid`: name, state, wchan and (as root) its kernel stack's top frames. */
+function taskStates(pid) {
+  const read = (file) => {
+    try {
+      return fs.readFileSync(file, 'utf8').trim();
+    } catch (err) {
+      return `(${err.code})`;
+    }
+  };
+  let tids;
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch (err) {
+    return `(/proc/${pid}/task: ${err.code})`;
+  }
+  return tids
+    .map((tid) => {
+      const dir = `/proc/${pid}/task/${tid}`;
+      const state = /^State:\s*(.*)$/m.exec(read(`${dir}/status`))?.[1] ?? '?';
+      const stack = read(`${dir}/stack`).split('\n').slice(0, 6).map((l) => `    ${l}`).join('\n');
+      return `  ${tid} ${read(`${dir}/comm`)}: ${state}, wchan ${read(`${dir}/wchan`)}\n${stack}`;
+    })
+    .join('\n');
 }
 
 /**

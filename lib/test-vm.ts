@@ -105,3 +105,40 @@ export function runTestVmScript(scriptArgs: readonly string[], options: TestVmSp
   if (res.signal) return 128 + (os.constants.signals[res.signal] ?? 0);
   return res.status ?? 1;
 }
+
+/** Options of runInFreshTestVms(). */
+export interface FreshTestVmOptions extends TestVmOptions {
+  /** How many VMs to boot at most (≥ 1). */
+  attempts: number;
+  /**
+   * A file the command writes (one line: why) when it finds the VM itself broken; its path
+   * reaches the command as LINUX_VHOST_VM_BROKEN. It must be in the share (the git toplevel).
+   */
+  brokenFile: string;
+  /** Told why an attempt's VM broke, before the next one boots. */
+  onBroken?: (attempt: number, why: string) => void;
+}
+
+/**
+ * runInTestVm(), again in a fresh VM when the VM itself broke rather than the command
+ * failing: the command wrote `brokenFile`, or scripts/vm.sh stopped a VM that ran too long
+ * (124) or failed (125: froze, panicked, did not boot). For tests of nested KVM, whose
+ * emulation under TCG can break the test VM's own kernel. Returns the last attempt's status,
+ * the number of VMs booted and, when the last one broke too, why.
+ */
+export function runInFreshTestVms(command: string, args: readonly string[], options: FreshTestVmOptions): { status: number; attempts: number; broken?: string } {
+  const { attempts, brokenFile, onBroken, ...vmOptions } = options;
+  if (!Number.isInteger(attempts) || attempts < 1) throw new RangeError(`attempts must be a whole number ≥ 1 (got ${attempts})`);
+  const env = { ...(options.env ?? process.env), LINUX_VHOST_VM_BROKEN: brokenFile };
+  for (let n = 1; ; n++) {
+    fs.rmSync(brokenFile, { force: true });
+    const status = runInTestVm(command, args, { ...vmOptions, env });
+    const why = fs.existsSync(brokenFile)
+      ? fs.readFileSync(brokenFile, 'utf8').split('\n')[0]
+      : status === 124 || status === 125
+        ? `scripts/vm.sh exited ${status} (the VM ran too long, froze or failed)`
+        : undefined;
+    if (why === undefined || n === attempts) return { status, attempts: n, broken: why };
+    onBroken?.(n, why);
+  }
+}

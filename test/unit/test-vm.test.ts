@@ -5,7 +5,7 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { canRunHere, runInTestVm, TEST_VM_SCRIPT, whereToRun } from '../../lib/test-vm';
+import { canRunHere, runInFreshTestVms, runInTestVm, TEST_VM_SCRIPT, whereToRun } from '../../lib/test-vm';
 
 const root = path.resolve(__dirname, '../..');
 const absent = ['/dev/linux-vhost-test-absent-a', '/dev/linux-vhost-test-absent-b'];
@@ -78,5 +78,13 @@ describe('runInTestVm', () => {
     const res = spawnSync(process.execPath, ['-e', code], { cwd: root, encoding: 'utf8' });
     expect(res.stderr).toContain('usage: scripts/vm.sh');
     expect(res.status).toBe(125);
+  });
+});
+
+describe('runInFreshTestVms', () => {
+  test.each([0, 1.5, NaN])('attempts %p is refused before anything runs', (attempts) => {
+    expect(() => runInFreshTestVms('true', [], { label: 'unit', attempts, brokenFile: path.join(root, '.vm-out', 'unused') })).toThrow(
+      new RangeError(`attempts must be a whole number ≥ 1 (got ${attempts})`),
+    );
   });
 });

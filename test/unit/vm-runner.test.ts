@@ -5,6 +5,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { runInFreshTestVms } from '../../lib/test-vm';
 
 const script = path.resolve(__dirname, '../../scripts/vm.sh');
 const haveQemu = spawnSync('sh', ['-c', 'command -v qemu-system-x86_64'], { stdio: 'ignore' }).status === 0;
@@ -113,6 +114,23 @@ maybe('scripts/vm.sh', () => {
     expect(r.stdout.trim()).toBe('100');
     expect(r.status).toBe(0);
   }, 120_000);
+
+  test('runInFreshTestVms: a command that reports its VM broken runs again in a fresh VM; a plain failure does not', () => {
+    // Attempt 1 writes the broken file and fails; attempt 2 fails without it: two VMs of three.
+    const share = path.resolve(__dirname, '../../.vm-out'); // in the repo: the VM shares it
+    fs.mkdirSync(share, { recursive: true });
+    const dir = fs.mkdtempSync(path.join(share, 'fresh-vms-'));
+    const brokenFile = path.join(dir, 'broken.txt');
+    const cmd = `if [ -e ${dir}/ran ]; then exit 3; fi; : >${dir}/ran; echo "stuck task" >"$LINUX_VHOST_VM_BROKEN"; exit 1`;
+    const told: [number, string][] = [];
+    try {
+      const r = runInFreshTestVms('sh', ['-c', cmd], { label: 'unit', vmArgs: ['--mem', '1024', '--smp', '1'], attempts: 3, brokenFile, onBroken: (n, why) => told.push([n, why]) });
+      expect(r).toEqual({ status: 3, attempts: 2, broken: undefined });
+      expect(told).toEqual([[1, 'stuck task']]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 180_000);
 
   test.each([
     ['LINUX_VHOST_VM_BOOT_TIMEOUT', '2m'],

@@ -112,7 +112,10 @@ class Guest {
     const tail = (a) => a.slice(-15).join('\n') + (this.qemuExit === undefined ? '' : `\n(QEMU exited ${this.qemuExit})`);
     if (this.failure) return `guest init failed: ${this.failure}\n${tail(this.bootLog)}`;
     if (!this._started) return `the guest has not started its script; console:\n${tail(this.bootLog)}\n${this.stderr}`;
-    return `guest script exited ${this.status}\n${tail(this.lines)}\n${this.stderr}`;
+    if (this.status !== undefined) return `guest script exited ${this.status}\n${tail(this.lines)}\n${this.stderr}`;
+    // panic=-1 and -no-reboot: a guest panic or triple fault resets the guest, and QEMU exits 0.
+    if (this.qemuExit !== undefined) return `the guest ended before its script did (a panic or a reset)\n${tail(this.lines)}\n${this.stderr}`;
+    return `guest script still running\n${tail(this.lines)}\n${this.stderr}`;
   }
 
   /**

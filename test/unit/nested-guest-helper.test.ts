@@ -1,4 +1,5 @@
-// scripts/nested-guest.js Guest.stop(): how the nested-guest test ends a QEMU. A QEMU
+// scripts/nested-guest.js Guest, the nested-guest test's handle on a QEMU. why(): what the
+// test prints when a run ends early. stop(): how the test ends a QEMU. A QEMU
 // that even SIGKILL cannot end is stuck in the test VM's kernel (seen with nested KVM
 // under TCG); stop() must then fail fast, say where the process is, and let go of it so
 // that jest can still exit. Real processes stand in for QEMU.
@@ -9,6 +10,7 @@ import * as path from 'node:path';
 
 interface GuestLike {
   exited: Promise<unknown>;
+  why(): string;
   stop(killWaitMs?: number): Promise<void>;
 }
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -54,4 +56,23 @@ describe('Guest.stop()', () => {
       fs.rmSync(runDir, { recursive: true, force: true });
     }
   }, 20_000);
+});
+
+describe('Guest.why()', () => {
+  test.each([
+    ['the script exited with its status', 'echo "@@n0nce@@ EXIT 3"', /^guest script exited 3\nlast line/],
+    ['the guest ended without the script finishing (panic=-1 -no-reboot: QEMU exits 0)', 'exit 0', /^the guest ended before its script did \(a panic or a reset\)\nlast line\n\(QEMU exited 0\)/],
+  ])('%s', async (_, end, expected) => {
+    const { guest } = guestOf(`echo boot noise; echo "@@n0nce@@ START"; echo last line; ${end}`);
+    await guest.exited;
+    expect(guest.why()).toMatch(expected);
+    await guest.stop();
+  });
+
+  test('a guest still running says so', async () => {
+    const { child, guest } = guestOf('echo "@@n0nce@@ START"; echo ready; exec sleep 100');
+    await new Promise((resolve) => child.stdout.once('data', resolve));
+    expect(guest.why()).toMatch(/^guest script still running\n/);
+    await guest.stop();
+  });
 });

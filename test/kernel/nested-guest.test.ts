@@ -189,11 +189,16 @@ interface Observed {
 // run is done again in a fresh guest, and said so. Wrong answers are never retried: they are
 // recorded and fail the tests below. A QEMU that outlives SIGKILL has broken this VM's kernel:
 // no fresh guest here can help, so the run stops and says so in $LINUX_VHOST_VM_BROKEN, and
-// scripts/test.js boots a fresh test VM for this file.
+// scripts/test.js boots a fresh test VM for this file; likewise when every run stopped answering.
 const GUEST_RUNS = 3;
 function guestTrouble(err: unknown): boolean {
   const e = err as NodeJS.ErrnoException;
   return e?.code === 'ETIMEDOUT' || /timed out after \d+ ms waiting for|guest exited while waiting|sink: (nothing in|no report from)|guest still running after/.test(String(e?.message));
+}
+
+/** Tells scripts/test.js (through $LINUX_VHOST_VM_BROKEN) that this test VM, not the library, failed. */
+function vmBroken(why: string): void {
+  if (process.env.LINUX_VHOST_VM_BROKEN) fs.writeFileSync(process.env.LINUX_VHOST_VM_BROKEN, `${why.split('\n')[0]}\n`);
 }
 
 describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '/dev/vhost-vsock', '/dev/net/tun'], () => {
@@ -414,11 +419,14 @@ describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '
         const before = stoppedBy ? `${(stoppedBy as Error).message.split('\n')[0]}; then ` : '';
         stoppedBy = new Error(`nested guest run ${n}: ${before}${(err as Error).message}`);
         process.stdout.write(`${(stoppedBy as Error).message}\n`);
-        if (process.env.LINUX_VHOST_VM_BROKEN) fs.writeFileSync(process.env.LINUX_VHOST_VM_BROKEN, `${(stoppedBy as Error).message}\n`);
-        break;
+        vmBroken((stoppedBy as Error).message);
+        return;
       }
       if (!again) break;
     }
+    // Every run stopped answering (none gave a wrong answer): this VM's nested KVM is not
+    // keeping guests alive; scripts/test.js may try a fresh test VM.
+    if (guestTrouble(stoppedBy)) vmBroken(`all ${GUEST_RUNS} nested guest runs stopped answering, the last: ${(stoppedBy as Error).message.split('\n')[0]}`);
   }, GUEST_RUNS * 4 * MINUTE);
 
   afterAll(() => {

@@ -33,6 +33,7 @@ env: LINUX_VHOST_CACHE (kernel/initramfs cache, default ~/.cache/linux-vhost)
      LINUX_VHOST_VM_CPU=model (qemu -cpu, default host under kvm, max under tcg)
      LINUX_VHOST_VM_BOOT_TIMEOUT=S (fail if the command has not started after S seconds, default 120)
      LINUX_VHOST_VM_FREEZE_TIMEOUT=S (fail if qemu uses no CPU at all for S seconds, default 60, 0: off)
+     LINUX_VHOST_VM_HEARTBEAT_TIMEOUT=S (fail if the VM's init has not beaten for S seconds, default 90, 0: off)
      LINUX_VHOST_VM_VERBOSE=1 (show kernel/init boot output on stderr)
      LINUX_VHOST_VM_APPEND="..." (extra kernel command line)
 passed into the VM when set: CI DEBUG NODE_OPTIONS TERM LINUX_VHOST_* JEST_*; LINUX_VHOST_IN_VM=1 is set.
@@ -59,6 +60,8 @@ boot_timeout=${LINUX_VHOST_VM_BOOT_TIMEOUT:-120}
 [[ $boot_timeout =~ ^[0-9]+$ ]] || die "LINUX_VHOST_VM_BOOT_TIMEOUT must be a whole number of seconds (got '$boot_timeout')"
 freeze_timeout=${LINUX_VHOST_VM_FREEZE_TIMEOUT:-60}
 [[ $freeze_timeout =~ ^[0-9]+$ ]] || die "LINUX_VHOST_VM_FREEZE_TIMEOUT must be a whole number of seconds (got '$freeze_timeout')"
+heartbeat_timeout=${LINUX_VHOST_VM_HEARTBEAT_TIMEOUT:-90}
+[[ $heartbeat_timeout =~ ^[0-9]+$ ]] || die "LINUX_VHOST_VM_HEARTBEAT_TIMEOUT must be a whole number of seconds (got '$heartbeat_timeout')"
 
 cwd=$(pwd -P)
 [ -n "$share" ] || share=$(git rev-parse --show-toplevel 2>/dev/null || echo "$cwd")
@@ -292,7 +295,10 @@ apid=$!
 # the run share. Freeze: nested KVM under TCG (QEMU 7.2's SVM emulation) has left
 # every vCPU of this VM halted for good, qemu using no CPU for minutes; an idle
 # VM still uses a few ticks every 10 s, so none at all for freeze_timeout
-# seconds means frozen: fail now, saying so.
+# seconds means frozen: fail now, saying so. Heartbeat: the same emulation has
+# also left both vCPUs spinning in this VM's kernel for good (qemu busy, nothing
+# moving); init writes its uptime into the run share every 5 s, so no new beat
+# for heartbeat_timeout seconds once the command runs means stuck.
 started() { [ -e "$tmp/started" ] || [ -e "$tmp/guest/started" ]; }
 qemu_ticks() { # sets ticks_now: utime + stime of qemu, the child of timeout (pid in qemu.pid)
 	local tpid qemu stat
@@ -301,19 +307,26 @@ qemu_ticks() { # sets ticks_now: utime + stime of qemu, the child of timeout (pi
 	read -r -a stat <<<"${stat##*) }" # fields from 3 (state) on: utime is 14, stime 15
 	ticks_now=$((stat[11] + stat[12]))
 }
-booted= ticks=-1 since=$t0 n=0
+booted= ticks=-1 since=$t0 n=0 beat= beat_since=$t0
 while kill -0 "$qpid" 2>/dev/null; do
 	if [ -z "$booted" ]; then
 		if started; then
-			booted=1
+			booted=1 beat_since=$(uptime_cs)
 			[ "${LINUX_VHOST_VM_VERBOSE:-}" != 1 ] || log "command started $(elapsed_s)s after qemu"
 		elif [ $(($(uptime_cs) - t0)) -ge $((boot_timeout * 100)) ]; then
 			started || { touch "$tmp/boot-timeout"; stop_qemu; break; }
 		fi
 	fi
-	if [ "$freeze_timeout" -gt 0 ] && [ $((n++ % 10)) = 0 ] && qemu_ticks; then # once a second
+	n=$((n + 1))
+	if [ "$freeze_timeout" -gt 0 ] && [ $((n % 10)) = 0 ] && qemu_ticks; then # once a second
 		if [ "$ticks_now" != "$ticks" ]; then ticks=$ticks_now since=$(uptime_cs)
 		elif [ $(($(uptime_cs) - since)) -ge $((freeze_timeout * 100)) ]; then touch "$tmp/frozen"; stop_qemu; break; fi
+	fi
+	if [ -n "$booted" ] && [ "$heartbeat_timeout" -gt 0 ] && [ $((n % 10)) = 1 ]; then # once a second
+		now=
+		{ read -r now _ <"$tmp/guest/alive"; } 2>/dev/null || true
+		if [ "$now" != "$beat" ]; then beat=$now beat_since=$(uptime_cs)
+		elif [ $(($(uptime_cs) - beat_since)) -ge $((heartbeat_timeout * 100)) ]; then touch "$tmp/stuck"; stop_qemu; break; fi
 	fi
 	sleep 0.1
 done
@@ -334,6 +347,10 @@ fi
 if [ -e "$tmp/frozen" ]; then
 	log "the VM froze: qemu used no CPU for ${freeze_timeout}s (every vCPU halted); qemu killed"
 	[ ! -s "$tmp/boot.log" ] || { log "last console lines:"; tail -n 20 "$tmp/boot.log" >&2; }
+	exit 125
+fi
+if [ -e "$tmp/stuck" ]; then
+	log "the VM stopped responding: its init wrote no heartbeat for ${heartbeat_timeout}s (its kernel is stuck); qemu killed"
 	exit 125
 fi
 [ ! -e "$tmp/output-closed" ] || exit 141 # like a command killed by SIGPIPE

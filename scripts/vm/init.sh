@@ -86,11 +86,19 @@ say "mounts done"
 hostname linux-vhost-vm
 ip link set lo up
 
+# Heartbeat for vm.sh's watchdog: a VM whose kernel is stuck stops writing it.
+# Its pid is in the run share, for the test that stops it.
+(while :; do cat /proc/uptime >/host/run/linux-vhost-vm/alive; sleep 5; done) &
+hb=$!
+echo "$hb" >/host/run/linux-vhost-vm/heartbeat.pid
+renice -n -10 -p "$hb" >/dev/null 2>&1
+
 # Two witnesses for vm.sh's boot watchdog: a file in the run share and the console line.
 : >/host/run/linux-vhost-vm/started
 echo "@@$N@@ START"
 env -i chroot /host /bin/bash /run/linux-vhost-vm/cmd
 st=$?
+kill "$hb" 2>/dev/null
 echo "$st" >/host/run/linux-vhost-vm/status
 echo "@@$N@@ EXIT $st"
 say "command exited with $st"

@@ -108,6 +108,16 @@ maybe('scripts/vm.sh', () => {
     expect(r.closeMs! - r.startMs).toBeLessThan(45_000); // not the minute the command wanted
   }, 120_000);
 
+  test('a VM whose init stops beating (its kernel stuck, qemu still busy) is stopped after the heartbeat timeout, exit 125', async () => {
+    // Nested KVM under TCG has left both vCPUs spinning in the VM's kernel for good, so the
+    // freeze watchdog saw CPU in use. Here the heartbeat loop itself is stopped, for real.
+    const r = await vm({ LINUX_VHOST_VM_HEARTBEAT_TIMEOUT: '5' }, 'sh', '-c', 'kill -STOP "$(cat /run/linux-vhost-vm/heartbeat.pid)" && echo stopped; sleep 60');
+    expect(r.stdout).toContain('stopped');
+    expect(r.status).toBe(125);
+    expect(r.stderr).toContain('the VM stopped responding: its init wrote no heartbeat for 5s (its kernel is stuck); qemu killed');
+    expect(r.closeMs! - r.startMs).toBeLessThan(45_000); // not the minute the command wanted
+  }, 120_000);
+
   test('module options on the kernel command line reach the modules init loads (as modprobe applies them)', async () => {
     // vhost's max_mem_regions (default 64) is the one a VMM with many memory regions raises.
     const r = await vm({ LINUX_VHOST_VM_APPEND: 'vhost.max_mem_regions=100' }, 'cat', '/sys/module/vhost/parameters/max_mem_regions');
@@ -135,6 +145,7 @@ maybe('scripts/vm.sh', () => {
   test.each([
     ['LINUX_VHOST_VM_BOOT_TIMEOUT', '2m'],
     ['LINUX_VHOST_VM_FREEZE_TIMEOUT', '-1'],
+    ['LINUX_VHOST_VM_HEARTBEAT_TIMEOUT', '1.5'],
   ])('%s that is not a whole number of seconds (%s) is refused before booting', async (name, value) => {
     const r = await vm({ [name]: value }, 'true');
     expect(r.status).toBe(125);

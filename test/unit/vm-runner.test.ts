@@ -125,18 +125,22 @@ maybe('scripts/vm.sh', () => {
     expect(r.status).toBe(0);
   }, 120_000);
 
-  test('runInFreshTestVms: a command that reports its VM broken runs again in a fresh VM; a plain failure does not', () => {
-    // Attempt 1 writes the broken file and fails; attempt 2 fails without it: two VMs of three.
+  test('runInFreshTestVms: a VM that broke (the command says so, or vm.sh exits 125) is followed by a fresh one; a plain failure is not', () => {
+    // VM 1: the command reports the VM broken. VM 2: exit 125, as vm.sh gives for a VM that
+    // froze, stuck or panicked. VM 3: a plain failure, which ends it with VMs to spare.
     const share = path.resolve(__dirname, '../../.vm-out'); // in the repo: the VM shares it
     fs.mkdirSync(share, { recursive: true });
     const dir = fs.mkdtempSync(path.join(share, 'fresh-vms-'));
     const brokenFile = path.join(dir, 'broken.txt');
-    const cmd = `if [ -e ${dir}/ran ]; then exit 3; fi; : >${dir}/ran; echo "stuck task" >"$LINUX_VHOST_VM_BROKEN"; exit 1`;
+    const cmd = `n=$(ls ${dir} | grep -c '^ran'); : >${dir}/ran$n; case $n in 0) echo "stuck task" >"$LINUX_VHOST_VM_BROKEN"; exit 1 ;; 1) exit 125 ;; *) exit 3 ;; esac`;
     const told: [number, string][] = [];
     try {
-      const r = runInFreshTestVms('sh', ['-c', cmd], { label: 'unit', vmArgs: ['--mem', '1024', '--smp', '1'], attempts: 3, brokenFile, onBroken: (n, why) => told.push([n, why]) });
-      expect(r).toEqual({ status: 3, attempts: 2, broken: undefined });
-      expect(told).toEqual([[1, 'stuck task']]);
+      const r = runInFreshTestVms('sh', ['-c', cmd], { label: 'unit', vmArgs: ['--mem', '1024', '--smp', '1'], attempts: 5, brokenFile, onBroken: (n, why) => told.push([n, why]) });
+      expect(r).toEqual({ status: 3, attempts: 3, broken: undefined });
+      expect(told).toEqual([
+        [1, 'stuck task'],
+        [2, 'scripts/vm.sh exited 125 (the VM ran too long, froze or failed)'],
+      ]);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

@@ -155,6 +155,18 @@ class Guest {
     });
   }
 
+  /**
+   * `promise` (e.g. a sink's wait), rejected as soon as QEMU is gone instead of at its own
+   * timeout; `what` names it in the error, which matches "guest exited while waiting".
+   */
+  whileUp(promise, what) {
+    const gone = this.exited.then(() => {
+      throw new Error(`guest exited while waiting for ${what}: ${this.why()}`);
+    });
+    gone.catch(() => {}); // unhandled only if the guest outlives the promise
+    return Promise.race([promise, gone]);
+  }
+
   /** Drops an (empty) file the guest script waits for with `lvg_wait name`. */
   signal(name) {
     if (fs.existsSync(this.runDir)) fs.writeFileSync(path.join(this.runDir, name), ''); // else stopped already
@@ -178,9 +190,9 @@ class Guest {
   /**
    * Kills QEMU (SIGKILL after 5 s) and removes the run dir; resolves once it is gone. Idempotent.
    * Rejects with code ERR_GUEST_UNKILLABLE when QEMU outlives SIGKILL by `killWaitMs`: only a
-   * task stuck in this machine's kernel does that (nested KVM under TCG has left QEMU spinning
-   * in KVM_RUN), so the error says where each of its threads is, and QEMU's pipes are let go
-   * so that this process can still exit.
+   * task stuck in this machine's kernel does that (a CI run saw it after a nested guest under
+   * TCG stopped answering), so the error says where each of its threads is, and QEMU's pipes
+   * are let go so that this process can still exit.
    */
   async stop(killWaitMs = 30_000) {
     if (!this._gone()) {

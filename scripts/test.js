@@ -32,8 +32,8 @@ function testVm() {
 }
 
 // Kernel test files that boot nested-KVM guests. Nested SVM under TCG (QEMU 7.2) can break
-// the test VM's own kernel (a QEMU that SIGKILL cannot end, every vCPU halted or spinning for
-// good, a panic), and everything after it in that VM: they run in a test VM of their own,
+// the test VM's own kernel (a QEMU that SIGKILL cannot end, every vCPU halted, or busy with
+// nothing moving, a panic), and everything after it in that VM: they run in a test VM of their own,
 // after the rest. The KVM tests in the rest use nested SVM too, and CI saw that VM stick as
 // well. So each part runs again in a fresh VM when its VM broke (scripts/vm.sh 124/125, or
 // the test said so), never when a test merely failed. Worst case, all attempts at their

@@ -295,10 +295,10 @@ apid=$!
 # the run share. Freeze: nested KVM under TCG (QEMU 7.2's SVM emulation) has left
 # every vCPU of this VM halted for good, qemu using no CPU for minutes; an idle
 # VM still uses a few ticks every 10 s, so none at all for freeze_timeout
-# seconds means frozen: fail now, saying so. Heartbeat: the same emulation has
-# also left both vCPUs spinning in this VM's kernel for good (qemu busy, nothing
-# moving); init writes its uptime into the run share every 5 s, so no new beat
-# for heartbeat_timeout seconds once the command runs means stuck.
+# seconds means frozen: fail now, saying so. Heartbeat: a CI run also saw this VM
+# stuck with qemu busy on both vCPUs and nothing moving for minutes; init writes
+# its uptime into the run share every 5 s, so no new beat for heartbeat_timeout
+# seconds once the command runs means stuck.
 started() { [ -e "$tmp/started" ] || [ -e "$tmp/guest/started" ]; }
 qemu_ticks() { # sets ticks_now: utime + stime of qemu, the child of timeout (pid in qemu.pid)
 	local tpid qemu stat

@@ -25,6 +25,7 @@ interface Guest {
   bootSeconds?: number;
   exited: Promise<{ code: number | null; signal: string | null }>;
   waitFor(pattern: RegExp, ms?: number, from?: number): Promise<GuestLine>;
+  whileUp<T>(promise: Promise<T>, what: string): Promise<T>;
   signal(name: string): void;
   /** Why the guest ended or has not started, with the console's last lines. */
   why(): string;
@@ -161,15 +162,6 @@ function parseIrqs(line: string): Map<string, number> {
   return out;
 }
 
-/** `p`, or a rejection as soon as the guest is gone (instead of waiting out p's own timeout). */
-function whileUp<T>(guest: Guest, p: Promise<T>): Promise<T> {
-  const gone = guest.exited.then(() => {
-    throw new Error(`guest exited while waiting for the sink: ${guest.why()}`);
-  });
-  gone.catch(() => {});
-  return Promise.race([p, gone]);
-}
-
 /** What one guest run showed, step by step (a step missing: the run stopped before it). */
 interface Observed {
   tapName: string;
@@ -259,8 +251,8 @@ describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '
     mark('vsock');
 
     const before = parseIrqs((await guest.waitFor(/^IRQ_BEFORE (.*)$/))[1]);
-    const [a, b] = [await whileUp(guest, sink.next(MINUTE)), await whileUp(guest, sink.next(MINUTE))];
-    await whileUp(guest, Promise.all([sink.nextFirst(), sink.nextFirst()]));
+    const [a, b] = [await guest.whileUp(sink.next(MINUTE), 'the sink'), await guest.whileUp(sink.next(MINUTE), 'the sink')];
+    await guest.whileUp(Promise.all([sink.nextFirst(), sink.nextFirst()]), 'the sink');
     const after = parseIrqs((await guest.waitFor(/^IRQ_AFTER (.*)$/))[1]);
     const done = (await guest.waitFor(/^FLOWS_DONE (.*)$/))[1];
     const delta = Object.fromEntries([...after].map(([name, n]) => [name, n - (before.get(name) ?? 0)]));
@@ -304,7 +296,7 @@ describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '
         const from = guest.lines.length;
         guest.signal(`bulk${n}`);
         await guest.waitFor(new RegExp(`^BULK_START ${n}$`), MINUTE, from);
-        const peer = await whileUp(guest, sink.nextFirst(MINUTE)); // from the first byte to EOF: the transfer itself
+        const peer = await guest.whileUp(sink.nextFirst(MINUTE), 'the sink'); // from the first byte to EOF: the transfer itself
         const threads0 = ng.selfThreadsCpu();
         const cpu0 = ng.selfCpuSeconds();
         const wall0 = performance.now();

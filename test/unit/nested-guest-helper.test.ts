@@ -11,6 +11,7 @@ import * as path from 'node:path';
 interface GuestLike {
   exited: Promise<unknown>;
   why(): string;
+  whileUp<T>(promise: Promise<T>, what: string): Promise<T>;
   stop(killWaitMs?: number): Promise<void>;
 }
 // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -73,6 +74,21 @@ describe('Guest.why()', () => {
     const { child, guest } = guestOf('echo "@@n0nce@@ START"; echo ready; exec sleep 100');
     await new Promise((resolve) => child.stdout.once('data', resolve));
     expect(guest.why()).toMatch(/^guest script still running\n/);
+    await guest.stop();
+  });
+});
+
+describe('Guest.whileUp()', () => {
+  test("passes the promise's value through while the guest runs", async () => {
+    const { guest } = guestOf('exec sleep 100');
+    await expect(guest.whileUp(Promise.resolve(42), 'the answer')).resolves.toBe(42);
+    await guest.stop();
+  });
+
+  test('rejects as soon as the guest is gone, not at the promise\'s own timeout', async () => {
+    const { guest } = guestOf('echo "@@n0nce@@ START"; exit 0');
+    const never = new Promise(() => {});
+    await expect(guest.whileUp(never, 'the sink')).rejects.toThrow(/^guest exited while waiting for the sink: the guest ended before its script did/);
     await guest.stop();
   });
 });

@@ -62,7 +62,7 @@ static double now_us(void) {
 }
 
 // Split ring of QUEUE_SIZE entries at guest-physical `base`, laid out as
-// lib/vring.ts layoutSplitRing does (desc, avail, used 4-aligned, with event idx).
+// lib/virtio/vring.ts layoutSplitRing does (desc, avail, used 4-aligned, with event idx).
 struct ring { uint64_t desc, avail, used; };
 
 static struct ring ring_at(uint64_t base) {

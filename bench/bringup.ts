@@ -6,14 +6,14 @@
 // Both sides make the guest memory once (1 MiB memfd, outside the timed
 // loop) and open everything else inside: tap, four eventfds, device fd.
 import * as fs from 'node:fs';
-import { EventFd } from '../lib/eventfd';
-import { features } from '../lib/features';
-import { GuestMemory } from '../lib/memory';
-import { Tap } from '../lib/tap';
-import { VhostNet } from '../lib/vhost-net';
-import { VhostVsock } from '../lib/vhost-vsock';
-import type { VhostDevice } from '../lib/vhost';
-import { layoutSplitRing, type SplitRingLayout } from '../lib/vring';
+import { EventFd } from '../lib/core/eventfd';
+import { features } from '../lib/core/features';
+import { GuestMemory } from '../lib/core/memory';
+import { Tap } from '../lib/netdev/tap';
+import { VhostNet } from '../lib/vhost/net';
+import { VhostVsock } from '../lib/vhost/vsock';
+import type { VhostDevice } from '../lib/vhost/kernel/vhost-device';
+import { layoutSplitRing, type SplitRingLayout } from '../lib/virtio/vring';
 
 export const MEM_SIZE = 1 << 20;
 export const QUEUE_SIZE = 256;

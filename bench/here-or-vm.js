@@ -1,7 +1,7 @@
 // Runs a benchmark's main() here when this host has the devices it needs (as
 // root), otherwise re-runs the script inside the test VM, which sets
 // LINUX_VHOST_IN_VM=1 so it never recurses. The decision and the re-spawn are
-// lib/test-vm.ts's, loaded from dist/ (npm run build:ts).
+// lib/cli/test-vm.ts's, loaded from dist/ (npm run build:ts).
 'use strict';
 const { spawnSync } = require('node:child_process');
 const fs = require('node:fs');
@@ -18,7 +18,7 @@ const root = path.resolve(__dirname, '..');
  */
 function runHereOrInVm(name, script, main, options = {}) {
   const { devices = ['/dev/vhost-net', '/dev/net/tun'], lacking = '/dev/vhost-net or /dev/net/tun' } = options;
-  const { whereToRun, runInTestVm } = require(path.join(root, 'dist', 'test-vm'));
+  const { whereToRun, runInTestVm } = require(path.join(root, 'dist', 'cli', 'test-vm'));
   const { place } = whereToRun({ root: true, devices });
   if (place === 'here') {
     main().then(

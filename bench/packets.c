@@ -1,5 +1,5 @@
 // C reference for bench/packets.js: the same split-ring loop as the Node
-// guest (lib/virtio-net-guest.ts over native/virtqueue.cc), with the same
+// guest (lib/guest/net.ts over native/virtqueue.cc), with the same
 // layout and batching, so packets.js can print a Node/C ratio.
 //
 //   packets tx SIZE FRAMES        guest -> host through vhost-net; prints
@@ -99,7 +99,7 @@ struct ring {
 #define USED_ELEM(r, i) ((struct vring_used_elem *)((r)->used + 2) + (i))
 #define AVAIL_EVENT(r) ((uint16_t *)((uint8_t *)((r)->used + 2) + 8 * QSIZE))
 
-/* Ring offsets as lib/virtqueue.ts placeVirtqueue(): desc, avail, used (4-aligned). */
+/* Ring offsets as lib/virtio/virtqueue.ts placeVirtqueue(): desc, avail, used (4-aligned). */
 static size_t avail_off(size_t off) { return off + 16 * QSIZE; }
 static size_t used_off(size_t off) { return (avail_off(off) + 6 + 2 * QSIZE + 3) & ~(size_t)3; }
 static size_t ring_end(size_t off) { return (used_off(off) + 6 + 8 * QSIZE + 15) & ~(size_t)15; }

@@ -173,7 +173,7 @@ const fmt = (p) => Math.round(p).toLocaleString('en-US').padStart(10);
 const gbps = (p, size) => ((p * size * 8) / 1e9).toFixed(3);
 
 async function main(opts) {
-  const lib = { Tap: require(path.join(root, 'dist', 'tap')).Tap, VirtioNetGuest: require(path.join(root, 'dist', 'virtio-net-guest')).VirtioNetGuest };
+  const lib = { Tap: require(path.join(root, 'dist', 'netdev', 'tap')).Tap, VirtioNetGuest: require(path.join(root, 'dist', 'guest', 'net')).VirtioNetGuest };
   console.log(`TX guest -> host, ${opts.frames} frames per run, median of ${opts.runs} runs (interleaved: Node guest, C ring loop, tap fd)`); // first: stdout's setup opens an fd
   // Warm up every path (JIT, lazily opened libuv fds: child process signal pipe) before the fd / RSS baseline.
   for (const size of SIZES) {

@@ -140,7 +140,7 @@ function main() {
   const argv = process.argv.slice(2);
   const opts = parseArgs(argv);
   registerTs();
-  const testVm = require('../lib/test-vm.ts');
+  const testVm = require('../lib/cli/test-vm.ts');
   const inVm = testVm.insideTestVm();
   const { place } = testVm.whereToRun({ devices: ['/dev/vhost-net', '/dev/vhost-vsock', '/dev/net/tun'] });
   if (place === 'nowhere') {

@@ -14,7 +14,7 @@ const path = require('node:path');
 const zlib = require('node:zlib');
 
 const root = path.resolve(__dirname, '..');
-const { VirtioVsockGuest } = require(path.join(root, 'dist', 'virtio-vsock-guest'));
+const { VirtioVsockGuest } = require(path.join(root, 'dist', 'guest', 'vsock'));
 
 const sinkPort = Number(process.argv[2] ?? 6000);
 const echoPort = Number(process.argv[3] ?? 6001);

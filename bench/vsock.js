@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // vsock benchmark, part of issue 5's: a host AF_VSOCK client against a
 // userspace virtio-vsock guest (bench/vsock-guest.js, VirtioVsockGuest over
-// vhost-vsock, in its own process), Node's lib/vsock.ts socket against
+// vhost-vsock, in its own process), Node's lib/vsock/socket.ts socket against
 // bench/vsock-client.c (plain blocking AF_VSOCK), both talking to the SAME
 // guest process in the same run, interleaved (Node, C, then C, Node, ...):
 // - throughput host -> guest at 4 KiB and 64 KiB writes: MiB of a fixed
@@ -177,7 +177,7 @@ const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const fmt = (n, d = 1) => n.toLocaleString('en-US', { minimumFractionDigits: d, maximumFractionDigits: d });
 
 async function main(opts) {
-  const vsock = require(path.join(root, 'dist', 'vsock'));
+  const vsock = require(path.join(root, 'dist', 'vsock', 'socket'));
   const total = opts.mib * 2 ** 20;
   const data = pattern(total);
   const expected = `bytes=${total} crc32=${zlib.crc32(data).toString(16).padStart(8, '0')}`;
@@ -189,7 +189,7 @@ async function main(opts) {
     if (reply !== want) failures.push(`${what}: the guest answered '${reply}', expected '${want}'`);
   };
   try {
-    console.log(`vsock host -> userspace guest (CID ${cid}, its own process): ${opts.mib} MiB per throughput run, ${opts.requests} round trips of ${REQUEST_SIZE} B per request run, median of ${opts.runs} runs, interleaved Node (lib/vsock.ts) / C (blocking AF_VSOCK)`);
+    console.log(`vsock host -> userspace guest (CID ${cid}, its own process): ${opts.mib} MiB per throughput run, ${opts.requests} round trips of ${REQUEST_SIZE} B per request run, median of ${opts.runs} runs, interleaved Node (lib/vsock/socket.ts) / C (blocking AF_VSOCK)`);
     // Warm-up: JIT, the guest's rings and pools, the C binary's page cache.
     check('warm-up Node', (await nodeSink(vsock, cid, warm, 65536)).reply, warmExpected);
     check('warm-up C', cRun(['sink', cid, SINK_PORT, warm.length, 65536]).reply, warmExpected);

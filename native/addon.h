@@ -17,7 +17,7 @@ namespace vhost {
 struct AddonData {
   Napi::FunctionReference ownedFdCtor;
   Napi::FunctionReference mappingCtor;
-  Napi::FunctionReference errorCtor;  // VhostError from lib/errors.ts, once registered
+  Napi::FunctionReference errorCtor;  // VhostError from lib/core/errors.ts, once registered
   bool wrappingFd = false;  // OwnedFd can only be constructed by WrapFd
   // fd numbers an OwnedFd of this env owns now, so fdAdopt cannot give one a
   // second owner. Shared with each OwnedFd: its finalizer may outlive this.

@@ -1,7 +1,7 @@
 // rtnetlink: a NETLINK_ROUTE socket (optionally created inside another network
 // namespace), one request/reply exchange on it, and network namespaces the
 // way `ip netns` keeps them (a bind mount under /run/netns). Messages are
-// encoded and decoded in lib/netlink.ts; this file only moves bytes and turns
+// encoded and decoded in lib/netdev/netlink.ts; this file only moves bytes and turns
 // the kernel's error answer into an ErrnoError.
 #include <fcntl.h>
 #include <linux/netlink.h>

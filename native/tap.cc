@@ -1,5 +1,5 @@
 // Tap devices: /dev/net/tun and its TUN* ioctls (linux/if_tun.h). Each
-// function is one syscall on an OwnedFd; flag choices live in lib/tap.ts.
+// function is one syscall on an OwnedFd; flag choices live in lib/netdev/tap.ts.
 #include <fcntl.h>
 #include <linux/if.h>
 #include <linux/if_tun.h>

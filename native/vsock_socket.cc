@@ -1,6 +1,6 @@
 // AF_VSOCK sockets (linux/vm_sockets.h): one function per syscall on a
 // nonblocking socket. Node's libuv cannot wrap these fds (it guesses them as
-// unknown), so lib/vsock.ts builds streams on OwnedFd.watch; this file holds
+// unknown), so lib/vsock/socket.ts builds streams on OwnedFd.watch; this file holds
 // no policy: every "would block" comes back as null, never as a wait.
 #include <linux/vm_sockets.h>
 #include <sys/ioctl.h>

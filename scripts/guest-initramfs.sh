@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build a small initramfs for a guest that QEMU boots on devices this library
-# prepared (examples/boot-vm.js, test/kernel/nested-guest.test.ts, bench/qemu-vhost.js):
+# prepared (examples/boot-vm.js, test/kernel/vmm/nested-guest.test.ts, bench/qemu-vhost.js):
 # static busybox, the kernel's virtio-net / virtio-pci / 9p / virtio-vsock
 # modules (with their dependencies, from modules.dep), and an /init that
 #   - loads them, leaving eth0 as the device configured it (the MTU the guest

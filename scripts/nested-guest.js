@@ -1,7 +1,7 @@
 // A small Linux guest under QEMU, driven from Node: builds the initramfs
 // (scripts/guest-initramfs.sh), boots it with the caller's network/vsock
 // arguments, runs a shell script in the guest and exposes its console output
-// line by line. Shared by test/kernel/nested-guest.test.ts and bench/qemu-vhost.js.
+// line by line. Shared by test/kernel/vmm/nested-guest.test.ts and bench/qemu-vhost.js.
 //
 // The guest runs `script` (POSIX sh) chrooted into this machine's root, shared
 // read-only over 9p, with busybox applets last in PATH. Its run share

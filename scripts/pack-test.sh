@@ -71,7 +71,7 @@ none '^node_modules/' || fail "tarball contains node_modules/"
 ts_sources=$(printf '%s\n' "${entries[@]}" | grep -E '\.ts$' | grep -vE '\.d\.ts$' || true)
 [ -z "$ts_sources" ] || fail "tarball contains TypeScript sources: $ts_sources"
 for f in package.json binding.gyp CMakeLists.txt native/sources.json native/addon.h \
-  dist/index.js dist/index.d.ts dist/cli.js "prebuilds/$platform_arch/$prebuild_name"; do
+  dist/index.js dist/index.d.ts dist/cli/main.js "prebuilds/$platform_arch/$prebuild_name"; do
   has "$f" || fail "tarball lacks $f"
 done
 for f in "$repo"/native/*.cc; do

@@ -23,10 +23,10 @@ function log(msg) {
   process.stderr.write(`[test] ${msg}\n`);
 }
 
-// The test VM's decision and runner (lib/test-vm.ts), from dist/: only the
+// The test VM's decision and runner (lib/cli/test-vm.ts), from dist/: only the
 // kernel suite needs them, and `npm run test:kernel` builds dist/ first.
 function testVm() {
-  const file = path.join(root, 'dist', 'test-vm.js');
+  const file = path.join(root, 'dist', 'cli', 'test-vm.js');
   if (!fs.existsSync(file)) throw new Error('dist/ is not built: run `npm run build:ts` first');
   return require(file);
 }
@@ -38,7 +38,7 @@ function testVm() {
 // of their own, after the rest, and each part runs again in a fresh VM when its VM broke
 // (scripts/vm.sh 124/125, or the test said so), never when a test merely failed. Worst case,
 // all attempts at their timeouts: 2 × 15 + 3 × 15 min, within CI's 90.
-const NESTED = ['test/kernel/kvm-tiny-vm.test.ts', 'test/kernel/kvm.test.ts', 'test/kernel/nested-guest.test.ts'];
+const NESTED = ['test/kernel/vmm/kvm-tiny-vm.test.ts', 'test/kernel/vmm/kvm.test.ts', 'test/kernel/vmm/nested-guest.test.ts'];
 const VM_PARTS = {
   kernel: { attempts: 2, timeout: 900 }, // seconds; takes ~6 min
   'kernel-nested': { attempts: 3, timeout: 900 }, // takes ~2 min, up to 13 with three nested guest runs
@@ -64,7 +64,7 @@ function runJest(name, project, { inVm = false, files = [], ignore = [] } = {}) 
   if (!inVm) status = spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit', env }).status;
   else {
     const { attempts, timeout } = VM_PARTS[name];
-    const res = testVm().runInFreshTestVms(process.execPath, args, {
+    const res = require('./fresh-vms').runInFreshTestVms(process.execPath, args, {
       label: `[test] ${name}`,
       cwd: root,
       env,

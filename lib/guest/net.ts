@@ -1,0 +1,574 @@
+// VirtioNetGuest: this process plays a virtio-net guest over vhost-net. It
+// owns guest memory (rings + buffer pools), the kick/call eventfds and the
+// vhost-net device; the caller owns the tap. Frames travel
+//   send() → TX ring → vhost worker → tap → host stack
+//   host stack → tap → vhost worker → RX ring → 'frame' / frames()
+// with the 12-byte virtio_net_hdr (VERSION_1) in front of every buffer and,
+// with mergeableRx, frames spread over several RX buffers (num_buffers).
+//
+// Backpressure, both ways, with bounded memory in JS:
+// - TX: send()/sendBatch() never queue in JS; they return false / a short
+//   count when the ring is full and 'drain' is emitted when space returns.
+// - RX: frames() buffers at most `highWaterMark` frames per iterator; when
+//   one is full the guest stops collecting used buffers, so it stops
+//   refilling, vhost runs out of buffers and the tap's own bounded queue
+//   holds (or drops) the rest. 'frame' listeners are called synchronously.
+import { EventEmitter } from 'node:events';
+import { closedError, invalidArg, VhostError } from '../core/errors';
+import { features } from '../core/features';
+import type { GuestMemory } from '../core/memory';
+import { SEG_END } from '../core/native';
+import type { DeviceState } from '../vhost/builder';
+import type { RunningVhostNet } from '../vhost/net';
+import { NetResponder } from './responder';
+import { Macvtap } from '../netdev/macvtap';
+import { formatMac, parseMac, Tap, TapQueue } from '../netdev/tap';
+import { alignUp, failGuest, failOrRethrow, GuestRings } from './userspace-guest';
+import { VhostNet, VHOST_NET_RX, VHOST_NET_TX } from '../vhost/net';
+import { validateQueueSize } from '../virtio/vring';
+
+/** sizeof(struct virtio_net_hdr_mrg_rxbuf): the header with VERSION_1. */
+export const VIRTIO_NET_HDR_SIZE = 12;
+const ETH_HLEN = 14;
+const VLAN_HLEN = 4;
+const EBADFD = 77; // the tun driver's answer once its link is gone
+
+export interface VirtioNetGuestOptions {
+  /**
+   * The tap-like backend vhost-net moves frames to and from (not closed by the
+   * guest): a Tap, one TapQueue of a multi-queue tap (one guest per queue
+   * pair), or a Macvtap (e.g. a NIC dedicated by Macvtap.passthrough()).
+   */
+  tap: VirtioNetGuestBackend;
+  /** Entries per ring (power of two, 1..32768). Default 256. */
+  queueSize?: number;
+  /** VIRTIO_NET_F_MRG_RXBUF: frames larger than one RX buffer span several. Default true. */
+  mergeableRx?: boolean;
+  /** Largest IP packet (the link MTU), 68..65535. Frames may be mtu + 14 (+ 4 VLAN) bytes. Default 1500. */
+  mtu?: number;
+  /** RX buffer size with mergeableRx (bytes, 64..65536, header included). Default 2048. */
+  rxBufferSize?: number;
+  /** VIRTIO_RING_F_EVENT_IDX notification suppression. Default true. */
+  eventIdx?: boolean;
+  /** Frames each frames() iterator buffers before the guest stops collecting. Default queueSize. */
+  highWaterMark?: number;
+  /** The guest's MAC (used by the responder). Default: a random locally administered one. */
+  mac?: string | Uint8Array;
+  /** Answer ARP / ICMP echo for this IPv4 address (and echo UDP on udpEchoPort, default 7). Answered frames are not emitted. */
+  responder?: { ipv4: string; udpEchoPort?: number | null };
+  /** How often to check that the tap still exists (ms). Default 500. */
+  linkCheckIntervalMs?: number;
+}
+
+/** What a VirtioNetGuest can sit on: each answers TUNGETIFF and takes the vnet header. */
+export type VirtioNetGuestBackend = Tap | TapQueue | Macvtap;
+
+/** Counters of a VirtioNetGuest. */
+export interface VirtioNetGuestStats {
+  txFrames: number;
+  txBytes: number;
+  /** TX buffers the device has returned. */
+  txCompleted: number;
+  /** Times send/sendBatch found the ring full. */
+  txRingFull: number;
+  rxFrames: number;
+  rxBytes: number;
+  /** RX buffers posted (refills included). */
+  rxBuffersPosted: number;
+  /** Frames the responder answered (not emitted). */
+  rxAnswered: number;
+  /** Frames dropped because nobody listened ('frame' or frames()). */
+  rxUnclaimed: number;
+  /** Responder replies dropped because the TX ring was full. */
+  txRepliesDropped: number;
+  /** Kicks written and kicks the device's hints saved, per queue. */
+  kicks: { rx: number; tx: number; suppressed: number };
+  /** Call eventfd wake-ups, per queue. */
+  calls: { rx: number; tx: number };
+}
+
+interface Consumer {
+  queue: Buffer[];
+  wake: (() => void) | null;
+}
+
+function randomMac(): Uint8Array {
+  const mac = new Uint8Array(6);
+  for (let i = 0; i < 6; i++) mac[i] = Math.floor(Math.random() * 256);
+  mac[0] = (mac[0] & 0xfe) | 0x02; // unicast, locally administered
+  return mac;
+}
+
+interface GuestPlan {
+  tap: VirtioNetGuestBackend;
+  queueSize: number;
+  mergeableRx: boolean;
+  mtu: number;
+  maxFrame: number;
+  rxBufferSize: number;
+  txBufferSize: number;
+  eventIdx: boolean;
+  highWaterMark: number;
+  mac: Uint8Array;
+  responder: NetResponder | null;
+  linkCheckIntervalMs: number;
+}
+
+const OPTION_KEYS = new Set(['tap', 'queueSize', 'mergeableRx', 'mtu', 'rxBufferSize', 'eventIdx', 'highWaterMark', 'mac', 'responder', 'linkCheckIntervalMs']);
+
+function intOption(v: unknown, arg: string, min: number, max: number, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw invalidArg(arg, `must be an integer, got ${String(v)}`);
+  if (v < min || v > max) throw invalidArg(arg, `must be in ${min}..${max}, got ${v}`, 'ERR_VHOST_OUT_OF_RANGE');
+  return v;
+}
+
+function boolOption(v: unknown, arg: string, dflt: boolean): boolean {
+  if (v === undefined) return dflt;
+  if (typeof v !== 'boolean') throw invalidArg(arg, 'must be a boolean');
+  return v;
+}
+
+/** Checks VirtioNetGuest options without any syscall. */
+export function planVirtioNetGuest(options: VirtioNetGuestOptions): GuestPlan {
+  if (options === null || typeof options !== 'object') throw invalidArg('options', 'must be an object');
+  for (const k of Object.keys(options)) if (!OPTION_KEYS.has(k)) throw invalidArg(`options.${k}`, 'is not a VirtioNetGuest option');
+  if (!(options.tap instanceof Tap || options.tap instanceof TapQueue || options.tap instanceof Macvtap)) throw invalidArg('options.tap', 'must be a Tap, a TapQueue or a Macvtap');
+  if (options.tap.closed) throw closedError('Tap (options.tap)', options.tap.path);
+  const queueSize = validateQueueSize(options.queueSize ?? 256, 'options.queueSize');
+  const mergeableRx = boolOption(options.mergeableRx, 'options.mergeableRx', true);
+  const eventIdx = boolOption(options.eventIdx, 'options.eventIdx', true);
+  const mtu = intOption(options.mtu, 'options.mtu', 68, 65535, 1500);
+  const maxFrame = mtu + ETH_HLEN + VLAN_HLEN;
+  const fullBuffer = Number(alignUp(BigInt(VIRTIO_NET_HDR_SIZE + maxFrame), 64n));
+  if (options.rxBufferSize !== undefined && !mergeableRx) throw invalidArg('options.rxBufferSize', 'needs mergeableRx (without it each RX buffer holds a whole frame)');
+  const rxBufferSize = mergeableRx ? intOption(options.rxBufferSize, 'options.rxBufferSize', 64, 65536, 2048) : fullBuffer;
+  const highWaterMark = intOption(options.highWaterMark, 'options.highWaterMark', 1, 1 << 20, queueSize);
+  const linkCheckIntervalMs = intOption(options.linkCheckIntervalMs, 'options.linkCheckIntervalMs', 10, 3_600_000, 500);
+  const mac = options.mac === undefined ? randomMac() : parseMac(options.mac, 'options.mac');
+  let responder: NetResponder | null = null;
+  if (options.responder !== undefined) {
+    const r = options.responder;
+    if (r === null || typeof r !== 'object') throw invalidArg('options.responder', 'must be an object { ipv4, udpEchoPort }');
+    responder = new NetResponder({ mac, ipv4: r.ipv4, udpEchoPort: r.udpEchoPort });
+  }
+  return { tap: options.tap, queueSize, mergeableRx, mtu, maxFrame, rxBufferSize, txBufferSize: fullBuffer, eventIdx, highWaterMark, mac, responder, linkCheckIntervalMs };
+}
+
+/**
+ * A virtio-net guest driven by this process over vhost-net and a tap: no VM.
+ * Create with VirtioNetGuest.create(); close() (or `using`) stops the device
+ * and releases everything the guest created. Events: 'frame' (Buffer),
+ * 'drain', 'error' (e.g. the tap was deleted), 'close'.
+ */
+export class VirtioNetGuest extends EventEmitter implements Disposable {
+  /** The guest's MAC address ('02:..'). */
+  readonly mac: string;
+  readonly mtu: number;
+  /** Largest frame send() takes: mtu + 14 + 4. */
+  readonly maxFrameSize: number;
+  readonly queueSize: number;
+  readonly mergeableRx: boolean;
+  readonly #plan: GuestPlan;
+  readonly #rings: GuestRings<RunningVhostNet>;
+  // Own scratch arrays per queue (GuestRings has the others): a responder reply is sent (TX) while RX entries are being walked.
+  readonly #rxUsed: Uint32Array;
+  readonly #txSegs: Uint32Array;
+  readonly #consumers = new Set<Consumer>();
+  readonly #stats: Omit<VirtioNetGuestStats, 'kicks'>;
+  #partial: { chunks: Buffer[]; bytes: number; remaining: number } | null = null;
+  #timer: NodeJS.Timeout | null = null;
+  #needDrain = false;
+  #closed = false;
+  #draining = false;
+  #rxScheduled = false;
+
+  private constructor(plan: GuestPlan, rings: GuestRings<RunningVhostNet>) {
+    super();
+    this.#plan = plan;
+    this.#rings = rings;
+    this.mac = formatMac(plan.mac);
+    this.mtu = plan.mtu;
+    this.maxFrameSize = plan.maxFrame;
+    this.queueSize = plan.queueSize;
+    this.mergeableRx = plan.mergeableRx;
+    this.#rxUsed = new Uint32Array(2 * plan.queueSize);
+    this.#txSegs = new Uint32Array(3 * plan.queueSize);
+    this.#stats = { txFrames: 0, txBytes: 0, txCompleted: 0, txRingFull: 0, rxFrames: 0, rxBytes: 0, rxBuffersPosted: 0, rxAnswered: 0, rxUnclaimed: 0, txRepliesDropped: 0, calls: { rx: 0, tx: 0 } };
+  }
+
+  /**
+   * Validates the options (before any syscall), then creates guest memory
+   * (both rings and buffer pools in one memfd region), the eventfds and the
+   * vhost-net device (VhostNet.builder(): VERSION_1 [+ MRG_RXBUF] [+ EVENT_IDX]),
+   * fills the RX ring and starts watching the call eventfds. On failure
+   * everything created so far is released.
+   */
+  static create(options: VirtioNetGuestOptions): VirtioNetGuest {
+    const plan = planVirtioNetGuest(options);
+    let acked = features.ring.VERSION_1;
+    if (plan.mergeableRx) acked |= features.net.MRG_RXBUF;
+    if (plan.eventIdx) acked |= features.ring.RING_EVENT_IDX;
+    const layout = { name: 'virtio-net-guest', queueSize: plan.queueSize, rxBufferSize: plan.rxBufferSize, txBufferSize: plan.txBufferSize, eventIdx: plan.eventIdx };
+    // Also how resume() builds the new device: same memory, rings, eventfds and tap, each ring at its saved base.
+    const startDevice = (rings: GuestRings<RunningVhostNet>, state?: DeviceState) =>
+      VhostNet.builder()
+        .memory(rings.memory)
+        .backend(plan.tap)
+        .features(acked)
+        .queue(VHOST_NET_RX, rings.queue(VHOST_NET_RX, state))
+        .queue(VHOST_NET_TX, rings.queue(VHOST_NET_TX, state))
+        .start();
+    return GuestRings.create(layout, startDevice, (rings) => {
+      const guest = new VirtioNetGuest(plan, rings);
+      guest.#start();
+      return guest;
+    });
+  }
+
+  #start(): void {
+    this.#rings.txq.disableCallbacks(); // TX buffers are reclaimed on send; calls only when waiting for space
+    this.#refill();
+    this.#rings.watchCalls((which) => this.#onCall(which), (e) => failOrRethrow(this, e));
+    this.#timer = setInterval(() => this.#checkLink(), this.#plan.linkCheckIntervalMs);
+    this.#timer.unref();
+  }
+
+  /** True once closed (by close(), or after the tap went away). */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** A snapshot of the counters. */
+  get stats(): VirtioNetGuestStats {
+    const rx = this.#closed ? { kicks: 0, suppressed: 0 } : this.#rings.rxq.kickStats;
+    const tx = this.#closed ? { kicks: 0, suppressed: 0 } : this.#rings.txq.kickStats;
+    return { ...this.#stats, calls: { ...this.#stats.calls }, kicks: { rx: rx.kicks, tx: tx.kicks, suppressed: rx.suppressed + tx.suppressed } };
+  }
+
+  /**
+   * The vhost-net device, for what the guest does not wrap (e.g.
+   * enableDirtyLog() / readDirtyLog()). stop() or detachBackend() on it stalls
+   * the guest; pause() / resume() is the way to stop and restart it. A
+   * different object after resume().
+   */
+  get device(): RunningVhostNet {
+    if (this.#closed) throw closedError('VirtioNetGuest (device)');
+    return this.#rings.device;
+  }
+
+  /** The guest memory holding the rings and buffer pools (closed with the guest). */
+  get memory(): GuestMemory {
+    if (this.#closed) throw closedError('VirtioNetGuest (memory)');
+    return this.#rings.memory;
+  }
+
+  /** True between pause() and resume(). */
+  get paused(): boolean {
+    return this.#rings.paused;
+  }
+
+  /**
+   * Stops the device mid-traffic (backend detached, rings quiesced) and
+   * returns each ring's saved base (GET_VRING_BASE). The guest stays usable:
+   * send() keeps filling the TX ring (and returns false when it is full),
+   * frames from the host wait in the tap's queue. Calling it again returns
+   * the same state. Throws ERR_VHOST_CLOSED after close().
+   */
+  pause(): DeviceState {
+    if (this.#closed) throw closedError('VirtioNetGuest (pause)');
+    return this.#rings.device.stop();
+  }
+
+  /**
+   * Restarts a paused guest on a new vhost-net device over the same memory,
+   * rings, eventfds and tap, each ring resuming at its base from `state`
+   * (default: the state pause() returned), then kicks both rings so frames
+   * posted meanwhile go out. Nothing is lost or repeated when the bases are
+   * the saved ones. Dirty logging, if it was on, is off on the new device.
+   * If the new device cannot be built the guest closes and the error is thrown.
+   */
+  resume(state?: DeviceState): void {
+    if (this.#closed) throw closedError('VirtioNetGuest (resume)');
+    const saved = this.#rings.releaseDevice(state); // stopped already: releases the old device fd
+    try {
+      this.#rings.restartDevice(saved); // kicks: RX buffers posted and frames queued while paused
+    } catch (err) {
+      this.close();
+      throw err;
+    }
+  }
+
+  /** TX buffers posted and not yet returned by the device. */
+  get txInFlight(): number {
+    return this.#closed ? 0 : this.#rings.txq.inFlight;
+  }
+
+  /**
+   * Sends one Ethernet frame (without FCS, 14..maxFrameSize bytes; the
+   * virtio-net header is added). Returns false, sending nothing, when the TX
+   * ring is full: wait for 'drain'. Throws ERR_VHOST_CLOSED after close().
+   */
+  send(frame: Uint8Array): boolean {
+    return this.sendBatch([frame]) === 1;
+  }
+
+  /**
+   * Sends frames in order with one ring publish and at most one kick.
+   * Returns how many were taken (a prefix); fewer than given means the ring
+   * is full and 'drain' follows. Every frame is validated before any is sent.
+   */
+  sendBatch(frames: readonly Uint8Array[]): number {
+    if (this.#closed) throw closedError('VirtioNetGuest (send)');
+    if (!Array.isArray(frames)) throw invalidArg('frames', 'must be an array of Uint8Array frames');
+    for (let i = 0; i < frames.length; i++) this.#checkFrame(frames[i], frames.length === 1 ? 'frame' : `frames[${i}]`);
+    return this.#post(frames);
+  }
+
+  #checkFrame(frame: unknown, arg: string): void {
+    if (!(frame instanceof Uint8Array)) throw invalidArg(arg, 'must be a Uint8Array (an Ethernet frame)');
+    if (frame.length < ETH_HLEN) throw invalidArg(arg, `is ${frame.length} bytes, shorter than an Ethernet header (14)`);
+    if (frame.length > this.maxFrameSize) {
+      throw invalidArg(arg, `is ${frame.length} bytes, larger than the limit ${this.maxFrameSize} (mtu ${this.mtu} + 14 Ethernet header + 4 VLAN tag)`, 'ERR_VHOST_OUT_OF_RANGE');
+    }
+  }
+
+  #post(frames: readonly Uint8Array[]): number {
+    this.#reclaimTx();
+    const pool = this.#rings.txPool;
+    let sent = 0;
+    while (sent < frames.length) {
+      const count = Math.min(frames.length - sent, pool.available, this.queueSize);
+      if (count === 0) break;
+      const segs = this.#txSegs;
+      const slots: number[] = [];
+      for (let i = 0; i < count; i++) {
+        const frame = frames[sent + i];
+        const slot = pool.alloc();
+        slots.push(slot);
+        const view = pool.view(slot);
+        view.fill(0, 0, VIRTIO_NET_HDR_SIZE); // no checksum / GSO offload
+        view.set(frame, VIRTIO_NET_HDR_SIZE);
+        segs[3 * i] = pool.offset(slot);
+        segs[3 * i + 1] = VIRTIO_NET_HDR_SIZE + frame.length;
+        segs[3 * i + 2] = SEG_END;
+      }
+      const posted = this.#rings.postTx(segs, count, slots);
+      for (let i = 0; i < posted; i++) this.#stats.txBytes += frames[sent + i].length;
+      for (let i = posted; i < count; i++) pool.release(slots[i]);
+      this.#stats.txFrames += posted;
+      sent += posted;
+      if (posted < count) break;
+    }
+    if (sent < frames.length) {
+      this.#stats.txRingFull++;
+      this.#needDrain = true;
+      if (this.#rings.txq.enableCallbacks(false)) setImmediate(() => this.#onTxSpace());
+    }
+    return sent;
+  }
+
+  #reclaimTx(): void {
+    this.#stats.txCompleted += this.#rings.reclaimTx();
+  }
+
+  #onTxSpace(): void {
+    if (this.#closed) return;
+    this.#reclaimTx();
+    if (this.#needDrain && this.#rings.txPool.available > 0) {
+      this.#needDrain = false;
+      this.#rings.txq.disableCallbacks();
+      this.emit('drain');
+    }
+  }
+
+  /** A call eventfd woke up (already read); a throwing 'frame' listener propagates, ring failures close the guest. */
+  #onCall(which: 'rx' | 'tx'): void {
+    this.#stats.calls[which]++;
+    if (which === 'tx') this.#onTxSpace();
+    else this.#drainRx();
+  }
+
+  /** Posts every free RX buffer. */
+  #refill(): void {
+    this.#stats.rxBuffersPosted += this.#rings.refillRx();
+  }
+
+  /** Room left before a frames() iterator reaches its high-water mark (Infinity without iterators). */
+  #rxRoom(): number {
+    let room = Infinity;
+    for (const c of this.#consumers) room = Math.min(room, this.#plan.highWaterMark - c.queue.length);
+    return room;
+  }
+
+  /** Collects used RX buffers, delivers frames, refills; stops when a consumer is full. */
+  #drainRx(): void {
+    if (this.#draining || this.#closed) return;
+    this.#draining = true;
+    try {
+      for (;;) {
+        const room = this.#rxRoom();
+        if (room <= 0) return; // paused: resumed by the iterator that makes room
+        const n = this.#rings.rxq.collectInto(this.#rxUsed, Math.min(this.queueSize, room));
+        for (let i = 0; i < n && !this.#closed; i++) this.#rxBuffer(this.#rxUsed[2 * i], this.#rxUsed[2 * i + 1]);
+        if (this.#closed) return;
+        this.#refill();
+        if (n === 0 && !this.#rings.rxq.enableCallbacks(false)) return;
+      }
+    } finally {
+      this.#draining = false;
+    }
+  }
+
+  #rxBuffer(head: number, len: number): void {
+    const pool = this.#rings.rxPool;
+    const slot = this.#rings.takeRx(head);
+    const data = pool.view(slot).subarray(0, Math.min(len, pool.slotSize));
+    let frame: Buffer | null = null;
+    if (this.#partial) {
+      const p = this.#partial;
+      p.chunks.push(Buffer.from(data));
+      p.bytes += data.length;
+      if (--p.remaining === 0) {
+        frame = Buffer.concat(p.chunks, p.bytes);
+        this.#partial = null;
+      }
+    } else if (data.length >= VIRTIO_NET_HDR_SIZE) {
+      const payload = Buffer.from(data.subarray(VIRTIO_NET_HDR_SIZE)); // a copy: the slot is reused
+      const numBuffers = this.mergeableRx ? data[10] | (data[11] << 8) : 1;
+      if (numBuffers > 1) this.#partial = { chunks: [payload], bytes: payload.length, remaining: numBuffers - 1 };
+      else frame = payload;
+    }
+    pool.release(slot);
+    if (frame) this.#deliver(frame);
+  }
+
+  #deliver(frame: Buffer): void {
+    this.#stats.rxFrames++;
+    this.#stats.rxBytes += frame.length;
+    const responder = this.#plan.responder;
+    if (responder) {
+      const reply = responder.respond(frame);
+      if (reply) {
+        this.#stats.rxAnswered++;
+        if (this.#post([reply]) === 0) this.#stats.txRepliesDropped++;
+        return;
+      }
+    }
+    const listened = this.listenerCount('frame') > 0;
+    if (!listened && this.#consumers.size === 0) {
+      this.#stats.rxUnclaimed++;
+      return;
+    }
+    for (const c of this.#consumers) {
+      c.queue.push(frame);
+      const wake = c.wake;
+      c.wake = null;
+      wake?.();
+    }
+    if (listened) this.emit('frame', frame);
+  }
+
+  #scheduleRx(): void {
+    if (this.#rxScheduled || this.#closed) return;
+    this.#rxScheduled = true;
+    setImmediate(() => {
+      this.#rxScheduled = false;
+      try {
+        this.#drainRx();
+      } catch (e) {
+        failOrRethrow(this, e);
+      }
+    });
+  }
+
+  /**
+   * Received frames as an async iterator (each call makes its own, with a
+   * queue of at most highWaterMark frames; while it is full the guest stops
+   * taking frames from the ring). Ends when the guest closes.
+   */
+  frames(): AsyncIterableIterator<Buffer> {
+    const consumer: Consumer = { queue: [], wake: null };
+    if (!this.#closed) this.#consumers.add(consumer);
+    const remove = () => {
+      this.#consumers.delete(consumer);
+      this.#scheduleRx();
+    };
+    const it: AsyncIterableIterator<Buffer> = {
+      next: async (): Promise<IteratorResult<Buffer>> => {
+        for (;;) {
+          if (consumer.queue.length > 0) {
+            const value = consumer.queue.shift()!;
+            if (consumer.queue.length === this.#plan.highWaterMark - 1) this.#scheduleRx(); // it was full: resume
+            return { value, done: false };
+          }
+          if (this.#closed || !this.#consumers.has(consumer)) return { value: undefined, done: true };
+          await new Promise<void>((resolve) => {
+            consumer.wake = resolve;
+          });
+        }
+      },
+      return: async (): Promise<IteratorResult<Buffer>> => {
+        remove();
+        consumer.queue.length = 0;
+        return { value: undefined, done: true };
+      },
+      [Symbol.asyncIterator]() {
+        return it;
+      },
+    };
+    return it;
+  }
+
+  #checkLink(): void {
+    if (this.#closed) return;
+    const tap = this.#plan.tap;
+    try {
+      void tap.iff; // TUNGETIFF: EBADFD once the link is gone
+    } catch (err) {
+      const e = err as VhostError;
+      // libuv has no name for EBADFD (77): say what happened.
+      if (e.errno === -EBADFD) {
+        failGuest(this, new VhostError(`EBADFD: the tap '${tap instanceof TapQueue ? tap.path : tap.name}' was deleted under the running device, ioctl(TUNGETIFF)`, { code: 'EBADFD', errno: e.errno, syscall: e.syscall, path: e.path }));
+      } else {
+        failGuest(this, e);
+      }
+    }
+  }
+
+  /** The call watchers keep the process alive (the default). */
+  ref(): void {
+    this.#rings.ref();
+  }
+
+  /** The guest no longer keeps the process alive on its own. */
+  unref(): void {
+    this.#rings.unref();
+  }
+
+  /**
+   * Stops the device (detaching the tap), then closes it, the eventfds and
+   * the guest memory (every view detached). Ends frames() iterators and emits
+   * 'close'. Idempotent; never closes the tap.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#timer) clearInterval(this.#timer);
+    this.#timer = null;
+    const error = this.#rings.close();
+    this.#partial = null;
+    for (const c of this.#consumers) {
+      const wake = c.wake;
+      c.wake = null;
+      wake?.();
+    }
+    this.#consumers.clear();
+    this.emit('close');
+    if (error !== undefined) throw error;
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

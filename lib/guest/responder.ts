@@ -1,0 +1,211 @@
+// A tiny IPv4 host for the userspace guest: answers ARP requests and ICMP
+// echo for one address, and echoes UDP datagrams on one port, so the host's
+// own `ping` and a UDP client can talk to a VirtioNetGuest. Pure functions over
+// Ethernet frames (no VLAN tags, no IP options beyond skipping them, no fragments).
+import { invalidArg } from '../core/errors';
+import { parseMac } from '../netdev/tap';
+
+export const ETHERTYPE_IPV4 = 0x0800;
+export const ETHERTYPE_ARP = 0x0806;
+export const IPPROTO_ICMP = 1;
+export const IPPROTO_UDP = 17;
+const ETH_HLEN = 14;
+
+export interface NetResponderOptions {
+  /** The guest's MAC ('02:..' or 6 bytes). */
+  mac: string | Uint8Array;
+  /** The guest's IPv4 address, dotted quad. */
+  ipv4: string;
+  /** UDP port to echo on (0..65535); null for none. Default 7 (echo). */
+  udpEchoPort?: number | null;
+}
+
+/** Parses a dotted-quad IPv4 address into 4 bytes; throws ERR_VHOST_INVALID_ARG naming `arg`. */
+export function parseIpv4(ip: unknown, arg = 'ipv4'): Uint8Array {
+  if (typeof ip !== 'string') throw invalidArg(arg, 'must be a dotted-quad string');
+  const parts = ip.split('.');
+  if (parts.length !== 4 || parts.some((p) => !/^\d{1,3}$/.test(p) || Number(p) > 255)) throw invalidArg(arg, `must be a dotted-quad IPv4 address, got '${ip}'`);
+  return Uint8Array.from(parts.map(Number));
+}
+
+/** RFC 1071 checksum of bytes [start, end), folded, complemented; `initial` adds a pseudo-header sum. */
+export function internetChecksum(data: Uint8Array, start = 0, end = data.length, initial = 0): number {
+  let sum = initial;
+  let i = start;
+  for (; i + 1 < end; i += 2) sum += (data[i] << 8) | data[i + 1];
+  if (i < end) sum += data[i] << 8;
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
+const u16 = (b: Uint8Array, o: number): number => (b[o] << 8) | b[o + 1];
+const put16 = (b: Uint8Array, o: number, v: number): void => {
+  b[o] = (v >>> 8) & 0xff;
+  b[o + 1] = v & 0xff;
+};
+const equal = (a: Uint8Array, ao: number, b: Uint8Array, bo: number, n: number): boolean => {
+  for (let i = 0; i < n; i++) if (a[ao + i] !== b[bo + i]) return false;
+  return true;
+};
+
+/** Sum of the UDP/TCP pseudo-header (src, dst, protocol, length), unfolded. */
+function pseudoHeaderSum(ip: Uint8Array, ipOff: number, proto: number, len: number): number {
+  let sum = 0;
+  for (let i = 12; i < 20; i += 2) sum += u16(ip, ipOff + i);
+  return sum + proto + len;
+}
+
+/** Fills a 20-byte IPv4 header at `o` (no options, DF, TTL 64) with its checksum. */
+function writeIpv4Header(b: Uint8Array, o: number, proto: number, src: Uint8Array, dst: Uint8Array, payloadLen: number, id = 0): void {
+  b[o] = 0x45;
+  b[o + 1] = 0;
+  put16(b, o + 2, 20 + payloadLen);
+  put16(b, o + 4, id);
+  put16(b, o + 6, 0x4000);
+  b[o + 8] = 64;
+  b[o + 9] = proto;
+  put16(b, o + 10, 0);
+  b.set(src, o + 12);
+  b.set(dst, o + 16);
+  put16(b, o + 10, internetChecksum(b, o, o + 20));
+}
+
+function ethHeader(b: Uint8Array, dst: Uint8Array, src: Uint8Array, type: number): void {
+  b.set(dst, 0);
+  b.set(src, 6);
+  put16(b, 12, type);
+}
+
+/** Pads a frame to the 60-byte Ethernet minimum (without FCS). */
+function padded(len: number): Uint8Array {
+  return new Uint8Array(Math.max(60, len));
+}
+
+/** An ARP request "who has targetIp? tell srcIp" (broadcast). */
+export function buildArpRequest(o: { srcMac: Uint8Array; srcIp: Uint8Array; targetIp: Uint8Array }): Uint8Array {
+  const f = padded(ETH_HLEN + 28);
+  ethHeader(f, new Uint8Array(6).fill(0xff), o.srcMac, ETHERTYPE_ARP);
+  f.set([0, 1, 0x08, 0x00, 6, 4, 0, 1], ETH_HLEN); // Ethernet/IPv4, request
+  f.set(o.srcMac, ETH_HLEN + 8);
+  f.set(o.srcIp, ETH_HLEN + 14);
+  f.set(o.targetIp, ETH_HLEN + 24);
+  return f;
+}
+
+/** An ICMP echo request (or reply with type 0) in an IPv4 packet. */
+export function buildIcmpEcho(o: { srcMac: Uint8Array; dstMac: Uint8Array; srcIp: Uint8Array; dstIp: Uint8Array; id: number; seq: number; payload: Uint8Array; type?: 0 | 8 }): Uint8Array {
+  const icmpLen = 8 + o.payload.length;
+  const f = padded(ETH_HLEN + 20 + icmpLen);
+  ethHeader(f, o.dstMac, o.srcMac, ETHERTYPE_IPV4);
+  writeIpv4Header(f, ETH_HLEN, IPPROTO_ICMP, o.srcIp, o.dstIp, icmpLen);
+  const i = ETH_HLEN + 20;
+  f[i] = o.type ?? 8;
+  f[i + 1] = 0;
+  put16(f, i + 4, o.id);
+  put16(f, i + 6, o.seq);
+  f.set(o.payload, i + 8);
+  put16(f, i + 2, internetChecksum(f, i, i + icmpLen));
+  return f;
+}
+
+/** A UDP datagram in an IPv4 packet, with its checksum. */
+export function buildUdp(o: { srcMac: Uint8Array; dstMac: Uint8Array; srcIp: Uint8Array; dstIp: Uint8Array; srcPort: number; dstPort: number; payload: Uint8Array }): Uint8Array {
+  const udpLen = 8 + o.payload.length;
+  const f = padded(ETH_HLEN + 20 + udpLen);
+  ethHeader(f, o.dstMac, o.srcMac, ETHERTYPE_IPV4);
+  writeIpv4Header(f, ETH_HLEN, IPPROTO_UDP, o.srcIp, o.dstIp, udpLen);
+  const u = ETH_HLEN + 20;
+  put16(f, u, o.srcPort);
+  put16(f, u + 2, o.dstPort);
+  put16(f, u + 4, udpLen);
+  f.set(o.payload, u + 8);
+  const c = internetChecksum(f, u, u + udpLen, pseudoHeaderSum(f, ETH_HLEN, IPPROTO_UDP, udpLen));
+  put16(f, u + 6, c === 0 ? 0xffff : c);
+  return f;
+}
+
+/** What the responder did with a frame. */
+export type ResponderAction = 'arp' | 'icmp' | 'udp';
+
+/**
+ * Answers ARP requests and ICMP echo requests for one IPv4 address and MAC,
+ * and echoes UDP datagrams sent to `udpEchoPort`. respond() returns the
+ * reply frame, or null when the frame is not for it.
+ */
+export class NetResponder {
+  readonly mac: Uint8Array;
+  readonly ipv4: Uint8Array;
+  readonly udpEchoPort: number | null;
+  /** Replies sent, by kind. */
+  readonly counts: Record<ResponderAction, number> = { arp: 0, icmp: 0, udp: 0 };
+
+  constructor(options: NetResponderOptions) {
+    if (options === null || typeof options !== 'object') throw invalidArg('responder', 'must be an object { mac, ipv4, udpEchoPort }');
+    this.mac = parseMac(options.mac, 'responder.mac');
+    this.ipv4 = parseIpv4(options.ipv4, 'responder.ipv4');
+    const port = options.udpEchoPort === undefined ? 7 : options.udpEchoPort;
+    if (port !== null && (!Number.isInteger(port) || port < 0 || port > 65535)) throw invalidArg('responder.udpEchoPort', `must be a port 0..65535 or null, got ${String(port)}`);
+    this.udpEchoPort = port;
+  }
+
+  /** The reply to `frame`, or null if it is not an ARP request, ICMP echo or UDP echo for us. */
+  respond(frame: Uint8Array): Uint8Array | null {
+    if (frame.length < ETH_HLEN) return null;
+    const type = u16(frame, 12);
+    if (type === ETHERTYPE_ARP) return this.#arp(frame);
+    if (type !== ETHERTYPE_IPV4) return null;
+    // Addressed to our MAC or broadcast only.
+    if (!equal(frame, 0, this.mac, 0, 6) && !(frame[0] & 1)) return null;
+    return this.#ipv4(frame);
+  }
+
+  #arp(f: Uint8Array): Uint8Array | null {
+    const a = ETH_HLEN;
+    if (f.length < a + 28) return null;
+    // htype 1, ptype IPv4, hlen 6, plen 4, op 1 (request), target = our address
+    if (u16(f, a) !== 1 || u16(f, a + 2) !== ETHERTYPE_IPV4 || f[a + 4] !== 6 || f[a + 5] !== 4 || u16(f, a + 6) !== 1) return null;
+    if (!equal(f, a + 24, this.ipv4, 0, 4)) return null;
+    const r = padded(a + 28);
+    const senderMac = f.subarray(a + 8, a + 14);
+    ethHeader(r, senderMac, this.mac, ETHERTYPE_ARP);
+    r.set([0, 1, 0x08, 0x00, 6, 4, 0, 2], a); // reply
+    r.set(this.mac, a + 8);
+    r.set(this.ipv4, a + 14);
+    r.set(senderMac, a + 18);
+    r.set(f.subarray(a + 14, a + 18), a + 24);
+    this.counts.arp++;
+    return r;
+  }
+
+  #ipv4(f: Uint8Array): Uint8Array | null {
+    const ip = ETH_HLEN;
+    if (f.length < ip + 20 || f[ip] >> 4 !== 4) return null;
+    const ihl = (f[ip] & 0x0f) * 4;
+    const total = u16(f, ip + 2);
+    if (ihl < 20 || total < ihl || ip + total > f.length) return null;
+    if ((u16(f, ip + 6) & 0x3fff) !== 0) return null; // a fragment
+    if (internetChecksum(f, ip, ip + ihl) !== 0) return null;
+    if (!equal(f, ip + 16, this.ipv4, 0, 4)) return null;
+    const proto = f[ip + 9];
+    const l4 = ip + ihl;
+    const l4Len = total - ihl;
+    const srcMac = f.subarray(6, 12);
+    const srcIp = f.subarray(ip + 12, ip + 16);
+    if (proto === IPPROTO_ICMP) {
+      if (l4Len < 8 || f[l4] !== 8 || f[l4 + 1] !== 0) return null;
+      if (internetChecksum(f, l4, l4 + l4Len) !== 0) return null;
+      this.counts.icmp++;
+      return buildIcmpEcho({ srcMac: this.mac, dstMac: srcMac, srcIp: this.ipv4, dstIp: srcIp, id: u16(f, l4 + 4), seq: u16(f, l4 + 6), payload: f.subarray(l4 + 8, l4 + l4Len), type: 0 });
+    }
+    if (proto === IPPROTO_UDP && this.udpEchoPort !== null) {
+      if (l4Len < 8 || u16(f, l4 + 2) !== this.udpEchoPort) return null;
+      const udpLen = u16(f, l4 + 4);
+      if (udpLen < 8 || udpLen > l4Len) return null;
+      const sum = u16(f, l4 + 6);
+      if (sum !== 0 && internetChecksum(f, l4, l4 + udpLen, pseudoHeaderSum(f, ip, IPPROTO_UDP, udpLen)) !== 0) return null;
+      this.counts.udp++;
+      return buildUdp({ srcMac: this.mac, dstMac: srcMac, srcIp: this.ipv4, dstIp: srcIp, srcPort: this.udpEchoPort, dstPort: u16(f, l4), payload: f.subarray(l4 + 8, l4 + udpLen) });
+    }
+    return null;
+  }
+}

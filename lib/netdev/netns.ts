@@ -1,0 +1,77 @@
+// Network namespaces kept the way iproute2 keeps them: a bind mount of the
+// namespace file on /run/netns/<name>, so `ip netns` sees the same ones. A
+// NetNs owns an fd of its namespace (for IFLA_NET_NS_FD and for route sockets
+// opened inside it); the namespace it created is deleted on dispose.
+import * as fs from 'node:fs';
+import '../core/dispose';
+import { checkNonEmptyString } from '../core/check';
+import { invalidArg } from '../core/errors';
+import { FdOwner } from '../core/fd';
+import { Rtnl } from './links';
+import { native, type OwnedFd } from '../core/native';
+
+const NETNS_DIR = '/run/netns';
+
+function checkName(value: unknown): string {
+  const name = checkNonEmptyString(value, 'name');
+  if (name === '.' || name === '..' || /[/\0]/.test(name)) throw invalidArg('name', "must be a file name (no '/', NUL, '.' or '..')");
+  if (Buffer.byteLength(name) > 255) throw invalidArg('name', 'must be at most 255 bytes');
+  return name;
+}
+
+/** A named network namespace. Dispose closes its fd and, if this object created it, deletes it. */
+export class NetNs extends FdOwner {
+  readonly name: string;
+  readonly #owned: boolean;
+
+  private constructor(handle: OwnedFd, name: string, owned: boolean) {
+    super(handle);
+    this.name = name;
+    this.#owned = owned;
+  }
+
+  /** Like `ip netns add <name>`: EEXIST when the name is taken, EPERM without CAP_SYS_ADMIN. */
+  static create(name: string): NetNs {
+    checkName(name);
+    native.netnsCreate(name);
+    try {
+      return new NetNs(native.netnsOpen(`${NETNS_DIR}/${name}`), name, true);
+    } catch (err) {
+      native.netnsDelete(name);
+      throw err;
+    }
+  }
+
+  /** Opens an existing namespace by name (ENOENT if none); dispose only closes the fd. */
+  static open(name: string): NetNs {
+    checkName(name);
+    return new NetNs(native.netnsOpen(`${NETNS_DIR}/${name}`), name, false);
+  }
+
+  /** Like `ip netns delete <name>`. */
+  static delete(name: string): void {
+    native.netnsDelete(checkName(name));
+  }
+
+  /** Names under /run/netns (like `ip netns list`). */
+  static list(): string[] {
+    try {
+      return fs.readdirSync(NETNS_DIR).sort();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw err;
+    }
+  }
+
+  /** A route socket inside this namespace: links listed, created or changed through it live here. */
+  rtnl(): Rtnl {
+    return Rtnl.open(this);
+  }
+
+  /** Closes the fd, then deletes the namespace if this object created it. Idempotent. */
+  override close(): void {
+    if (this.closed) return;
+    super.close();
+    if (this.#owned) native.netnsDelete(this.name);
+  }
+}

@@ -1,0 +1,94 @@
+// The device contract: the vhost message set, transport-neutral, as rust-vmm's
+// `VhostBackend` trait has it. Builders and running devices drive only this
+// interface. The kernel's character devices implement it with ioctls
+// (kernel/vhost-device.ts); a vhost-user front-end implements it with messages
+// over a unix socket (user/). A new transport is a new class implementing
+// VhostBackend; a new device is a new file declaring its queues, features,
+// extra steps and hints (see net.ts, vsock.ts).
+//
+// Methods are synchronous, as QEMU's and rust-vmm's front-ends are: a kernel
+// ioctl returns at once, and a vhost-user transport waits for the back-end's
+// reply within a bound (ETIMEDOUT past it) rather than leave a half-programmed
+// device behind a promise.
+import type { FdOwner } from '../core/fd';
+
+/**
+ * One region of a memory table, in the one shape used from the API down to the
+ * addon: guest-physical start, size, and where it is mapped in this process.
+ * `fd`/`offset` say which file backs it, for transports that share memory by fd
+ * (vhost-user); the kernel reads this process's memory and ignores them.
+ */
+export interface MemoryRegion {
+  readonly gpa: bigint;
+  readonly size: bigint;
+  readonly hva: bigint;
+  /** The file backing the region (a memfd), or -1 / absent when it has none (anonymous memory). */
+  readonly fd?: number;
+  /** Offset of the region in `fd`. Default 0. */
+  readonly offset?: bigint;
+}
+
+/** Anything with guest memory regions, such as GuestMemory. */
+export interface MemoryLike {
+  readonly regions: readonly MemoryRegion[];
+}
+
+/** Ring addresses for SET_VRING_ADDR: host virtual addresses in this process (or IOVAs with an IOTLB). */
+export interface VringAddr {
+  desc: bigint | number;
+  avail: bigint | number;
+  used: bigint | number;
+  /** Guest-physical address of the used ring for dirty logging (with VRING_ADDR_F_LOG). */
+  log?: bigint | number;
+  /** VRING_ADDR_F_LOG or 0. */
+  flags?: number;
+}
+
+/** flags bit of setVringAddr: log writes to the used ring at `log` (1 << VHOST_VRING_F_LOG). */
+export const VRING_ADDR_F_LOG = 1;
+
+/** An fd argument: a library object owning an fd (EventFd, Tap), a raw fd number, or null for "none". */
+export type FdLike = FdOwner | number | null;
+
+/** The dirty log's memory, for SET_LOG_BASE: its address here, and its file for transports that share it by fd. */
+export interface LogArea {
+  readonly hva: bigint;
+  readonly size: bigint;
+  /** A memfd holding the log (vhost-user LOG_SHMFD), or absent. */
+  readonly fd?: number;
+  readonly offset?: bigint;
+}
+
+/**
+ * The vhost message set a builder drives, one method per message (named after
+ * it). Implementations check their own arguments for direct callers; the
+ * builders validate a whole plan first and then call these.
+ */
+export interface VhostBackend {
+  /** The device node or socket the backend speaks to, for messages. */
+  readonly path: string;
+  readonly closed: boolean;
+  /**
+   * How the back-end reaches guest memory: 'address' (the kernel reads this
+   * process's memory: contiguous regions may be merged) or 'fd' (each region's
+   * file is sent: only regions of one file at contiguous offsets may merge).
+   */
+  readonly memoryAccess: 'address' | 'fd';
+  setOwner(): void;
+  getFeatures(): bigint;
+  setFeatures(bits: bigint): void;
+  setMemTable(regions: readonly MemoryRegion[]): void;
+  /** Where the dirty log lives; a transport that shares memory by fd needs `log.fd`. */
+  setLogBase(log: LogArea | bigint | number): void;
+  setVringNum(index: number, num: number): void;
+  setVringBase(index: number, base: number): void;
+  /** The ring's next available index; stops the ring's processing. */
+  getVringBase(index: number): number;
+  setVringAddr(index: number, addr: VringAddr): void;
+  setVringKick(index: number, fd: FdLike): void;
+  setVringCall(index: number, fd: FdLike): void;
+  setVringErr(index: number, fd: FdLike): void;
+  /** VHOST_USER_SET_VRING_ENABLE; the kernel has no such call (absent there). */
+  setVringEnable?(index: number, enable: boolean): void;
+  close(): void;
+}

@@ -1,0 +1,317 @@
+// The driver side of a split virtqueue (guest role), for a process that plays
+// the guest itself: buffers in its own GuestMemory, rings read by vhost.
+// The ring work (descriptor free list, avail publish with a release store,
+// used collection with acquire, EVENT_IDX suppression, kicks) is native
+// (native/virtqueue.cc); this file validates, places, and gives it a typed face.
+import { closedError, invalidArg } from '../core/errors';
+import type { EventFd } from '../core/eventfd';
+import type { GuestMemory } from '../core/memory';
+import { native, SEG_END, SEG_WRITABLE, type NativeVirtqueue } from '../core/native';
+import { splitRingLayout, validateQueueSize } from './vring';
+
+/** Descriptors per indirect table (native kIndirectMax). */
+export const INDIRECT_MAX = 16;
+
+/** One buffer of a chain: guest-physical address, length, and who writes it. */
+export interface VirtqueueSegment {
+  gpa: bigint | number;
+  len: number;
+  /** Device-writable (the device fills it, e.g. RX); default false (device-readable). */
+  writable?: boolean;
+}
+
+/** A used buffer returned by the device: the chain's head and the bytes it wrote. */
+export interface UsedBuffer {
+  head: number;
+  len: number;
+}
+
+export interface VirtqueueOptions {
+  memory: GuestMemory;
+  /** Queue size: a power of two, 1..32768. */
+  size: number;
+  /** Guest-physical addresses of the ring parts (e.g. from layoutSplitRing / virtqueueFootprint). */
+  desc: bigint;
+  avail: bigint;
+  used: bigint;
+  /** Eventfd to kick (the one given to VHOST_SET_VRING_KICK); null never kicks. */
+  kick: EventFd | null;
+  /** VIRTIO_RING_F_EVENT_IDX negotiated. Default true. */
+  eventIdx?: boolean;
+  /** VIRTIO_RING_F_INDIRECT_DESC negotiated: chains of 2..16 use one ring slot. Default false. */
+  indirect?: boolean;
+}
+
+/**
+ * Ring addresses for a queue at `base` (16-aligned), as native code expects
+ * them: the descriptor table, then (with indirect) one table of INDIRECT_MAX
+ * descriptors per ring slot, the avail ring (with used_event), the used ring
+ * (4-aligned, with avail_event). `end` is the first byte after it.
+ */
+export function placeVirtqueue(size: number, base: bigint, options: { indirect?: boolean } = {}): { desc: bigint; avail: bigint; used: bigint; end: bigint } {
+  const ring = splitRingLayout(size, { eventIdx: true });
+  if (typeof base !== 'bigint' || base < 0n || base % ring.descAlign !== 0n) throw invalidArg('base', `must be a 16-aligned non-negative bigint, got ${String(base)}`);
+  const avail = base + ring.descSize * (options.indirect ? 1n + BigInt(INDIRECT_MAX) : 1n);
+  const used = (avail + ring.availSize + ring.usedAlign - 1n) & ~(ring.usedAlign - 1n);
+  return { desc: base, avail, used, end: used + ring.usedSize };
+}
+
+/** Bytes placeVirtqueue needs from its base. */
+export function virtqueueFootprint(size: number, options: { indirect?: boolean } = {}): bigint {
+  return placeVirtqueue(size, 0n, options).end;
+}
+
+/**
+ * Encodes chains as the (offset, len, flags) triples NativeVirtqueue.post
+ * takes. Pure; offsets are relative to `regionGpa`. Throws ERR_VHOST_* for
+ * empty chains, empty or out-of-region segments, and readable-after-writable.
+ */
+export function encodeChains(chains: readonly (readonly VirtqueueSegment[])[], regionGpa: bigint, regionSize: bigint): Uint32Array {
+  let n = 0;
+  for (const c of chains) n += c.length;
+  const out = new Uint32Array(3 * n);
+  let k = 0;
+  chains.forEach((chain, ci) => {
+    if (!Array.isArray(chain) || chain.length === 0) throw invalidArg(`chains[${ci}]`, 'must be a non-empty array of segments');
+    let sawWritable = false;
+    chain.forEach((seg, si) => {
+      const arg = `chains[${ci}][${si}]`;
+      const gpa = typeof seg.gpa === 'bigint' ? seg.gpa : Number.isSafeInteger(seg.gpa) ? BigInt(seg.gpa) : -1n;
+      if (gpa < 0n) throw invalidArg(`${arg}.gpa`, 'must be a non-negative bigint or safe integer');
+      if (!Number.isInteger(seg.len) || seg.len < 1 || seg.len > 0xffff_ffff) throw invalidArg(`${arg}.len`, `must be in 1..2^32-1, got ${seg.len}`, 'ERR_VHOST_OUT_OF_RANGE');
+      if (gpa < regionGpa || gpa + BigInt(seg.len) > regionGpa + regionSize) {
+        throw invalidArg(arg, `[0x${gpa.toString(16)}, +${seg.len}) is outside the queue's memory region`, 'ERR_VHOST_OUT_OF_RANGE');
+      }
+      const writable = seg.writable ?? false;
+      // virtio 2.7.4.2: device-readable descriptors come before device-writable ones.
+      if (sawWritable && !writable) throw invalidArg(arg, 'is device-readable after a device-writable segment (readable ones must come first)');
+      sawWritable ||= writable;
+      out[k++] = Number(gpa - regionGpa);
+      out[k++] = seg.len;
+      out[k++] = (writable ? SEG_WRITABLE : 0) | (si === chain.length - 1 ? SEG_END : 0);
+    });
+  });
+  return out;
+}
+
+/**
+ * A split virtqueue driven from this process (the guest's role). Posting
+ * publishes with one release store and kicks only when the device asks;
+ * collecting reads used->idx with acquire semantics. Use enableCallbacks()
+ * before waiting on the call eventfd. close() (or closing the memory) makes
+ * every call throw ERR_VHOST_CLOSED.
+ */
+export class Virtqueue implements Disposable {
+  readonly size: number;
+  readonly eventIdx: boolean;
+  readonly indirect: boolean;
+  /** Guest-physical address of byte 0 of the queue's memory region. */
+  readonly regionGpa: bigint;
+  readonly regionSize: bigint;
+  readonly #vq: NativeVirtqueue;
+  #closed = false;
+  #heads: Uint32Array;
+  #used: Uint32Array;
+
+  private constructor(vq: NativeVirtqueue, o: { size: number; eventIdx: boolean; indirect: boolean; regionGpa: bigint; regionSize: bigint }) {
+    this.#vq = vq;
+    this.size = o.size;
+    this.eventIdx = o.eventIdx;
+    this.indirect = o.indirect;
+    this.regionGpa = o.regionGpa;
+    this.regionSize = o.regionSize;
+    this.#heads = new Uint32Array(o.size);
+    this.#used = new Uint32Array(2 * o.size);
+  }
+
+  /** Validates, then clears the rings and sets up the free list. Ring and buffers must lie in one region of `memory`. */
+  static create(options: VirtqueueOptions): Virtqueue {
+    if (options === null || typeof options !== 'object') throw invalidArg('options', 'must be an object');
+    const size = validateQueueSize(options.size, 'options.size');
+    const eventIdx = options.eventIdx ?? true;
+    const indirect = options.indirect ?? false;
+    if (typeof eventIdx !== 'boolean') throw invalidArg('options.eventIdx', 'must be a boolean');
+    if (typeof indirect !== 'boolean') throw invalidArg('options.indirect', 'must be a boolean');
+    for (const k of ['desc', 'avail', 'used'] as const) {
+      if (typeof options[k] !== 'bigint') throw invalidArg(`options.${k}`, 'must be a bigint guest-physical address');
+    }
+    if (options.desc % 16n !== 0n) throw invalidArg('options.desc', 'must be 16-aligned');
+    if (options.avail % 2n !== 0n) throw invalidArg('options.avail', 'must be 2-aligned');
+    if (options.used % 4n !== 0n) throw invalidArg('options.used', 'must be 4-aligned');
+    const mem = options.memory;
+    if (mem === null || typeof mem !== 'object' || typeof mem.view !== 'function') throw invalidArg('options.memory', 'must be a GuestMemory');
+    if (mem.closed) throw closedError('GuestMemory (options.memory)');
+    const region = mem.regions.find((r) => options.desc >= r.gpa && options.desc < r.gpa + r.size);
+    if (!region) throw invalidArg('options.desc', 'is not inside any region of options.memory', 'ERR_VHOST_OUT_OF_RANGE');
+    const inRegion = (gpa: bigint, len: bigint, arg: string) => {
+      if (gpa < region.gpa || gpa + len > region.gpa + region.size) throw invalidArg(arg, "must lie in the descriptor table's region", 'ERR_VHOST_OUT_OF_RANGE');
+    };
+    const n = BigInt(size);
+    inRegion(options.desc, 16n * n * (indirect ? 1n + BigInt(INDIRECT_MAX) : 1n), 'options.desc');
+    inRegion(options.avail, 6n + 2n * n, 'options.avail');
+    inRegion(options.used, 6n + 8n * n, 'options.used');
+    const kick = options.kick;
+    if (kick !== null && (typeof kick !== 'object' || typeof kick.write !== 'function')) throw invalidArg('options.kick', 'must be an EventFd or null');
+    const buffer = mem.view(region.gpa, region.size).buffer as ArrayBuffer;
+    const off = (gpa: bigint) => Number(gpa - region.gpa);
+    const vq = native.virtqueueCreate(
+      buffer,
+      region.gpa,
+      { size, desc: off(options.desc), avail: off(options.avail), used: off(options.used), eventIdx, indirect },
+      kick ? kick.nativeHandle : null,
+    );
+    return new Virtqueue(vq, { size, eventIdx, indirect, regionGpa: region.gpa, regionSize: region.size });
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Free descriptors. */
+  get numFree(): number {
+    return this.#live('numFree').numFree;
+  }
+
+  /** Chains posted and not yet collected. */
+  get inFlight(): number {
+    const vq = this.#live('inFlight');
+    return (vq.availIdx - vq.lastUsedIdx) & 0xffff;
+  }
+
+  /** The driver's avail->idx and next used index to read (both wrap at 2^16). */
+  get availIdx(): number {
+    return this.#live('availIdx').availIdx;
+  }
+
+  get lastUsedIdx(): number {
+    return this.#live('lastUsedIdx').lastUsedIdx;
+  }
+
+  /** Kicks written to the eventfd, and kicks the device's hints made unnecessary. */
+  get kickStats(): { kicks: number; suppressed: number } {
+    const vq = this.#live('kickStats');
+    return { kicks: vq.kicks, suppressed: vq.kicksSuppressed };
+  }
+
+  /**
+   * Posts chains (each: device-readable segments, then device-writable ones)
+   * in order until one does not fit. Returns the heads of the chains posted
+   * (fewer than given when the ring is full). Kicks if `notify` (default true)
+   * and the device asks for it.
+   */
+  post(chains: readonly (readonly VirtqueueSegment[])[], notify = true): number[] {
+    const vq = this.#live('post');
+    if (!Array.isArray(chains)) throw invalidArg('chains', 'must be an array of chains');
+    const segs = encodeChains(chains, this.regionGpa, this.regionSize);
+    if (chains.length > this.#heads.length) this.#heads = new Uint32Array(chains.length);
+    const n = vq.post(segs, segs.length / 3, this.#heads, notify);
+    return Array.from(this.#heads.subarray(0, n));
+  }
+
+  /**
+   * The hot path: `nsegs` triples (offset in the region, len, SEG_WRITABLE |
+   * SEG_END) already encoded; heads[i] receives chain i's head. Returns chains posted.
+   */
+  postEncoded(segs: Uint32Array, nsegs: number, heads: Uint32Array, notify = true): number {
+    return this.#live('postEncoded').post(segs, nsegs, heads, notify);
+  }
+
+  /** Used buffers, oldest first, at most `max`; their descriptors are free again. */
+  collect(max = this.size): UsedBuffer[] {
+    const vq = this.#live('collect');
+    const n = vq.collect(this.#used, Math.min(max, this.size));
+    const out: UsedBuffer[] = [];
+    for (let i = 0; i < n; i++) out.push({ head: this.#used[2 * i], len: this.#used[2 * i + 1] });
+    return out;
+  }
+
+  /** The hot path: (head, len) pairs into `out`; returns how many. */
+  collectInto(out: Uint32Array, max: number): number {
+    return this.#live('collectInto').collect(out, max);
+  }
+
+  /** Kicks if the device asks for it; true when it kicked. */
+  notify(): boolean {
+    return this.#live('notify').notify();
+  }
+
+  /**
+   * Asks for a call at the next used buffer (delayed: once ~3/4 of those in
+   * flight are used). Returns true when used buffers already wait: collect
+   * them instead of sleeping.
+   */
+  enableCallbacks(delayed = false): boolean {
+    return this.#live('enableCallbacks').enableCallbacks(delayed);
+  }
+
+  /** Asks the device not to signal (a hint). */
+  disableCallbacks(): void {
+    this.#live('disableCallbacks').disableCallbacks();
+  }
+
+  /** Forgets the memory and kick references; idempotent. Does not close the memory or the eventfd. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#vq.close();
+  }
+
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  #live(what: string): NativeVirtqueue {
+    if (this.#closed) throw closedError(`Virtqueue (${what})`);
+    return this.#vq;
+  }
+}
+
+/**
+ * Fixed-size buffer slots carved from guest memory [gpa, gpa + count * slotSize):
+ * a free stack plus zero-copy views (detached when the memory is closed).
+ */
+export class BufferPool {
+  readonly gpa: bigint;
+  readonly slotSize: number;
+  readonly count: number;
+  /** Offset of slot 0 from the region's start (what NativeVirtqueue segments use). */
+  readonly baseOffset: number;
+  readonly #views: Uint8Array[];
+  readonly #free: number[];
+
+  constructor(memory: GuestMemory, regionGpa: bigint, gpa: bigint, slotSize: number, count: number) {
+    if (!Number.isInteger(slotSize) || slotSize < 1) throw invalidArg('slotSize', `must be a positive integer, got ${slotSize}`);
+    if (!Number.isInteger(count) || count < 1) throw invalidArg('count', `must be a positive integer, got ${count}`);
+    this.gpa = gpa;
+    this.slotSize = slotSize;
+    this.count = count;
+    this.baseOffset = Number(gpa - regionGpa);
+    const all = memory.view(gpa, BigInt(slotSize) * BigInt(count));
+    this.#views = Array.from({ length: count }, (_, i) => all.subarray(i * slotSize, (i + 1) * slotSize));
+    this.#free = Array.from({ length: count }, (_, i) => count - 1 - i);
+  }
+
+  /** Free slots. */
+  get available(): number {
+    return this.#free.length;
+  }
+
+  /** A free slot index, or -1. */
+  alloc(): number {
+    return this.#free.length > 0 ? this.#free.pop()! : -1;
+  }
+
+  release(slot: number): void {
+    this.#free.push(slot);
+  }
+
+  /** Zero-copy view of the slot. */
+  view(slot: number): Uint8Array {
+    return this.#views[slot];
+  }
+
+  /** Offset of the slot from the region's start. */
+  offset(slot: number): number {
+    return this.baseOffset + slot * this.slotSize;
+  }
+}

@@ -3,7 +3,12 @@ import './core/dispose';
 export { VhostError } from './core/errors';
 export { FdOwner } from './core/fd';
 export * from './core/features';
-export * from './vhost/kernel/vhost-device';
+export {
+  type VhostBackend, type LogArea, type VringAddr, type VringEndian, type FdLike, type MemoryLike, type MemoryRegion, kUnchecked, VRING_ADDR_F_LOG,
+} from './vhost/backend';
+export {
+  type MemTableRegion, type IotlbMsgType, type IotlbPerm, type IotlbMsg, type IotlbMsgRead, VhostDevice, readMaxMemRegions, DEFAULT_MAX_MEM_REGIONS,
+} from './vhost/kernel/vhost-device';
 export * from './vhost/net';
 export * from './core/eventfd';
 export * from './core/memory';
@@ -11,10 +16,10 @@ export * from './virtio/vring';
 // Explicit lists where a module also exports internals (plan*/check*/encoders its tests use).
 export { tunFlags, tunOffload, linkFlags, type TapOptions, validateLinkName, parseMac, formatMac, TapQueue, Tap } from './netdev/tap';
 export * from './vhost/probe';
-export {
-  type QueueSpec, type EventFdRef, type DeviceState, type BuildStep, type StepError, type DeviceOptions, type CheckedRegion,
-  VhostDeviceBuilder, RunningVhostDevice, mergeMemoryRegions, readMaxMemRegions, DEFAULT_MAX_MEM_REGIONS, VHOST_RING_BITS,
-} from './vhost/builder';
+export { type DeviceOptions, VhostDeviceBuilder } from './vhost/builder';
+export { type QueueSpec, type EventFdRef, type DeviceState, type CheckedRegion, mergeMemoryRegions, VHOST_RING_BITS } from './vhost/plan';
+export { type BuildStep, type StepError } from './vhost/steps';
+export { RunningVhostDevice } from './vhost/running';
 export {
   VSOCK_CID_MIN, VSOCK_CID_MAX, VSOCK_AUTO_CID_ATTEMPTS, VSOCK_VHOST_BITS, type VsockNegotiation, negotiateVsockFeatures, type AutoCidOptions,
   VhostVsockBuilder, RunningVhostVsock, VhostVsock, VHOST_VSOCK_RX, VHOST_VSOCK_TX,

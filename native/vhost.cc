@@ -107,9 +107,9 @@ void SetMemTable(const Napi::CallbackInfo& info) {
     Napi::Value item = regions.Get(i);
     if (!item.IsObject()) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "regions[" + std::to_string(i) + "] must be an object");
     Napi::Object region = item.As<Napi::Object>();
-    mem->regions[i].guest_phys_addr = U64Field(region, "guestPhysAddr");
-    mem->regions[i].memory_size = U64Field(region, "memorySize");
-    mem->regions[i].userspace_addr = U64Field(region, "userspaceAddr");
+    mem->regions[i].guest_phys_addr = U64Field(region, "gpa");
+    mem->regions[i].memory_size = U64Field(region, "size");
+    mem->regions[i].userspace_addr = U64Field(region, "hva");
   }
   IoctlOn(info[0], VHOST_SET_MEM_TABLE, mem, "VHOST_SET_MEM_TABLE");
 }

@@ -15,8 +15,14 @@ export class VhostError extends Error {
   hint?: string;
   /** For builder errors: the step that failed, e.g. 'SET_VRING_ADDR'. */
   step?: string;
+  /** For builder errors: the queue the failed step concerned. */
+  queue?: number;
+  /** For builder errors: the steps issued up to and including the failed one ('SET_VRING_NUM[0]', ...). */
+  trace?: string[];
+  /** For validation errors: the argument at fault, e.g. 'queue(0).desc'. */
+  argument?: string;
 
-  constructor(message: string, props?: Partial<Pick<VhostError, 'code' | 'errno' | 'syscall' | 'path' | 'hint' | 'step'>>) {
+  constructor(message: string, props?: Partial<Pick<VhostError, 'code' | 'errno' | 'syscall' | 'path' | 'hint' | 'step' | 'queue' | 'trace' | 'argument'>>) {
     super(message);
     this.name = 'VhostError';
     if (props) Object.assign(this, props);
@@ -32,9 +38,7 @@ export type VhostErrorCode =
 
 /** A validation error thrown before any syscall. `arg` names the argument at fault. */
 export function invalidArg(arg: string, reason: string, code: VhostErrorCode = 'ERR_VHOST_INVALID_ARG'): VhostError {
-  const err = new VhostError(`${code}: ${arg} ${reason}`, { code });
-  (err as VhostError & { argument: string }).argument = arg;
-  return err;
+  return new VhostError(`${code}: ${arg} ${reason}`, { code, argument: arg });
 }
 
 /** Use-after-close of a library object. */

@@ -5,6 +5,9 @@ import './dispose';
 import { closedError } from './errors';
 import type { OwnedFd } from './native';
 
+/** An fd argument: a library object owning an fd (EventFd, Tap), a raw fd number, or null for "none". */
+export type FdLike = FdOwner | number | null;
+
 export abstract class FdOwner implements Disposable {
   #handle: OwnedFd;
 

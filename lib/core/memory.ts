@@ -50,13 +50,31 @@ export interface GuestMemoryOptions {
   name?: string;
 }
 
-/** A created region. All numbers are bigints except fd. */
-export interface GuestMemoryRegion {
+/**
+ * One region of guest memory, in the one shape used from the API down to the
+ * addon: guest-physical start, size, and where it is mapped in this process.
+ * `fd`/`offset` say which file backs it, for transports that share memory by
+ * fd (vhost-user); the kernel reads this process's memory and ignores them.
+ */
+export interface MemoryRegion {
   /** Guest-physical address. */
   readonly gpa: bigint;
   readonly size: bigint;
   /** Host virtual address of the mapping in this process (what vhost's memory table takes). */
   readonly hva: bigint;
+  /** The file backing the region (a memfd), or -1 / absent when it has none (anonymous memory). */
+  readonly fd?: number;
+  /** Offset of the region in `fd`. Default 0. */
+  readonly offset?: bigint;
+}
+
+/** Anything with guest memory regions, such as GuestMemory. */
+export interface MemoryLike {
+  readonly regions: readonly MemoryRegion[];
+}
+
+/** A created region. All numbers are bigints except fd. */
+export interface GuestMemoryRegion extends MemoryRegion {
   /** The region's memfd, or -1 for anonymous backing. Owned by the GuestMemory. */
   readonly fd: number;
   /** Offset of the region in fd (always 0n: one memfd per region). */

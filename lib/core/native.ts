@@ -26,10 +26,11 @@ export const POLL_WRITABLE = 2;
 /** An fd argument: an OwnedFd, a raw fd number, or null / -1 for "none". */
 export type FdArg = OwnedFd | number | null;
 
+/** A memory-table region as VHOST_SET_MEM_TABLE takes it (MemoryRegion's names). */
 export interface NativeMemRegion {
-  guestPhysAddr: bigint;
-  memorySize: bigint;
-  userspaceAddr: bigint;
+  readonly gpa: bigint;
+  readonly size: bigint;
+  readonly hva: bigint;
 }
 
 export interface NativeVringAddr {
@@ -121,7 +122,7 @@ export interface NativeBinding {
   vhostSetFeatures(dev: OwnedFd, bits: bigint): void;
   vhostGetBackendFeatures(dev: OwnedFd): bigint;
   vhostSetBackendFeatures(dev: OwnedFd, bits: bigint): void;
-  vhostSetMemTable(dev: OwnedFd, regions: NativeMemRegion[]): void;
+  vhostSetMemTable(dev: OwnedFd, regions: readonly NativeMemRegion[]): void;
   vhostSetLogBase(dev: OwnedFd, addr: bigint): void;
   vhostSetLogFd(dev: OwnedFd, fd: FdArg): void;
   vhostSetVringNum(dev: OwnedFd, index: number, num: number): void;

@@ -18,7 +18,7 @@ import { closedError, invalidArg, VhostError } from '../core/errors';
 import { features } from '../core/features';
 import type { GuestMemory } from '../core/memory';
 import { SEG_END } from '../core/native';
-import type { DeviceState } from '../vhost/builder';
+import type { DeviceState } from '../vhost/plan';
 import type { RunningVhostNet } from '../vhost/net';
 import { NetResponder } from './responder';
 import { Macvtap } from '../netdev/macvtap';

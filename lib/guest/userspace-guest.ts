@@ -4,7 +4,7 @@
 // brings them up and down together, watches the call eventfds, posts RX
 // buffers and reclaims TX ones, and swaps the device on pause()/resume().
 // The protocol on top (Ethernet frames, vsock packets) stays in each guest.
-import type { DeviceState } from '../vhost/builder';
+import type { DeviceState } from '../vhost/plan';
 import { invalidArg, VhostError } from '../core/errors';
 import { EventFd } from '../core/eventfd';
 import { GuestMemory } from '../core/memory';

@@ -20,7 +20,7 @@
 // as net/vmw_vsock/virtio_transport_common.c does. The credit rules apply
 // per byte; a message larger than the peer's buf_alloc fails with EMSGSIZE.
 import { EventEmitter } from 'node:events';
-import type { DeviceState } from '../vhost/builder';
+import type { DeviceState } from '../vhost/plan';
 import { abortError, checkBool, checkFunction, checkInt, checkObject, checkSignal } from '../core/check';
 import { checkVsockType } from '../vsock/options';
 import { closedError, invalidArg, VhostError } from '../core/errors';

@@ -10,28 +10,11 @@
 // ioctl returns at once, and a vhost-user transport waits for the back-end's
 // reply within a bound (ETIMEDOUT past it) rather than leave a half-programmed
 // device behind a promise.
-import type { FdOwner } from '../core/fd';
+import type { FdLike } from '../core/fd';
+import type { MemoryRegion } from '../core/memory';
 
-/**
- * One region of a memory table, in the one shape used from the API down to the
- * addon: guest-physical start, size, and where it is mapped in this process.
- * `fd`/`offset` say which file backs it, for transports that share memory by fd
- * (vhost-user); the kernel reads this process's memory and ignores them.
- */
-export interface MemoryRegion {
-  readonly gpa: bigint;
-  readonly size: bigint;
-  readonly hva: bigint;
-  /** The file backing the region (a memfd), or -1 / absent when it has none (anonymous memory). */
-  readonly fd?: number;
-  /** Offset of the region in `fd`. Default 0. */
-  readonly offset?: bigint;
-}
-
-/** Anything with guest memory regions, such as GuestMemory. */
-export interface MemoryLike {
-  readonly regions: readonly MemoryRegion[];
-}
+export type { FdLike } from '../core/fd';
+export type { MemoryLike, MemoryRegion } from '../core/memory';
 
 /** Ring addresses for SET_VRING_ADDR: host virtual addresses in this process (or IOVAs with an IOTLB). */
 export interface VringAddr {
@@ -44,11 +27,11 @@ export interface VringAddr {
   flags?: number;
 }
 
+/** Byte order of a legacy (pre VERSION_1) ring. */
+export type VringEndian = 'little' | 'big';
+
 /** flags bit of setVringAddr: log writes to the used ring at `log` (1 << VHOST_VRING_F_LOG). */
 export const VRING_ADDR_F_LOG = 1;
-
-/** An fd argument: a library object owning an fd (EventFd, Tap), a raw fd number, or null for "none". */
-export type FdLike = FdOwner | number | null;
 
 /** The dirty log's memory, for SET_LOG_BASE: its address here, and its file for transports that share it by fd. */
 export interface LogArea {
@@ -60,9 +43,18 @@ export interface LogArea {
 }
 
 /**
+ * Key of a backend's argument-check-free form. Public methods check their
+ * arguments for direct callers; a builder that has validated its whole plan
+ * drives `backend[kUnchecked]` instead when the backend offers one, so nothing
+ * is checked twice.
+ */
+export const kUnchecked: unique symbol = Symbol('linux-vhost.unchecked');
+
+/**
  * The vhost message set a builder drives, one method per message (named after
  * it). Implementations check their own arguments for direct callers; the
- * builders validate a whole plan first and then call these.
+ * builders validate a whole plan first and then call these (through
+ * `[kUnchecked]` where offered).
  */
 export interface VhostBackend {
   /** The device node or socket the backend speaks to, for messages. */
@@ -88,7 +80,18 @@ export interface VhostBackend {
   setVringKick(index: number, fd: FdLike): void;
   setVringCall(index: number, fd: FdLike): void;
   setVringErr(index: number, fd: FdLike): void;
+  /** SET_VRING_ENDIAN for a legacy guest's ring; optional (absent: the transport cannot). */
+  setVringEndian?(index: number, endian: VringEndian): void;
+  /** The kernel's busy-poll time before a ring's worker sleeps; optional. */
+  setVringBusyloopTimeout?(index: number, usec: number): void;
   /** VHOST_USER_SET_VRING_ENABLE; the kernel has no such call (absent there). */
   setVringEnable?(index: number, enable: boolean): void;
   close(): void;
+  /** The same calls without argument checks, for a caller that validated them all; optional. */
+  readonly [kUnchecked]?: VhostBackend;
+}
+
+/** What a builder drives once its plan is valid: the unchecked form when `backend` offers one. */
+export function uncheckedBackend<B extends VhostBackend>(backend: B): B {
+  return (backend[kUnchecked] as B | undefined) ?? backend;
 }

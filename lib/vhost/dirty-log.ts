@@ -7,7 +7,7 @@ import * as os from 'node:os';
 import { checkNonEmptyArray } from '../core/check';
 import { features } from '../core/features';
 import { native, type Mapping } from '../core/native';
-import { VRING_ADDR_F_LOG, type VhostDevice } from './kernel/vhost-device';
+import { VRING_ADDR_F_LOG, type VhostBackend } from './backend';
 
 /** The granularity of vhost's dirty log (VHOST_PAGE_SIZE). */
 export const DIRTY_LOG_PAGE_SIZE = 4096n;
@@ -134,8 +134,8 @@ type Step = <T>(step: 'SET_LOG_BASE' | 'SET_FEATURES' | 'SET_VRING_ADDR', queue:
  * LOG_ALL is set), then features with VHOST_F_LOG_ALL, then each ring's
  * address with the log flag and the used ring's guest-physical address.
  */
-export function startDirtyLog(dev: VhostDevice, log: DirtyLog, baseFeatures: bigint, queues: readonly DirtyLogQueue[], step: Step): void {
-  step('SET_LOG_BASE', undefined, () => dev.setLogBase(log.address));
+export function startDirtyLog(dev: VhostBackend, log: DirtyLog, baseFeatures: bigint, queues: readonly DirtyLogQueue[], step: Step): void {
+  step('SET_LOG_BASE', undefined, () => dev.setLogBase({ hva: log.address, size: log.size }));
   step('SET_FEATURES', undefined, () => dev.setFeatures(baseFeatures | features.vhost.LOG_ALL));
   for (const q of queues) {
     step('SET_VRING_ADDR', q.index, () =>
@@ -145,7 +145,7 @@ export function startDirtyLog(dev: VhostDevice, log: DirtyLog, baseFeatures: big
 }
 
 /** Turns logging off: features without LOG_ALL, ring addresses without the log flag, log base 0 (nothing points at the freed log). */
-export function stopDirtyLog(dev: VhostDevice, baseFeatures: bigint, queues: readonly DirtyLogQueue[], step: Step): void {
+export function stopDirtyLog(dev: VhostBackend, baseFeatures: bigint, queues: readonly DirtyLogQueue[], step: Step): void {
   step('SET_FEATURES', undefined, () => dev.setFeatures(baseFeatures));
   for (const q of queues) step('SET_VRING_ADDR', q.index, () => dev.setVringAddr(q.index, { desc: q.desc, avail: q.avail, used: q.used }));
   step('SET_LOG_BASE', undefined, () => dev.setLogBase(0n));

@@ -9,28 +9,34 @@
 //   CALL, [ERR], [BUSYLOOP_TIMEOUT] → TUNSETVNETHDRSZ, TUNSETOFFLOAD →
 //   NET_SET_BACKEND per queue (last: it starts the datapath).
 // Feature negotiation is the pure negotiateNetFeatures().
-import {
-  RunningVhostDevice,
-  StepRunner,
-  VhostDeviceBuilder,
-  VHOST_RING_BITS,
-  type QueuePlan,
-  type RunningInit,
-} from './builder';
 import { describe as describeValue } from '../core/check';
 import { closedError, invalidArg } from '../core/errors';
 import { features } from '../core/features';
-import { FdOwner } from '../core/fd';
-import { Tap, TapQueue, tunFlags, tunOffload } from '../netdev/tap';
+import { FdOwner, type FdLike } from '../core/fd';
 import { native, type OwnedFd } from '../core/native';
-import { VhostDevice } from './kernel/vhost-device';
+import { Tap, TapQueue, tunFlags, tunOffload } from '../netdev/tap';
+import { uncheckedBackend, type VhostBackend } from './backend';
+import { VhostDeviceBuilder } from './builder';
+import { kernelMemoryLimits, VhostDevice } from './kernel/vhost-device';
+import { VHOST_RING_BITS, type MemoryLimits, type QueuePlan } from './plan';
+import { RunningVhostDevice, type RunningInit } from './running';
+import { StepRunner, type BuildStep } from './steps';
+
+/** The steps of a vhost-net bring-up: the shared ones, the tap's, and attaching the backend. */
+export type NetBuildStep = BuildStep | 'TUNGETIFF' | 'TUNSETVNETHDRSZ' | 'TUNSETOFFLOAD' | 'NET_SET_BACKEND';
+
+/** What the net builder drives: the vhost message set plus NET_SET_BACKEND. VhostNet implements it; so may a test's fake. */
+export interface VhostNetBackend extends VhostBackend {
+  /** Attaches `backend` (a tap or packet socket fd) to queue `index`; null detaches. */
+  setBackend(index: number, backend: FdLike): void;
+}
 
 /** Queue indexes of a vhost-net device. */
 export const VHOST_NET_RX = 0;
 export const VHOST_NET_TX = 1;
 
 /** A /dev/vhost-net fd. Owns it: close() or `using`. */
-export class VhostNet extends VhostDevice {
+export class VhostNet extends VhostDevice implements VhostNetBackend {
   static readonly defaultPath = '/dev/vhost-net';
 
   private constructor(handle: OwnedFd) {
@@ -56,8 +62,12 @@ export class VhostNet extends VhostDevice {
    * A typed builder that brings the device up in the kernel's order with
    * everything validated first (see VhostNetBuilder); start() returns the running device.
    */
-  static builder(): VhostNetBuilder {
-    return new VhostNetBuilder((path) => VhostNet.open(path));
+  static builder(): VhostNetBuilder<VhostNet> {
+    return new VhostNetBuilder<VhostNet>((path) => VhostNet.open(path));
+  }
+
+  protected override uncheckedCalls(): VhostNetBackend {
+    return { ...super.uncheckedCalls(), setBackend: (i, fd) => native.vhostNetSetBackend(this.handle, i, fd instanceof FdOwner ? fd.nativeHandle : fd) };
   }
 
   /**
@@ -184,19 +194,19 @@ function checkBackend(backend: unknown, options: unknown): BackendPlan {
 }
 
 /** Whether the backend has a vnet header: TUNGETIFF for a tap, else the option (default true). */
-function backendVnetHdr(plan: BackendPlan, runner: StepRunner): boolean {
+function backendVnetHdr(plan: BackendPlan, runner: StepRunner<NetBuildStep>): boolean {
   const tap = plan.tap;
   if (!tap) return plan.vnetHdr ?? true;
   return runner.run('TUNGETIFF', undefined, () => (tap.iff.flags & tunFlags.IFF_VNET_HDR) !== 0);
 }
 
 /** Sets the tap's header size and offloads to what the guest negotiated (a tap with a vnet header only). */
-function configureTap(tap: Tap | TapQueue, vnetHdrSize: number, offload: number, runner: StepRunner): void {
+function configureTap(tap: Tap | TapQueue, vnetHdrSize: number, offload: number, runner: StepRunner<NetBuildStep>): void {
   runner.run('TUNSETVNETHDRSZ', undefined, () => native.tapSetVnetHdrSize(tap.nativeHandle, vnetHdrSize));
   runner.run('TUNSETOFFLOAD', undefined, () => native.tapSetOffload(tap.nativeHandle, offload));
 }
 
-function attach(dev: VhostNet, queues: readonly QueuePlan[], fd: Exclude<NetBackend, null> | null, runner: StepRunner): void {
+function attach(dev: VhostNetBackend, queues: readonly QueuePlan[], fd: Exclude<NetBackend, null> | null, runner: StepRunner<NetBuildStep>): void {
   for (const q of queues) runner.run('NET_SET_BACKEND', q.index, () => dev.setBackend(q.index, fd));
 }
 
@@ -206,17 +216,27 @@ function attach(dev: VhostNet, queues: readonly QueuePlan[], fd: Exclude<NetBack
  * syscall; a failure midway closes what the builder opened and the error's
  * `.step` names the ioctl that failed (kernel code, errno, syscall kept).
  */
-export class VhostNetBuilder extends VhostDeviceBuilder<VhostNet> {
+export class VhostNetBuilder<D extends VhostNetBackend = VhostNet> extends VhostDeviceBuilder<D> {
   protected readonly queueIndexes = [0, 1] as const;
   protected readonly deviceName = 'VhostNet';
   protected readonly featureKind = 'net';
-  readonly #open: (path?: string) => VhostNet;
+  readonly #open: (path?: string) => D;
   #backend: BackendPlan = { fd: null };
 
-  /** @internal Use VhostNet.builder(). */
-  constructor(open: (path?: string) => VhostNet) {
+  readonly #limits: (override?: number) => MemoryLimits;
+
+  /**
+   * @internal Use VhostNet.builder(). `open` opens the device (a path or the
+   * default); `limits` says how its transport takes memory (the kernel's by default).
+   */
+  constructor(open: (path?: string) => D, limits: (override?: number) => MemoryLimits = kernelMemoryLimits) {
     super();
     this.#open = open;
+    this.#limits = limits;
+  }
+
+  protected memoryLimits(override?: number): MemoryLimits {
+    return this.#limits(override);
   }
 
   /**
@@ -235,21 +255,21 @@ export class VhostNetBuilder extends VhostDeviceBuilder<VhostNet> {
    * device; on failure nothing the builder opened stays open and the error
    * carries `.step` (and `.queue`, `.trace`).
    */
-  start(): RunningVhostNet {
+  start(): RunningVhostNet<D> {
     const plan = this.planCommon([]);
     const backend = this.#backend;
     if (backend.fd instanceof FdOwner && backend.fd.closed) throw closedError('backend', backend.fd.path);
     const raw = this._vhostFeatures;
-    const runner = new StepRunner();
+    const runner = new StepRunner<NetBuildStep>();
     // With exact vhost bits the caller decides about bit 27 and configures the tap.
     const vnetHdr = raw !== undefined ? (raw & features.vhost.NET_VIRTIO_NET_HDR) === 0n : backendVnetHdr(backend, runner);
     const negotiate = (offered: bigint): NetNegotiation =>
       raw !== undefined
         ? { vhostFeatures: raw, vnetHdrSize: vnetHdrSizeFor(raw), tapOffload: 0, unsupported: 0n }
         : negotiateNetFeatures(offered, this._acked!, { tapHasVnetHdr: vnetHdr });
-    return this.bringUp(this.#open, runner, plan, negotiate, (dev, neg) => {
+    return this.bringUp(this.#open, runner, plan, negotiate, (dev, unchecked, neg) => {
       if (backend.tap && vnetHdr && raw === undefined) configureTap(backend.tap, neg.vnetHdrSize, neg.tapOffload, runner);
-      if (backend.fd !== null) attach(dev, plan.queues, backend.fd, runner);
+      if (backend.fd !== null) attach(unchecked, plan.queues, backend.fd, runner);
       return new RunningVhostNet({
         device: dev, features: neg.vhostFeatures, regions: plan.regions, queues: plan.queues, trace: runner.trace,
         vnetHdrSize: neg.vnetHdrSize, tapOffload: neg.tapOffload, backendVnetHdr: vnetHdr,
@@ -259,7 +279,7 @@ export class VhostNetBuilder extends VhostDeviceBuilder<VhostNet> {
   }
 }
 
-interface RunningNetInit extends RunningInit<VhostNet> {
+interface RunningNetInit<D> extends RunningInit<D> {
   vnetHdrSize: VnetHdrSize;
   tapOffload: number;
   backendVnetHdr: boolean;
@@ -273,7 +293,7 @@ interface RunningNetInit extends RunningInit<VhostNet> {
  * close() stops then closes; `using` works; after close every method throws
  * ERR_VHOST_CLOSED.
  */
-export class RunningVhostNet extends RunningVhostDevice<VhostNet> {
+export class RunningVhostNet<D extends VhostNetBackend = VhostNet> extends RunningVhostDevice<D> {
   /** Virtio-net header size in the guest's buffers (and of the tap when it has a vnet header). */
   readonly vnetHdrSize: VnetHdrSize;
   /** TUNSETOFFLOAD flags the tap was given (0 when the tap has no vnet header). */
@@ -285,7 +305,7 @@ export class RunningVhostNet extends RunningVhostDevice<VhostNet> {
   #attached: boolean;
 
   /** @internal Created by VhostNetBuilder.start(). */
-  constructor(init: RunningNetInit) {
+  constructor(init: RunningNetInit<D>) {
     super(init);
     this.vnetHdrSize = init.vnetHdrSize;
     this.tapOffload = init.tapOffload;
@@ -309,25 +329,25 @@ export class RunningVhostNet extends RunningVhostDevice<VhostNet> {
     this.checkRunning('attachBackend');
     const plan = checkBackend(backend, options);
     if (plan.fd === null) throw invalidArg('backend', 'is required (use detachBackend() to detach)');
-    const runner = new StepRunner();
+    const runner = new StepRunner<NetBuildStep>();
     const vnetHdr = backendVnetHdr(plan, runner);
     if (vnetHdr !== this.backendVnetHdr) {
       throw invalidArg('backend', `${vnetHdr ? 'has' : 'has no'} vnet header, but the device was started for a backend that ${this.backendVnetHdr ? 'has' : 'has none'}`);
     }
     if (plan.tap && vnetHdr && this.#configureTaps) configureTap(plan.tap, this.vnetHdrSize, this.tapOffload, runner);
-    attach(this.device, this.#queues, plan.fd, runner);
+    attach(this.backend, this.#queues, plan.fd, runner);
     this.#attached = true;
   }
 
   /** Detaches the backend from every queue (NET_SET_BACKEND -1); the rings keep their state. */
   detachBackend(): void {
     this.checkRunning('detachBackend');
-    attach(this.device, this.#queues, null, new StepRunner());
+    attach(this.backend, this.#queues, null, new StepRunner<NetBuildStep>());
     this.#attached = false;
   }
 
-  protected quiesce(step: StepRunner['step']): void {
-    for (const q of this.#queues) step('NET_SET_BACKEND', q.index, () => this.device.setBackend(q.index, null));
+  protected quiesce(step: StepRunner<NetBuildStep>['step']): void {
+    for (const q of this.#queues) step('NET_SET_BACKEND', q.index, () => this.backend.setBackend(q.index, null));
     this.#attached = false;
   }
 }

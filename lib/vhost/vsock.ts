@@ -7,26 +7,34 @@
 //   open → SET_OWNER → GET_FEATURES → SET_FEATURES → SET_MEM_TABLE → per queue
 //   NUM, BASE, [ENDIAN], ADDR, KICK, CALL, [ERR], [BUSYLOOP_TIMEOUT] →
 //   SET_GUEST_CID (walking upward on EADDRINUSE for 'auto') → SET_RUNNING(1).
-import {
-  RunningVhostDevice,
-  StepRunner,
-  VhostDeviceBuilder,
-  VHOST_RING_BITS,
-  type RunningInit,
-} from './builder';
 import { describe as describeValue } from '../core/check';
 import { invalidArg, VhostError } from '../core/errors';
 import { features } from '../core/features';
-
 import { native, type OwnedFd } from '../core/native';
-import { VhostDevice } from './kernel/vhost-device';
+import type { VhostBackend } from './backend';
+import { VhostDeviceBuilder } from './builder';
+import { kernelMemoryLimits, VhostDevice } from './kernel/vhost-device';
+import { VHOST_RING_BITS, type MemoryLimits } from './plan';
+import { RunningVhostDevice, type RunningInit } from './running';
+import { StepRunner, type BuildStep } from './steps';
+
+/** The steps of a vhost-vsock bring-up: the shared ones, the CID, and starting the rings. */
+export type VsockBuildStep = BuildStep | 'SET_GUEST_CID' | 'SET_RUNNING';
+
+/** What the vsock builder drives: the vhost message set plus the kernel's CID and running switch. VhostVsock implements it. */
+export interface VhostVsockBackend extends VhostBackend {
+  /** The guest's context id; EADDRINUSE when another device holds it. */
+  setGuestCid(cid: number): void;
+  /** Starts (true) or stops (false) the rings. */
+  setRunning(on: boolean): void;
+}
 
 /** Queue indexes of a vhost-vsock device. */
 export const VHOST_VSOCK_RX = 0;
 export const VHOST_VSOCK_TX = 1;
 
 /** A /dev/vhost-vsock fd. Owns it: close() or `using`. */
-export class VhostVsock extends VhostDevice {
+export class VhostVsock extends VhostDevice implements VhostVsockBackend {
   static readonly defaultPath = '/dev/vhost-vsock';
 
   private constructor(handle: OwnedFd) {
@@ -52,8 +60,16 @@ export class VhostVsock extends VhostDevice {
    * A typed builder that brings the device up in the kernel's order with
    * everything validated first (see VhostVsockBuilder); start() returns the running device.
    */
-  static builder(): VhostVsockBuilder {
-    return new VhostVsockBuilder((path) => VhostVsock.open(path));
+  static builder(): VhostVsockBuilder<VhostVsock> {
+    return new VhostVsockBuilder<VhostVsock>((path) => VhostVsock.open(path));
+  }
+
+  protected override uncheckedCalls(): VhostVsockBackend {
+    return {
+      ...super.uncheckedCalls(),
+      setGuestCid: (cid) => native.vhostVsockSetGuestCid(this.handle, BigInt(cid)),
+      setRunning: (on) => native.vhostVsockSetRunning(this.handle, on),
+    };
   }
 
   /**
@@ -137,17 +153,27 @@ function checkCid(value: unknown, arg: string): number {
  * VhostVsock.builder(). Validation precedes any syscall; a failure midway
  * closes what the builder opened and names the step.
  */
-export class VhostVsockBuilder extends VhostDeviceBuilder<VhostVsock> {
+export class VhostVsockBuilder<D extends VhostVsockBackend = VhostVsock> extends VhostDeviceBuilder<D> {
   protected readonly queueIndexes = [0, 1] as const;
   protected readonly deviceName = 'VhostVsock';
   protected readonly featureKind = 'vsock';
-  readonly #open: (path?: string) => VhostVsock;
+  readonly #open: (path?: string) => D;
   #cid?: CidPlan;
 
-  /** @internal Use VhostVsock.builder(). */
-  constructor(open: (path?: string) => VhostVsock) {
+  readonly #limits: (override?: number) => MemoryLimits;
+
+  /**
+   * @internal Use VhostVsock.builder(). `open` opens the device (a path or the
+   * default); `limits` says how its transport takes memory (the kernel's by default).
+   */
+  constructor(open: (path?: string) => D, limits: (override?: number) => MemoryLimits = kernelMemoryLimits) {
     super();
     this.#open = open;
+    this.#limits = limits;
+  }
+
+  protected memoryLimits(override?: number): MemoryLimits {
+    return this.#limits(override);
   }
 
   /**
@@ -177,19 +203,19 @@ export class VhostVsockBuilder extends VhostDeviceBuilder<VhostVsock> {
    * SET_RUNNING(1) last. On failure nothing the builder opened stays open
    * (closing the device releases the CID) and the error carries `.step`.
    */
-  start(): RunningVhostVsock {
+  start(): RunningVhostVsock<D> {
     const plan = this.planCommon([0, 1]);
     const cidPlan = this.#cid;
     if (cidPlan === undefined) throw invalidArg('cid', "is required: call .cid(number) or .cid('auto')");
     const raw = this._vhostFeatures;
-    const runner = new StepRunner();
+    const runner = new StepRunner<VsockBuildStep>();
     const negotiate = (offered: bigint): VsockNegotiation =>
       raw !== undefined ? { vhostFeatures: raw, unsupported: 0n } : negotiateVsockFeatures(offered, this._acked!);
-    return this.bringUp(this.#open, runner, plan, negotiate, (dev, neg) => {
-      const setCid = (c: number): void => runner.run('SET_GUEST_CID', undefined, () => dev.setGuestCid(c));
+    return this.bringUp(this.#open, runner, plan, negotiate, (dev, unchecked, neg) => {
+      const setCid = (c: number): void => runner.run('SET_GUEST_CID', undefined, () => unchecked.setGuestCid(c));
       const cid = cidPlan.auto ? allocateCidOrExplain(setCid, cidPlan.from, cidPlan.attempts) : cidPlan.cid;
       if (!cidPlan.auto) setCid(cid);
-      runner.run('SET_RUNNING', undefined, () => dev.setRunning(true));
+      runner.run('SET_RUNNING', undefined, () => unchecked.setRunning(true));
       return new RunningVhostVsock({ device: dev, features: neg.vhostFeatures, regions: plan.regions, queues: plan.queues, trace: runner.trace, cid });
     });
   }
@@ -231,7 +257,7 @@ function allocateCidOrExplain(setCid: (cid: number) => void, from: number, attem
   }
 }
 
-interface RunningVsockInit extends RunningInit<VhostVsock> {
+interface RunningVsockInit<D> extends RunningInit<D> {
   cid: number;
 }
 
@@ -240,17 +266,17 @@ interface RunningVsockInit extends RunningInit<VhostVsock> {
  * then GET_VRING_BASE per queue; close() stops then closes (releasing the
  * CID); `using` works; after close every method throws ERR_VHOST_CLOSED.
  */
-export class RunningVhostVsock extends RunningVhostDevice<VhostVsock> {
+export class RunningVhostVsock<D extends VhostVsockBackend = VhostVsock> extends RunningVhostDevice<D> {
   /** The guest CID the device holds. */
   readonly cid: number;
 
   /** @internal Created by VhostVsockBuilder.start(). */
-  constructor(init: RunningVsockInit) {
+  constructor(init: RunningVsockInit<D>) {
     super(init);
     this.cid = init.cid;
   }
 
-  protected quiesce(step: StepRunner['step']): void {
-    step('SET_RUNNING', undefined, () => this.device.setRunning(false));
+  protected quiesce(step: StepRunner<VsockBuildStep>['step']): void {
+    step('SET_RUNNING', undefined, () => this.backend.setRunning(false));
   }
 }

@@ -6,9 +6,9 @@
 // left to it so its errno reaches the caller.
 import { checkInt, checkNonEmptyString, checkObject, checkOneOf, toU64, typeOf } from '../core/check';
 import { invalidArg } from '../core/errors';
-import { FdOwner } from '../core/fd';
+import { FdOwner, type FdLike } from '../core/fd';
 import { native, type OwnedFd } from '../core/native';
-import type { FdLike, MemoryLike } from '../vhost/kernel/vhost-device';
+import type { MemoryLike } from '../core/memory';
 
 const U32_MAX = 0xffff_ffff;
 

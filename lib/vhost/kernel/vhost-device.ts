@@ -5,41 +5,37 @@
 // to the kernel so its errno (EINVAL, ENOBUFS, E2BIG) reaches the caller.
 import { checkInt, checkNonEmptyString, checkObject, checkOneOf, describe, toU64 } from '../../core/check';
 import { invalidArg, VhostError, withDeviceHint } from '../../core/errors';
-import { FdOwner } from '../../core/fd';
-import { native, type FdArg, type NativeIotlbMsg, type OwnedFd } from '../../core/native';
+import { FdOwner, type FdLike } from '../../core/fd';
+import type { MemoryLike, MemoryRegion } from '../../core/memory';
+import { native, type FdArg, type NativeIotlbMsg, type NativeMemRegion, type OwnedFd } from '../../core/native';
+import * as fs from 'node:fs';
+import { kUnchecked, type LogArea, type VhostBackend, type VringAddr, type VringEndian } from '../backend';
+import type { MemoryLimits } from '../plan';
 
 const U32_MAX = 0xffff_ffff;
 
-/** One region of a memory table: guest-physical range and where it is mapped in this process. */
-export interface MemTableRegion {
-  guestPhysAddr: bigint;
-  size: bigint;
-  userspaceAddr: bigint;
+/** Default of the vhost module's max_mem_regions parameter. */
+export const DEFAULT_MAX_MEM_REGIONS = 64;
+const MAX_MEM_REGIONS_PATH = '/sys/module/vhost/parameters/max_mem_regions';
+
+/** The vhost module's max_mem_regions (default 64 when the parameter cannot be read, e.g. module not loaded). */
+export function readMaxMemRegions(path: string = MAX_MEM_REGIONS_PATH): number {
+  try {
+    const n = Number(fs.readFileSync(path, 'utf8').trim());
+    return Number.isSafeInteger(n) && n > 0 ? n : DEFAULT_MAX_MEM_REGIONS;
+  } catch {
+    return DEFAULT_MAX_MEM_REGIONS;
+  }
 }
 
-/** Anything with guest memory regions, such as GuestMemory (only gpa, size and hva are used). */
-export interface MemoryLike {
-  readonly regions: readonly { readonly gpa: bigint; readonly size: bigint; readonly hva: bigint }[];
+/** How the kernel takes a memory table: by address, at most max_mem_regions entries (read now). */
+export function kernelMemoryLimits(maxRegions: number = readMaxMemRegions()): MemoryLimits {
+  return { maxRegions, limitName: "the kernel's max_mem_regions", access: 'address' };
 }
 
-/** Ring addresses for VHOST_SET_VRING_ADDR: host virtual addresses in this process (or IOVAs with an IOTLB). */
-export interface VringAddr {
-  desc: bigint | number;
-  avail: bigint | number;
-  used: bigint | number;
-  /** Guest-physical address of the used ring for dirty logging (with VRING_ADDR_F_LOG). */
-  log?: bigint | number;
-  /** VRING_ADDR_F_LOG or 0. */
-  flags?: number;
-}
+/** A region of an explicit memory table: the one MemoryRegion shape (fd and offset are ignored by the kernel). */
+export type MemTableRegion = MemoryRegion;
 
-/** flags bit of setVringAddr: log writes to the used ring at `log` (1 << VHOST_VRING_F_LOG). */
-export const VRING_ADDR_F_LOG = 1;
-
-export type VringEndian = 'little' | 'big';
-
-/** An fd argument: a library object owning an fd (EventFd, Tap), a raw fd number, or null for "none". */
-export type FdLike = FdOwner | number | null;
 
 export type IotlbMsgType = 'miss' | 'update' | 'invalidate' | 'access-fail' | 'batch-begin' | 'batch-end';
 export type IotlbPerm = 'none' | 'ro' | 'wo' | 'rw';
@@ -91,25 +87,29 @@ function checkBits(value: unknown, arg: string): bigint {
   return toU64(value, arg, describe, (v) => `must fit in 64 bits, got ${v}`);
 }
 
-function toMemTable(mem: unknown): { guestPhysAddr: bigint; memorySize: bigint; userspaceAddr: bigint }[] {
-  if (Array.isArray(mem)) {
-    return mem.map((r: unknown, i) => {
-      const region = checkObject<Partial<MemTableRegion>>(r, `mem[${i}]`, 'an object { guestPhysAddr, size, userspaceAddr }');
-      return {
-        guestPhysAddr: checkU64(region.guestPhysAddr, `mem[${i}].guestPhysAddr`),
-        memorySize: checkU64(region.size, `mem[${i}].size`),
-        userspaceAddr: checkU64(region.userspaceAddr, `mem[${i}].userspaceAddr`),
-      };
-    });
-  }
-  if (typeof mem === 'object' && mem !== null && Array.isArray((mem as MemoryLike).regions)) {
-    return (mem as MemoryLike).regions.map((r, i) => ({
-      guestPhysAddr: checkU64(r.gpa, `mem.regions[${i}].gpa`),
-      memorySize: checkU64(r.size, `mem.regions[${i}].size`),
-      userspaceAddr: checkU64(r.hva, `mem.regions[${i}].hva`),
-    }));
-  }
-  throw invalidArg('mem', 'must be a GuestMemory or an array of { guestPhysAddr, size, userspaceAddr }');
+function toMemTable(mem: unknown): NativeMemRegion[] {
+  const list = Array.isArray(mem) ? mem : typeof mem === 'object' && mem !== null && Array.isArray((mem as MemoryLike).regions) ? (mem as MemoryLike).regions : null;
+  if (list === null) throw invalidArg('mem', 'must be a GuestMemory or an array of { gpa, size, hva }');
+  const arg = Array.isArray(mem) ? 'mem' : 'mem.regions';
+  return list.map((r: unknown, i) => {
+    const region = checkObject<Partial<MemoryRegion>>(r, `${arg}[${i}]`, 'an object { gpa, size, hva }');
+    return {
+      gpa: checkU64(region.gpa, `${arg}[${i}].gpa`),
+      size: checkU64(region.size, `${arg}[${i}].size`),
+      hva: checkU64(region.hva, `${arg}[${i}].hva`),
+    };
+  });
+}
+
+/** The log's address: a LogArea's hva, or an address given as is. */
+function logAddress(log: unknown): bigint {
+  if (typeof log === 'object' && log !== null) return checkU64((log as Partial<LogArea>).hva, 'log.hva');
+  return checkU64(log, 'addr');
+}
+
+/** An fd argument as the addon takes it, for callers whose arguments are already checked. */
+function fdArg(fd: FdLike | undefined): FdArg {
+  return fd instanceof FdOwner ? fd.nativeHandle : (fd ?? null);
 }
 
 function toIotlbMsg(msg: unknown): NativeIotlbMsg {
@@ -143,9 +143,47 @@ function fromIotlbMsg(msg: NativeIotlbMsg): IotlbMsgRead {
  * every vhost device. Call setOwner() first; the owner process's memory is
  * what the kernel reads rings and buffers from.
  */
-export abstract class VhostDevice extends FdOwner {
+export abstract class VhostDevice extends FdOwner implements VhostBackend {
+  /** The kernel reads this process's memory: regions are passed by address. */
+  readonly memoryAccess = 'address' as const;
+  #unchecked?: VhostBackend;
+
   protected constructor(handle: OwnedFd) {
     super(handle);
+  }
+
+  /**
+   * The same calls without argument checks, for a builder that validated its
+   * whole plan (VhostBackend's contract). Subclasses add their own calls.
+   */
+  get [kUnchecked](): VhostBackend {
+    return (this.#unchecked ??= this.uncheckedCalls());
+  }
+
+  /** Builds the unchecked form once; a subclass spreads this and adds its device's calls. */
+  protected uncheckedCalls(): VhostBackend {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const dev = this;
+    return {
+      get path() { return dev.path; },
+      get closed() { return dev.closed; },
+      memoryAccess: 'address',
+      setOwner: () => native.vhostSetOwner(dev.handle),
+      getFeatures: () => native.vhostGetFeatures(dev.handle),
+      setFeatures: (bits) => native.vhostSetFeatures(dev.handle, bits),
+      setMemTable: (regions) => native.vhostSetMemTable(dev.handle, regions),
+      setLogBase: (log) => native.vhostSetLogBase(dev.handle, typeof log === 'object' ? log.hva : BigInt(log)),
+      setVringNum: (i, n) => native.vhostSetVringNum(dev.handle, i, n),
+      setVringBase: (i, b) => native.vhostSetVringBase(dev.handle, i, b),
+      getVringBase: (i) => native.vhostGetVringBase(dev.handle, i),
+      setVringAddr: (i, a) => native.vhostSetVringAddr(dev.handle, i, { desc: BigInt(a.desc), avail: BigInt(a.avail), used: BigInt(a.used), log: BigInt(a.log ?? 0n), flags: a.flags ?? 0 }),
+      setVringKick: (i, fd) => native.vhostSetVringKick(dev.handle, i, fdArg(fd)),
+      setVringCall: (i, fd) => native.vhostSetVringCall(dev.handle, i, fdArg(fd)),
+      setVringErr: (i, fd) => native.vhostSetVringErr(dev.handle, i, fdArg(fd)),
+      setVringEndian: (i, e) => native.vhostSetVringEndian(dev.handle, i, e === 'big' ? 1 : 0),
+      setVringBusyloopTimeout: (i, t) => native.vhostSetVringBusyloopTimeout(dev.handle, i, t),
+      close: () => dev.close(),
+    };
   }
 
   /** Opens a device node O_RDWR | O_CLOEXEC; ENOENT / EACCES / EPERM carry a hint. */
@@ -200,14 +238,14 @@ export abstract class VhostDevice extends FdOwner {
    * this process's memory. Takes a GuestMemory or explicit regions. More
    * regions than /sys/module/vhost/parameters/max_mem_regions fail with E2BIG.
    */
-  setMemTable(mem: MemoryLike | readonly MemTableRegion[]): void {
+  setMemTable(mem: MemoryLike | readonly MemoryRegion[]): void {
     const regions = toMemTable(mem);
     native.vhostSetMemTable(this.handle, regions);
   }
 
-  /** VHOST_SET_LOG_BASE: host address of the dirty-page log bitmap. */
-  setLogBase(addr: bigint | number): void {
-    const v = checkU64(addr, 'addr');
+  /** VHOST_SET_LOG_BASE: host address of the dirty-page log bitmap (a LogArea's hva, or the address itself). */
+  setLogBase(addr: LogArea | bigint | number): void {
+    const v = logAddress(addr);
     native.vhostSetLogBase(this.handle, v);
   }
 

@@ -1,7 +1,7 @@
 // Dirty logging on the real kernel: the wiring is accepted (and LOG_ALL is
 // really on, as the kernel's memory-table check shows), and vhost writing the
 // used ring after a TX frame marks exactly that page dirty.
-import type { QueueSpec } from '../../../lib/vhost/builder';
+import type { QueueSpec } from '../../../lib/vhost/plan';
 import { EventFd } from '../../../lib/core/eventfd';
 import { features } from '../../../lib/core/features';
 import { GuestMemory } from '../../../lib/core/memory';
@@ -37,8 +37,8 @@ describeKernel('dirty logging on the real kernel', ['/dev/vhost-net', '/dev/vhos
    */
   function farRegionTable() {
     return [
-      { guestPhysAddr: 0n, size: mem.regions[0].size, userspaceAddr: mem.regions[0].hva },
-      { guestPhysAddr: 1n << 62n, size: 4096n, userspaceAddr: mem.regions[0].hva },
+      { gpa: 0n, size: mem.regions[0].size, hva: mem.regions[0].hva },
+      { gpa: 1n << 62n, size: 4096n, hva: mem.regions[0].hva },
     ];
   }
 

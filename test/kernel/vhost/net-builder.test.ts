@@ -3,7 +3,7 @@
 // and every bring-up step that the kernel can be made to refuse, with the
 // step, the code and the fd count after rollback.
 import * as fs from 'node:fs';
-import type { QueueSpec } from '../../../lib/vhost/builder';
+import type { QueueSpec } from '../../../lib/vhost/plan';
 import { EventFd } from '../../../lib/core/eventfd';
 import { features } from '../../../lib/core/features';
 import { GuestMemory } from '../../../lib/core/memory';

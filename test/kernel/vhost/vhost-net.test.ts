@@ -215,14 +215,14 @@ describeKernel('vhost-net ioctls', ['/dev/vhost-net', '/dev/net/tun'], () => {
       const max = maxMemRegions();
       if (os.release().startsWith('6.1.')) expect(max).toBe(64);
       const hva = r.mem.regions[0].hva;
-      const regions = (n: number) => Array.from({ length: n }, (_, i) => ({ guestPhysAddr: BigInt(i) << 12n, size: 4096n, userspaceAddr: hva + (BigInt(i % 256) << 12n) }));
+      const regions = (n: number) => Array.from({ length: n }, (_, i) => ({ gpa: BigInt(i) << 12n, size: 4096n, hva: hva + (BigInt(i % 256) << 12n) }));
       r.net.setMemTable(regions(max));
       expectErrno(() => r.net.setMemTable(regions(max + 1)), 'E2BIG', 'ioctl(VHOST_SET_MEM_TABLE)');
       r.net.setMemTable([]);
     });
 
     test('a region outside user space is refused (EFAULT) only while a ring is attached (measured on 6.1)', () => {
-      const kernelSpace = [{ guestPhysAddr: 0n, size: 4096n, userspaceAddr: 0xffff_8880_0000_0000n }];
+      const kernelSpace = [{ gpa: 0n, size: 4096n, hva: 0xffff_8880_0000_0000n }];
       r.net.setMemTable(kernelSpace); // no active ring: checked when one is attached
       r.net.setMemTable(r.mem);
       const tap = Tap.create({ name: 'vhn%d' });

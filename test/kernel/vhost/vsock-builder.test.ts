@@ -5,7 +5,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { QueueSpec } from '../../../lib/vhost/builder';
+import type { QueueSpec } from '../../../lib/vhost/plan';
 import { EventFd } from '../../../lib/core/eventfd';
 import { features } from '../../../lib/core/features';
 import { GuestMemory } from '../../../lib/core/memory';

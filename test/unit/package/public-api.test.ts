@@ -20,7 +20,7 @@ describe('public API (lib/index.ts)', () => {
       'VirtioVsockGuest', 'Virtqueue', 'VsockHandoff', 'bridge', 'buildArpRequest', 'buildIcmpEcho', 'buildUdp',
       'checkAdvisedMtu', 'checkVsockHeader', 'decodeVsockHeader', 'describeFeatures', 'dirtyLogSize',
       'encodeVsockHeader', 'featureList', 'features', 'findProblems', 'formatMac', 'formatProbe',
-      'internetChecksum', 'layoutSplitRing', 'linkFlags', 'memfdSeals', 'mergeMemoryRegions',
+      'internetChecksum', 'kUnchecked', 'layoutSplitRing', 'linkFlags', 'memfdSeals', 'mergeMemoryRegions',
       'negotiateNetFeatures', 'negotiateVsockFeatures', 'parseIpv4', 'parseMac', 'placeVirtqueue',
       'prepareNetForVmm', 'prepareVsockForVmm', 'probe', 'probeToJson', 'qemuArgs', 'readMaxMemRegions',
       'setActiveQueuePairs', 'spawnVmm', 'splitRingLayout', 'stdioFor', 'tapMacFor', 'tapOffloadFor',

@@ -5,17 +5,19 @@
 // missing path, /dev/null standing in for a device (every ioctl ENOTTY),
 // eventfds and anonymous memory for the dirty log.
 import * as fs from 'node:fs';
-import { checkMemory, mergeMemoryRegions, readMaxMemRegions, type QueueSpec } from '../../../lib/vhost/builder';
+import { checkMemory, mergeMemoryRegions, type QueueSpec } from '../../../lib/vhost/plan';
+import { kernelMemoryLimits, readMaxMemRegions } from '../../../lib/vhost/kernel/vhost-device';
 import { DirtyLog, dirtyLogSize, pagesOfWord } from '../../../lib/vhost/dirty-log';
 import { VhostError } from '../../../lib/core/errors';
 import { EventFd } from '../../../lib/core/eventfd';
 import { features } from '../../../lib/core/features';
 import { GuestMemory } from '../../../lib/core/memory';
 import { RunningVhostNet, VhostNetBuilder } from '../../../lib/vhost/net';
-import type { MemoryLike } from '../../../lib/vhost/kernel/vhost-device';
+import type { MemoryLike } from '../../../lib/core/memory';
 import { VhostNet } from '../../../lib/vhost/net';
 import { VhostVsock } from '../../../lib/vhost/vsock';
 import { allocateCid, VhostVsockBuilder } from '../../../lib/vhost/vsock';
+import { FakeTransport } from '../../support/fake-transport';
 import { openFdCount, thrown } from '../../support/helpers';
 
 type Err = ReturnType<typeof thrown> & { argument?: string; queue?: number; trace?: string[] };
@@ -26,64 +28,8 @@ const NET_OFFER = 0x33d008000n;
 const VSOCK_OFFER = 0x33d000002n;
 const MiB = 1n << 20n;
 
-/** A device that records each ioctl as 'NAME' or 'NAME[queue]' and can fail at one of them. */
-class FakeDevice {
-  readonly calls: string[] = [];
-  readonly args: Record<string, unknown[]> = {};
-  readonly #fd = EventFd.create(); // a real fd so the running device has something to own
-  failAt?: string;
-  failCode = 'EIO';
-  takenCids = new Set<number>();
-  bases = new Map<number, number>();
-
-  constructor(readonly offered: bigint) {}
-
-  get nativeHandle() {
-    return this.#fd.nativeHandle;
-  }
-  get closed(): boolean {
-    return this.#fd.closed;
-  }
-  get path(): string {
-    return '/dev/fake';
-  }
-  close(): void {
-    if (!this.closed) this.calls.push('close');
-    this.#fd.close();
-  }
-
-  #ioctl(name: string, queue: number | undefined, ...args: unknown[]): void {
-    const key = queue === undefined ? name : `${name}[${queue}]`;
-    this.calls.push(key);
-    this.args[key] = args;
-    if (this.failAt === key) {
-      throw new VhostError(`${this.failCode}: fake, ioctl(VHOST_${name}) '/dev/fake'`, { code: this.failCode, errno: -5, syscall: `ioctl(VHOST_${name})`, path: '/dev/fake' });
-    }
-  }
-
-  setOwner() { this.#ioctl('SET_OWNER', undefined); }
-  getFeatures(): bigint { this.#ioctl('GET_FEATURES', undefined); return this.offered; }
-  setFeatures(bits: bigint) { this.#ioctl('SET_FEATURES', undefined, bits); }
-  setMemTable(regions: unknown) { this.#ioctl('SET_MEM_TABLE', undefined, regions); }
-  setVringNum(i: number, n: number) { this.#ioctl('SET_VRING_NUM', i, n); }
-  setVringBase(i: number, b: number) { this.#ioctl('SET_VRING_BASE', i, b); this.bases.set(i, b); }
-  getVringBase(i: number): number { this.#ioctl('GET_VRING_BASE', i); return this.bases.get(i) ?? 0; }
-  setVringEndian(i: number, e: string) { this.#ioctl('SET_VRING_ENDIAN', i, e); }
-  setVringAddr(i: number, a: unknown) { this.#ioctl('SET_VRING_ADDR', i, a); }
-  setVringKick(i: number, fd: unknown) { this.#ioctl('SET_VRING_KICK', i, fd); }
-  setVringCall(i: number, fd: unknown) { this.#ioctl('SET_VRING_CALL', i, fd); }
-  setVringErr(i: number, fd: unknown) { this.#ioctl('SET_VRING_ERR', i, fd); }
-  setVringBusyloopTimeout(i: number, t: number) { this.#ioctl('SET_VRING_BUSYLOOP_TIMEOUT', i, t); }
-  setLogBase(addr: bigint) { this.#ioctl('SET_LOG_BASE', undefined, addr); }
-  setBackend(i: number, fd: unknown) { this.#ioctl('NET_SET_BACKEND', i, fd); }
-  setRunning(on: boolean) { this.#ioctl('SET_RUNNING', undefined, on); }
-  setGuestCid(cid: number) {
-    this.#ioctl('SET_GUEST_CID', undefined, cid);
-    if (this.takenCids.has(cid)) {
-      throw new VhostError("EADDRINUSE: address already in use, ioctl(VHOST_VSOCK_SET_GUEST_CID) '/dev/fake'", { code: 'EADDRINUSE', errno: -98, syscall: 'ioctl(VHOST_VSOCK_SET_GUEST_CID)', path: '/dev/fake' });
-    }
-  }
-}
+/** The fake transport stands in for a vhost device: it records each call and can fail at one. */
+class FakeDevice extends FakeTransport {}
 
 const cleanup: { close(): void }[] = [];
 function track<T extends { close(): void }>(r: T): T {
@@ -107,17 +53,17 @@ function queueSpec(q: number, extra: Partial<QueueSpec> = {}): QueueSpec {
   return { size: 256, desc: base, avail: base + 0x1000n, used: base + 0x2000n, ...eventfds(), ...extra };
 }
 
-function netBuilder(fake = new FakeDevice(NET_OFFER)): { b: VhostNetBuilder; fake: FakeDevice; opened: () => number } {
+function netBuilder(fake = new FakeDevice(NET_OFFER)): { b: VhostNetBuilder<FakeDevice>; fake: FakeDevice; opened: () => number } {
   let opens = 0;
-  const b = new VhostNetBuilder(() => {
+  const b = new VhostNetBuilder<FakeDevice>(() => {
     opens++;
-    return fake as unknown as VhostNet;
+    return fake;
   });
   return { b, fake, opened: () => opens };
 }
 
-function vsockBuilder(fake = new FakeDevice(VSOCK_OFFER)): { b: VhostVsockBuilder; fake: FakeDevice } {
-  return { b: new VhostVsockBuilder(() => fake as unknown as VhostVsock), fake };
+function vsockBuilder(fake = new FakeDevice(VSOCK_OFFER)): { b: VhostVsockBuilder<FakeDevice>; fake: FakeDevice } {
+  return { b: new VhostVsockBuilder<FakeDevice>(() => fake), fake };
 }
 
 /** A fully configured net builder on a fake device. */
@@ -297,7 +243,7 @@ describe('validation before any syscall', () => {
       const joined: MemoryLike = { regions: [{ gpa: 0n, size: 0x10800n, hva: 0x7f00_0000_0000n }, { gpa: 0x10800n, size: 0x10000n, hva: 0x7f00_0001_0800n }] };
       const { b, fake } = netBuilder();
       b.memory(joined).features(ACKED).queue(0, queueSpec(0)).start();
-      expect(fake.args['SET_MEM_TABLE'][0]).toEqual([{ guestPhysAddr: 0n, size: 0x20800n, userspaceAddr: 0x7f00_0000_0000n }]);
+      expect(fake.args['SET_MEM_TABLE'][0]).toEqual([{ gpa: 0n, size: 0x20800n, hva: 0x7f00_0000_0000n }]);
       expect(fake.args['SET_VRING_ADDR[0]'][0]).toEqual({ desc: 0x7f00_0001_0000n, avail: 0x7f00_0001_1000n, used: 0x7f00_0001_2000n });
     });
   });
@@ -319,10 +265,10 @@ describe('validation before any syscall', () => {
     test("more regions than max_mem_regions (after merging) is refused; contiguous ones count as one", () => {
       const max = readMaxMemRegions();
       const apart = { regions: Array.from({ length: max + 1 }, (_, i) => ({ gpa: BigInt(i) * 0x2000n, size: 0x1000n, hva: 0x10000000n + BigInt(i) * 0x2000n })) };
-      const err = expectInvalid(() => checkMemory(apart, max), 'memory.regions', 'ERR_VHOST_OUT_OF_RANGE');
+      const err = expectInvalid(() => checkMemory(apart, kernelMemoryLimits(max)), 'memory.regions', 'ERR_VHOST_OUT_OF_RANGE');
       expect(err.message).toContain(`max_mem_regions (${max})`);
       const together = { regions: Array.from({ length: max + 1 }, (_, i) => ({ gpa: BigInt(i) * 0x1000n, size: 0x1000n, hva: 0x10000000n + BigInt(i) * 0x1000n })) };
-      expect(checkMemory(together, max)).toHaveLength(1);
+      expect(checkMemory(together, kernelMemoryLimits(max))).toHaveLength(1);
     });
 
     test('the limit is the vhost module parameter, 64 when it cannot be read', () => {
@@ -347,7 +293,7 @@ describe('validation before any syscall', () => {
       ['a region past 2^64', { regions: [{ gpa: (1n << 64n) - 0x1000n, size: 0x2000n, hva: 0x1000n }] }, 'memory.regions[0]', 'ERR_VHOST_OUT_OF_RANGE'],
       ['a non-numeric hva', { regions: [{ gpa: 0n, size: 0x1000n, hva: 'x' }] }, 'memory.regions[0].hva', 'ERR_VHOST_INVALID_ARG'],
     ])('%s is refused', (_name, mem, argument, code) => {
-      expectInvalid(() => checkMemory(mem as MemoryLike, 64), argument, code);
+      expectInvalid(() => checkMemory(mem as MemoryLike, kernelMemoryLimits(64)), argument, code);
     });
   });
 
@@ -425,7 +371,7 @@ describe('validation before any syscall', () => {
     test('a closed device is ERR_VHOST_CLOSED', () => {
       const dev = VhostNet.open('/dev/null');
       dev.close();
-      expect(thrown(() => netBuilder().b.device(dev)).code).toBe('ERR_VHOST_CLOSED');
+      expect(thrown(() => VhostNet.builder().device(dev)).code).toBe("ERR_VHOST_CLOSED");
     });
 
     test('backend must be a Tap, TapQueue, fd owner, fd number or null', () => {
@@ -478,7 +424,7 @@ describe('bring-up order (fake device)', () => {
   test('a device passed with { owned: true } skips SET_OWNER', () => {
     const fake = new FakeDevice(NET_OFFER);
     const { b } = fullNet();
-    track(b.device(fake as unknown as VhostNet, { owned: true }).start());
+    track(b.device(fake, { owned: true }).start());
     expect(fake.calls[0]).toBe('GET_FEATURES');
   });
 
@@ -501,14 +447,14 @@ describe('rollback and step errors (fake device)', () => {
   test.each(netSteps)('vhost-net failing at %s: the device the builder opened is closed, the error names the step', (failAt) => {
     const fake = new FakeDevice(NET_OFFER);
     fake.failAt = failAt;
-    const builder = new VhostNetBuilder(() => fake as unknown as VhostNet);
+    const builder = new VhostNetBuilder(() => fake);
     builder.memory(mem1).features(ACKED).queue(0, queueSpec(0, { endian: 'big', busyloopTimeout: 1 })).queue(1, queueSpec(1, { endian: 'big', busyloopTimeout: 1 })).backend(7);
     const err = thrown(() => builder.start()) as Err;
     const m = /^(\w+)(?:\[(\d)\])?$/.exec(failAt)!;
     expect({ step: err.step, queue: err.queue, code: err.code, errno: err.errno, path: err.path }).toEqual({
       step: m[1], queue: m[2] === undefined ? undefined : Number(m[2]), code: 'EIO', errno: -5, path: '/dev/fake',
     });
-    expect(err.syscall).toBe(`ioctl(VHOST_${m[1]})`);
+    expect(err.syscall).toBe(m[1]);
     expect(err.message).toContain(`[step ${m[1]}`);
     expect(err.trace![err.trace!.length - 1]).toBe(failAt);
     expect(fake.calls[fake.calls.length - 1]).toBe('close');
@@ -536,7 +482,7 @@ describe('rollback and step errors (fake device)', () => {
     const fake = new FakeDevice(NET_OFFER);
     fake.failAt = 'SET_MEM_TABLE';
     const { b } = fullNet();
-    expect(thrown(() => b.device(fake as unknown as VhostNet).start()).step).toBe('SET_MEM_TABLE');
+    expect(thrown(() => b.device(fake).start()).step).toBe('SET_MEM_TABLE');
     expect(fake.closed).toBe(false);
     fake.close();
   });
@@ -616,7 +562,7 @@ describe("cid('auto') (fake device)", () => {
 });
 
 describe('running device lifecycle (fake device)', () => {
-  function running(): { r: RunningVhostNet; fake: FakeDevice } {
+  function running(): { r: RunningVhostNet<FakeDevice>; fake: FakeDevice } {
     const { b, fake } = fullNet();
     const r = track(b.backend(9).start());
     fake.calls.length = 0;
@@ -686,7 +632,7 @@ describe('running device lifecycle (fake device)', () => {
     r.enableDirtyLog();
     expect(r.dirtyLogging).toBe(true);
     expect(fake.calls).toEqual(['SET_LOG_BASE', 'SET_FEATURES', 'SET_VRING_ADDR[0]', 'SET_VRING_ADDR[1]']);
-    const logBase = fake.args['SET_LOG_BASE'][0] as bigint;
+    const logBase = (fake.args['SET_LOG_BASE'][0] as { hva: bigint }).hva;
     expect(logBase).toBeGreaterThan(0n);
     expect(fake.args['SET_FEATURES']).toEqual([r.features | vhost.LOG_ALL]);
     expect(fake.args['SET_VRING_ADDR[0]']).toEqual([{ desc: 0x7f00_0001_0000n, avail: 0x7f00_0001_1000n, used: 0x7f00_0001_2000n, log: 0x12000n, flags: 1 }]);

@@ -1,7 +1,7 @@
 // Feature negotiation of the builders, as pure functions: which bits reach
 // VHOST_SET_FEATURES, the vnet header size, and the tap's offload flags.
 import fc from 'fast-check';
-import { VHOST_RING_BITS } from '../../../lib/vhost/builder';
+import { VHOST_RING_BITS } from '../../../lib/vhost/plan';
 import { features } from '../../../lib/core/features';
 import { NET_VHOST_BITS, negotiateNetFeatures, tapOffloadFor, vnetHdrSizeFor } from '../../../lib/vhost/net';
 import { tunOffload } from '../../../lib/netdev/tap';

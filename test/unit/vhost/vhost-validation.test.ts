@@ -103,21 +103,21 @@ describe('addresses', () => {
 
 describe('memory table', () => {
   test('accepts explicit regions and anything shaped like GuestMemory', () => {
-    expectReachedKernel(() => net.setMemTable([{ guestPhysAddr: 0n, size: 0x1000n, userspaceAddr: 0x10000n }]), 'ioctl(VHOST_SET_MEM_TABLE)');
+    expectReachedKernel(() => net.setMemTable([{ gpa: 0n, size: 0x1000n, hva: 0x10000n }]), 'ioctl(VHOST_SET_MEM_TABLE)');
     expectReachedKernel(() => net.setMemTable({ regions: [{ gpa: 0n, size: 0x1000n, hva: 0x10000n }] }), 'ioctl(VHOST_SET_MEM_TABLE)');
     expectReachedKernel(() => net.setMemTable([]), 'ioctl(VHOST_SET_MEM_TABLE)');
   });
 
   test('names the bad region field', () => {
-    expectInvalid(() => net.setMemTable([{ guestPhysAddr: 0n, size: 0x1000n, userspaceAddr: 0x10000n }, null as never]), 'mem[1]');
-    expectInvalid(() => net.setMemTable([{ guestPhysAddr: 0n, size: -1n, userspaceAddr: 0n }]), 'mem[0].size', 'ERR_VHOST_OUT_OF_RANGE');
-    expectInvalid(() => net.setMemTable([{ guestPhysAddr: 0n, memorySize: 1n, userspaceAddr: 0n } as never]), 'mem[0].size');
+    expectInvalid(() => net.setMemTable([{ gpa: 0n, size: 0x1000n, hva: 0x10000n }, null as never]), 'mem[1]');
+    expectInvalid(() => net.setMemTable([{ gpa: 0n, size: -1n, hva: 0n }]), 'mem[0].size', 'ERR_VHOST_OUT_OF_RANGE');
+    expectInvalid(() => net.setMemTable([{ gpa: 0n, length: 1n, hva: 0n } as never]), 'mem[0].size');
     expectInvalid(() => net.setMemTable({ regions: [{ gpa: 0n, size: 4096n, hva: 'x' as never }] }), 'mem.regions[0].hva');
     expectInvalid(() => net.setMemTable(42 as never), 'mem');
   });
 
   test('does not pre-judge the region count (the kernel answers E2BIG)', () => {
-    const regions = Array.from({ length: 1000 }, (_, i) => ({ guestPhysAddr: BigInt(i) << 12n, size: 4096n, userspaceAddr: BigInt(i + 16) << 12n }));
+    const regions = Array.from({ length: 1000 }, (_, i) => ({ gpa: BigInt(i) << 12n, size: 4096n, hva: BigInt(i + 16) << 12n }));
     expectReachedKernel(() => net.setMemTable(regions), 'ioctl(VHOST_SET_MEM_TABLE)');
   });
 });

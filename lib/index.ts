@@ -7,6 +7,7 @@ export * from './vhost/kernel/vhost-device';
 export * from './vhost/net';
 export * from './core/eventfd';
 export * from './core/memory';
+export { type UnixSocketType, MAX_FDS_PER_MESSAGE, type PassableFd, ReceivedFd, type UnixMessage, type UnixWatcher, UnixSocket, type UnixServerOptions, UnixServer } from './core/unix-socket';
 export * from './virtio/vring';
 // Explicit lists where a module also exports internals (plan*/check*/encoders its tests use).
 export { tunFlags, tunOffload, linkFlags, type TapOptions, validateLinkName, parseMac, formatMac, TapQueue, Tap } from './netdev/tap';

@@ -186,14 +186,20 @@ export function encodeHeader(h: VhostUserHeader): Buffer {
   return out;
 }
 
-/** A header of any message; checks only what every message must satisfy (version 1, a bounded size). */
-export function decodeHeader(bytes: Uint8Array): VhostUserHeader {
-  if (bytes.length !== HEADER_SIZE) throw protocolError('header', `must be ${HEADER_SIZE} bytes, got ${bytes.length}`);
+/**
+ * A header of any message; checks only what every message must satisfy
+ * (version 1, a bounded size). `awaiting` names the request whose reply this
+ * should be, so errors name the caller's message rather than whatever the
+ * bytes claim.
+ */
+export function decodeHeader(bytes: Uint8Array, awaiting?: string): VhostUserHeader {
+  if (bytes.length !== HEADER_SIZE) throw protocolError(awaiting ?? 'header', `a header must be ${HEADER_SIZE} bytes, got ${bytes.length}`);
   const v = view(bytes);
   const h = { request: v.getUint32(0, true), flags: v.getUint32(4, true), size: v.getUint32(8, true) };
-  const name = requestName(h.request);
-  if ((h.flags & VERSION_MASK) !== VERSION) throw protocolError(name, `version ${h.flags & VERSION_MASK} in flags 0x${h.flags.toString(16)}, expected 1`);
-  if (h.size > MAX_PAYLOAD_SIZE) throw protocolError(name, `payload size ${h.size} exceeds ${MAX_PAYLOAD_SIZE}`);
+  const name = awaiting ?? requestName(h.request);
+  const of = awaiting ? ` (in a header claiming ${requestName(h.request)})` : '';
+  if ((h.flags & VERSION_MASK) !== VERSION) throw protocolError(name, `version ${h.flags & VERSION_MASK} in flags 0x${h.flags.toString(16)}, expected 1${of}`);
+  if (h.size > MAX_PAYLOAD_SIZE) throw protocolError(name, `payload size ${h.size} exceeds ${MAX_PAYLOAD_SIZE}${of}`);
   return h;
 }
 

@@ -332,7 +332,7 @@ export class VhostUser extends EventEmitter implements VhostBackend {
     try {
       this.#send(sock, name, message, fds, deadline);
       if (reply === 'none' || (reply === 'ack' && !ack)) return Buffer.alloc(0);
-      const header = decodeHeader(this.#readExactly(sock, name, HEADER_SIZE, deadline));
+      const header = decodeHeader(this.#readExactly(sock, name, HEADER_SIZE, deadline), name);
       const expect = reply === 'ack' ? { sizeOk: (s: number) => s === U64_SIZE, words: '8 bytes (a REPLY_ACK u64)' } : reply;
       checkReplyHeader(header, request, expect.sizeOk, expect.words);
       body = this.#readExactly(sock, name, header.size, deadline);

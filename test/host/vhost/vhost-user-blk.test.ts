@@ -1,0 +1,208 @@
+// The vhost-user front-end and the userspace virtio-blk driver against
+// qemu-storage-daemon (a back-end nobody here wrote), on this host: what the
+// driver writes is in the image file as fs sees it and the other way round,
+// GET_CONFIG gives the image's capacity, the daemon dying mid-I/O ends in
+// 'disconnect' (no hang, no crash), and failures leave no fd or mapping.
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { VirtioBlkGuest } from '../../../lib/guest/blk';
+import { startVhostUserDevice } from '../../../lib/vhost/user/bring-up';
+import { VhostUser } from '../../../lib/vhost/user/vhost-user';
+import { EventFd } from '../../../lib/core/eventfd';
+import { GuestMemory } from '../../../lib/core/memory';
+import { openFdCount, thrown, waitFor, type KernelError } from '../../support/helpers';
+import { describeWithQsd, mappingsOf, startQsd, type Qsd } from '../../support/qsd';
+
+const IMAGE_SIZE = 16 << 20;
+const MEMFD = 'linux-vhost-blk';
+
+describeWithQsd('vhost-user-blk through qemu-storage-daemon', () => {
+  let dir: string;
+  let image: string;
+  let sock: string;
+  let qsd: Qsd | null = null;
+  const guests: VirtioBlkGuest[] = [];
+
+  beforeAll(() => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vhost-user-blk-'));
+    sock = path.join(dir, 'blk.sock');
+  });
+  beforeEach(async () => {
+    image = path.join(dir, 'disk.img');
+    fs.writeFileSync(image, Buffer.alloc(0));
+    fs.truncateSync(image, IMAGE_SIZE);
+    qsd = await startQsd(image, sock);
+  });
+  afterEach(async () => {
+    for (const g of guests.splice(0)) g.close();
+    await qsd?.stop();
+    qsd = null;
+  });
+  afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const connect = (options = {}): VirtioBlkGuest => {
+    const g = VirtioBlkGuest.connect(sock, options);
+    guests.push(g);
+    return g;
+  };
+  const fileBytes = (offset: number, length: number): Buffer => {
+    const fd = fs.openSync(image, 'r');
+    try {
+      const b = Buffer.alloc(length);
+      fs.readSync(fd, b, 0, length, offset);
+      return b;
+    } finally {
+      fs.closeSync(fd);
+    }
+  };
+
+  test('GET_CONFIG gives the capacity of the image in 512-byte sectors', () => {
+    const g = connect();
+    expect(g.capacity).toBe(BigInt(IMAGE_SIZE / 512));
+    expect(g.size).toBe(BigInt(IMAGE_SIZE));
+    // The protocol features QEMU 7.2's daemon and this front-end share.
+    expect(g.device.hasProtocolFeature(3 /* REPLY_ACK */)).toBe(true);
+    expect(g.device.hasProtocolFeature(9 /* CONFIG */)).toBe(true);
+  });
+
+  test('writes land in the image file at the right offsets; flush completes', async () => {
+    const g = connect();
+    const writes = [
+      { sector: 0, data: randomBytes(4096) },
+      { sector: 1, data: randomBytes(512) }, // overlaps the first: written after it
+      { sector: 1000, data: randomBytes(64 * 1024) },
+      { sector: IMAGE_SIZE / 512 - 8, data: randomBytes(4096) }, // the last 4 KiB
+    ];
+    for (const w of writes) await g.write(w.sector, w.data);
+    await g.flush();
+    const expected = Buffer.from(writes[0].data);
+    writes[1].data.copy(expected, 512);
+    expect(fileBytes(0, 4096).equals(expected)).toBe(true);
+    expect(fileBytes(1000 * 512, 64 * 1024).equals(writes[2].data)).toBe(true);
+    expect(fileBytes(IMAGE_SIZE - 4096, 4096).equals(writes[3].data)).toBe(true);
+  });
+
+  test('reads return what fs wrote into the image, including transfers split across requests', async () => {
+    const pattern = randomBytes(1 << 20);
+    const fd = fs.openSync(image, 'r+');
+    fs.writeSync(fd, pattern, 0, pattern.length, 3 << 20);
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
+    const g = connect({ maxTransfer: 64 * 1024 });
+    const all = await g.read((3 << 20) / 512, 1 << 20); // 16 requests of 64 KiB
+    expect(all.equals(pattern)).toBe(true);
+    const some = await g.read((3 << 20) / 512 + 7, 4096);
+    expect(some.equals(pattern.subarray(7 * 512, 7 * 512 + 4096))).toBe(true);
+  });
+
+  test('many concurrent requests (more than the ring holds) all complete with the right bytes', async () => {
+    const g = connect({ queueSize: 16 }); // 5 requests in flight at most
+    const blocks = Array.from({ length: 200 }, (_, i) => ({ sector: i * 16, data: randomBytes(4096) }));
+    await Promise.all(blocks.map((b) => g.write(b.sector, b.data)));
+    await g.flush();
+    const back = await Promise.all(blocks.map((b) => g.read(b.sector, 4096)));
+    blocks.forEach((b, i) => expect(back[i].equals(b.data)).toBe(true));
+    for (const b of blocks.slice(0, 20)) expect(fileBytes(b.sector * 512, 4096).equals(b.data)).toBe(true);
+    expect(g.inFlight).toBe(0);
+  });
+
+  test('out-of-range and misaligned requests are refused before reaching the ring', async () => {
+    const g = connect();
+    expect(thrown(() => g.read(BigInt(IMAGE_SIZE / 512), 512)).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(thrown(() => g.read(0, 100)).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    await expect(g.write(IMAGE_SIZE / 512 - 1, Buffer.alloc(1024))).rejects.toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' });
+  });
+
+  test('the daemon killed mid-I/O: \'disconnect\', every pending request rejected, no hang, later calls fail clearly', async () => {
+    const g = connect();
+    const reasons: KernelError[] = [];
+    g.on('disconnect', (r: KernelError) => reasons.push(r));
+    const reads: Promise<Buffer>[] = [];
+    for (let i = 0; i < 300; i++) reads.push(g.read((i * 8) % 30000, 4096));
+    const settled = Promise.allSettled(reads);
+    await qsd!.stop('SIGKILL');
+    const results = await settled; // resolves: nothing hangs
+    await waitFor('disconnect', () => reasons.length === 1);
+    expect(reasons[0].code).toBe('ECONNRESET');
+    const rejected = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
+    expect(rejected.length).toBeGreaterThan(0); // the daemon cannot have served all 300 in time
+    for (const r of rejected) expect((r.reason as KernelError).code).toBe('ECONNRESET');
+    expect(thrown(() => g.read(0, 512)).code).toBe('ERR_VHOST_USER_DISCONNECTED');
+    expect(g.device.connected).toBe(false);
+  });
+
+  test('close() releases every fd and mapping; the daemon takes a new front-end afterwards', async () => {
+    const fds = openFdCount();
+    const g = VirtioBlkGuest.connect(sock);
+    expect(mappingsOf(`memfd:${MEMFD}`).length).toBeGreaterThan(0);
+    await g.write(0, Buffer.alloc(512, 1));
+    g.close();
+    g.close();
+    expect(openFdCount()).toBe(fds);
+    expect(mappingsOf(`memfd:${MEMFD}`)).toEqual([]);
+    expect(thrown(() => g.read(0, 512)).code).toBe('ERR_VHOST_CLOSED');
+    const again = connect();
+    expect((await again.read(0, 512)).equals(Buffer.alloc(512, 1))).toBe(true);
+  });
+
+  test('bad input leaves no fd, mapping or socket: a path that is no socket, nothing there, bad options, memory without fd', () => {
+    const fds = openFdCount();
+    expect(thrown(() => VirtioBlkGuest.connect(image)).code).toBe('ECONNREFUSED');
+    expect(thrown(() => VirtioBlkGuest.connect(path.join(dir, 'nothing.sock'))).code).toBe('ENOENT');
+    expect(thrown(() => VirtioBlkGuest.connect(sock, { queueSize: 3 })).code).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => VirtioBlkGuest.connect(sock, { maxTransfer: 1000 })).code).toBe('ERR_VHOST_INVALID_ARG');
+    const dev = VhostUser.connect(sock);
+    const anon = GuestMemory.create({ regions: [{ gpa: 0, size: 1 << 16 }], backing: 'anonymous' });
+    const kick = EventFd.create();
+    const err = thrown(() => startVhostUserDevice(dev, { features: 1n << 32n, memory: anon, queues: [{ index: 0, size: 8, desc: anon.regions[0].hva, avail: anon.regions[0].hva + 0x100n, used: anon.regions[0].hva + 0x200n, kick, call: null }] }));
+    expect({ code: err.code, step: err.step }).toEqual({ code: 'ERR_VHOST_USER_NO_FD', step: 'SET_MEM_TABLE' });
+    dev.close();
+    anon.close();
+    kick.close();
+    expect(openFdCount()).toBe(fds);
+    expect(mappingsOf(`memfd:${MEMFD}`)).toEqual([]);
+  });
+
+  test.each([
+    ['speaks garbage', 'garbage', 'ERR_VHOST_USER_PROTOCOL'],
+    ['answers GET_CONFIG with a failure (after the guest memory exists)', 'empty-config', 'ERR_VHOST_USER_NACK'],
+  ])('a back-end that %s: a coded error, no fd or mapping left', async (_, mode, code) => {
+    const fakeSock = path.join(dir, `fake-${mode}.sock`);
+    const fake = spawn(process.execPath, [path.join(__dirname, '..', '..', 'support', 'fake-vhost-user.js'), fakeSock, mode], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((resolve) => fake.stdout!.once('data', () => resolve()));
+      const fds = openFdCount();
+      expect(thrown(() => VirtioBlkGuest.connect(fakeSock, { timeoutMs: 2000 })).code).toBe(code);
+      expect(openFdCount()).toBe(fds);
+      expect(mappingsOf(`memfd:${MEMFD}`)).toEqual([]);
+    } finally {
+      fake.kill('SIGKILL');
+    }
+  });
+
+  test('reconnect() to a restarted daemon restores the saved ring base (GET_VRING_BASE reads it back)', async () => {
+    const dev = VhostUser.connect(sock);
+    const mem = GuestMemory.create({ regions: [{ gpa: 0, size: 1 << 16 }] });
+    const kick = EventFd.create();
+    const call = EventFd.create();
+    try {
+      const hva = mem.regions[0].hva;
+      startVhostUserDevice(dev, { features: (1n << 32n) & dev.offeredFeatures, memory: mem, queues: [{ index: 0, size: 16, desc: hva, avail: hva + 0x1000n, used: hva + 0x2000n, kick, call, base: 9 }] });
+      const gone = new Promise<KernelError>((resolve) => dev.once('disconnect', resolve));
+      await qsd!.stop('SIGKILL');
+      expect((await gone).code).toBe('ECONNRESET');
+      qsd = await startQsd(image, sock);
+      dev.reconnect();
+      expect(dev.getVringBase(0)).toBe(9);
+      dev.reconnect({ bases: { 0: 4 } }); // and an explicit one
+      expect(dev.getVringBase(0)).toBe(4);
+    } finally {
+      dev.close();
+      kick.close();
+      call.close();
+      mem.close();
+    }
+  });
+});

@@ -41,3 +41,8 @@ export {
 } from './guest/vsock';
 export * from './vmm/handoff';
 export * from './vmm/kvm';
+export { VHOST_USER_DEFAULT_TIMEOUT_MS, VHOST_USER_SUPPORTED_PROTOCOL_FEATURES, type VhostUserOptions, type DisconnectReason, VhostUser } from './vhost/user/vhost-user';
+export { VhostUserRequest, VhostUserProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, MAX_MEM_REGIONS as VHOST_USER_MAX_MEM_REGIONS } from './vhost/user/messages';
+export { type VhostUserQueueSetup, type VhostUserDeviceSetup, startVhostUserDevice } from './vhost/user/bring-up';
+export * from './virtio/blk';
+export { type VirtioBlkGuestOptions, VirtioBlkGuest } from './guest/blk';

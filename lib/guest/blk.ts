@@ -178,6 +178,7 @@ export class VirtioBlkGuest extends EventEmitter implements Disposable {
   /** Reads `length` bytes (a multiple of 512) from `sector`. */
   read(sector: bigint | number, length: number): Promise<Buffer> {
     const s = this.#checkRange(sector, length, 'length');
+    if (length <= this.maxTransfer) return this.#submit(VirtioBlkType.IN, s, null, length) as Promise<Buffer>;
     return this.#split(VirtioBlkType.IN, s, null, length).then((parts) => Buffer.concat(parts as Buffer[]));
   }
 
@@ -186,7 +187,8 @@ export class VirtioBlkGuest extends EventEmitter implements Disposable {
     if (!(data instanceof Uint8Array)) throw invalidArg('data', 'must be a Uint8Array');
     if (this.features & bit(VirtioBlkFeature.RO)) throw new VhostError(`EROFS: the vhost-user-blk device at '${this.#dev.path}' is read-only`, { code: 'EROFS', path: this.#dev.path });
     const s = this.#checkRange(sector, data.length, 'data.length');
-    await this.#split(VirtioBlkType.OUT, s, data, data.length);
+    if (data.length <= this.maxTransfer) await this.#submit(VirtioBlkType.OUT, s, data, data.length);
+    else await this.#split(VirtioBlkType.OUT, s, data, data.length);
   }
 
   /** Makes completed writes durable (VIRTIO_BLK_T_FLUSH); a no-op promise when the device has no write cache (no VIRTIO_BLK_F_FLUSH). */

@@ -299,7 +299,13 @@ export class VhostUser extends EventEmitter implements VhostBackend {
     const buf = Buffer.alloc(n);
     let got = 0;
     while (got < n) {
-      const r = sock.receive(buf.subarray(got)); // fds in a reply are refused (ERR_VHOST_TRUNCATED, closed)
+      let r;
+      try {
+        r = sock.receive(buf.subarray(got)); // no reply this front-end reads carries fds
+      } catch (err) {
+        if ((err as VhostError).code !== 'ERR_VHOST_TRUNCATED') throw err;
+        throw protocolError(name, 'the back-end sent file descriptors with its reply (closed unread)');
+      }
       if (r === null) {
         const left = deadline - Date.now();
         if (left <= 0 || !sock.waitReadable(left)) throw this.#timeoutError(name, 'reply');

@@ -188,6 +188,35 @@ describe('VhostUser front-end against a scripted back-end', () => {
     expect({ code: err.code, step: err.step }).toEqual({ code: 'ECONNRESET', step: 'GET_FEATURES' });
   });
 
+  test('a back-end that sends fds with a reply: ERR_VHOST_USER_PROTOCOL, the fds closed (python3 sends them with SCM_RIGHTS)', async () => {
+    const py = [
+      'import os, socket, struct, sys',
+      's = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)',
+      's.bind(sys.argv[1]); s.listen(1); print("listening", flush=True)',
+      'c, _ = s.accept(); c.recv(12)',
+      'fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(3)]',
+      'socket.send_fds(c, [struct.pack("<IIIQ", 1, 5, 8, 1 << 32)], fds)',
+      'try: c.recv(1)',
+      'except OSError: pass', // the front-end closes with the reply unread: ECONNRESET here
+    ].join('\n');
+    fs.rmSync(sock, { force: true });
+    const child = spawn('python3', ['-c', py, sock], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        child.once('error', reject);
+        child.once('exit', (code) => reject(new Error(`python3 exited ${code}`)));
+        child.stdout!.once('data', () => resolve());
+      });
+      const before = openFdCount();
+      const err = thrown(() => VhostUser.connect(sock));
+      expect({ code: err.code, step: err.step }).toEqual({ code: 'ERR_VHOST_USER_PROTOCOL', step: 'GET_FEATURES' });
+      expect(err.message).toMatch(/file descriptors with its reply/);
+      expect(openFdCount()).toBe(before);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
   test('a path that is no socket: ECONNREFUSED; nothing there: ENOENT; no fd left', () => {
     const file = path.join(dir, 'plain');
     fs.writeFileSync(file, '');

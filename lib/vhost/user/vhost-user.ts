@@ -105,6 +105,7 @@ export class VhostUser extends EventEmitter implements VhostBackend {
   #offeredProtocol = 0n;
   #refed = true;
   #saved: SavedConfig = { owner: false, rings: new Map() };
+  #fromSocket = false;
   readonly #connect: () => UnixSocket;
 
   private constructor(path: string, connect: () => UnixSocket, options: VhostUserOptions) {
@@ -136,12 +137,8 @@ export class VhostUser extends EventEmitter implements VhostBackend {
    */
   static fromSocket(socket: UnixSocket, options: VhostUserOptions = {}): VhostUser {
     if (!(socket instanceof UnixSocket) || socket.type !== 'stream') throw invalidArg('socket', 'must be a connected stream UnixSocket');
-    let taken = false;
-    const dev = new VhostUser(socket.path, () => {
-      if (taken) throw new VhostError(`ERR_VHOST_UNSUPPORTED: a vhost-user connection made from an fd cannot reconnect`, { code: 'ERR_VHOST_UNSUPPORTED' });
-      taken = true;
-      return socket;
-    }, options);
+    const dev = new VhostUser(socket.path, () => socket, options);
+    dev.#fromSocket = true;
     try {
       dev.#open();
     } catch (err) {
@@ -620,16 +617,28 @@ export class VhostUser extends EventEmitter implements VhostBackend {
   reconnect(options: { bases?: Record<number, number> } = {}): void {
     if (this.#closed) throw closedError('VhostUser', this.path);
     checkObject(options, 'options');
+    if (this.#fromSocket) {
+      throw new VhostError('ERR_VHOST_UNSUPPORTED: a vhost-user connection made from a socket or fd has no path to reconnect to', { code: 'ERR_VHOST_UNSUPPORTED', step: 'reconnect' });
+    }
     const saved = this.#saved;
     this.#drop(this.#disconnectReason);
     this.#open();
     this.#saved = { owner: false, rings: new Map() };
+    try {
+      this.#replay(saved, options.bases);
+    } catch (err) {
+      this.#saved = saved; // a later reconnect() replays all of it again
+      throw err;
+    }
+  }
+
+  #replay(saved: SavedConfig, bases: Record<number, number> | undefined): void {
     if (saved.owner) this.setOwner();
     if (saved.features !== undefined) this.setFeatures(saved.features & ~PROTOCOL_FEATURES_BIT);
     if (saved.memTable) this.setMemTable(saved.memTable);
     if (saved.log) this.setLogBase(saved.log);
     for (const [i, ring] of saved.rings) {
-      const base = options.bases?.[i] ?? ring.base;
+      const base = bases?.[i] ?? ring.base;
       if (ring.num !== undefined) this.setVringNum(i, ring.num);
       if (base !== undefined) this.setVringBase(i, base);
       if (ring.addr) this.setVringAddr(i, ring.addr);

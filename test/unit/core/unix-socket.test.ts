@@ -8,7 +8,8 @@ import { EventFd } from '../../../lib/core/eventfd';
 import { GuestMemory } from '../../../lib/core/memory';
 import { native } from '../../../lib/core/native';
 import { ReceivedFd, UnixServer, UnixSocket } from '../../../lib/core/unix-socket';
-import { closeAfterEach, fdFlags, O_CLOEXEC, openFdCount, thrown, waitFor } from '../../support/helpers';
+import { Worker } from 'node:worker_threads';
+import { closeAfterEach, fdFlags, O_CLOEXEC, openFdCount, thrown, transpiledLib, waitFor } from '../../support/helpers';
 
 const sameFile = (a: number, b: number): boolean => {
   const x = fs.fstatSync(a);
@@ -182,6 +183,34 @@ describe('UnixSocket fd passing', () => {
     b.close();
     efd.close();
     expect(openFdCount()).toBe(before);
+  });
+
+  test('in a worker thread: fds cross a socketpair, and the worker\'s exit closes what it left open', async () => {
+    const root = path.resolve(__dirname, '../../..');
+    const before = openFdCount();
+    const body = `
+const { parentPort, workerData } = require('worker_threads');
+require.extensions['.ts'] = (m, f) => m._compile(workerData.compiled[f], f);
+const { UnixSocket } = require(${JSON.stringify(path.join(root, 'lib/core/unix-socket.ts'))});
+const { EventFd } = require(${JSON.stringify(path.join(root, 'lib/core/eventfd.ts'))});
+const [a, b] = UnixSocket.pair('seqpacket');
+const ev = EventFd.create();
+a.send(Buffer.from('x'), [ev, ev]);
+b.watch(() => {
+  const m = b.receive(Buffer.alloc(4), 2);
+  b.unwatch();
+  parentPort.postMessage({ bytes: m.bytes, fds: m.fds.length, open: m.fds.every((f) => !f.closed) });
+  // a, b, ev and both received fds are left open: the env teardown closes them
+});`;
+    const result = await new Promise<{ code: number; msg: unknown }>((resolve, reject) => {
+      const w = new Worker(body, { eval: true, workerData: { compiled: transpiledLib() } });
+      let msg: unknown;
+      w.on('message', (m) => (msg = m));
+      w.on('error', reject);
+      w.on('exit', (code) => resolve({ code, msg }));
+    });
+    expect(result).toEqual({ code: 0, msg: { bytes: 1, fds: 2, open: true } });
+    await waitFor('the worker\'s fds to close', () => openFdCount() <= before, 5000);
   });
 
   test('the native door rejects bad arguments with typed errors', () => {

@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { EventFd } from '../../../../lib/core/eventfd';
 import { GuestMemory } from '../../../../lib/core/memory';
+import { UnixSocket } from '../../../../lib/core/unix-socket';
 import { VhostUser } from '../../../../lib/vhost/user/vhost-user';
 import { closeAfterEach, openFdCount, thrown, waitFor, type KernelError } from '../../../support/helpers';
 
@@ -304,6 +305,24 @@ describe('VhostUser front-end against a scripted back-end', () => {
     dev.reconnect({ bases: { 0: 5 } });
     const again = await settle(f2, 24);
     expect(Buffer.from(again[19].payload, 'hex').readUInt32LE(4)).toBe(5);
+  });
+
+  test('fromSocket(): speaks over a socket connected elsewhere; it cannot reconnect; fromFd() refuses an fd that has an owner', async () => {
+    const f = await fake('ok');
+    const sockObj = UnixSocket.connect(sock);
+    const dev = track(VhostUser.fromSocket(sockObj));
+    dev.setOwner();
+    expect((await settle(f, 4)).map((m) => m.request)).toEqual([1, 15, 16, 3]);
+    expect(thrown(() => dev.reconnect()).code).toBe('ERR_VHOST_UNSUPPORTED');
+    expect(dev.connected).toBe(true); // refused before touching the connection
+    expect(thrown(() => VhostUser.fromSocket({} as UnixSocket)).code).toBe('ERR_VHOST_INVALID_ARG');
+    const other = track(UnixSocket.connect(sock));
+    expect(thrown(() => VhostUser.fromFd(other.fd)).code).toBe('ERR_VHOST_INVALID_ARG'); // one owner per fd
+    // A failed handshake closes the socket it was given.
+    const [mine, peer] = UnixSocket.pair();
+    peer.close();
+    expect(thrown(() => VhostUser.fromSocket(mine)).code).toBe('EPIPE');
+    expect(mine.closed).toBe(true);
   });
 
   test('close() is idempotent, sends end of stream, and use after close throws ERR_VHOST_CLOSED', async () => {

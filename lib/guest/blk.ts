@@ -8,7 +8,8 @@
 //
 // The back-end is another process and not trusted: a used entry naming a
 // chain that is not in flight breaks the device ('error', then closed); a
-// back-end that goes away rejects every pending request and emits 'disconnect'.
+// back-end that goes away rejects every pending request and emits 'disconnect';
+// reconnect() resumes with a fresh queue once it is back.
 import { EventEmitter } from 'node:events';
 import { checkInt, checkObject, describe, toU64 } from '../core/check';
 import { closedError, invalidArg, VhostError } from '../core/errors';
@@ -36,6 +37,15 @@ export interface VirtioBlkGuestOptions extends VhostUserOptions {
   maxTransfer?: number;
   /** memfd name; default 'linux-vhost-blk'. */
   name?: string;
+}
+
+/** Where queue 0's rings sit (guest-physical) and how they are driven. */
+interface RingPlace {
+  size: number;
+  desc: bigint;
+  avail: bigint;
+  used: bigint;
+  eventIdx: boolean;
 }
 
 interface Pending {
@@ -69,7 +79,8 @@ export class VirtioBlkGuest extends EventEmitter implements Disposable {
   readonly maxTransfer: number;
   readonly #dev: VhostUser;
   readonly #memory: GuestMemory;
-  readonly #vq: Virtqueue;
+  #vq: Virtqueue;
+  readonly #ring: RingPlace;
   readonly #pool: BufferPool;
   readonly #kick: EventFd;
   readonly #call: EventFd;
@@ -78,11 +89,12 @@ export class VirtioBlkGuest extends EventEmitter implements Disposable {
   #closed = false;
   #broken: VhostError | null = null;
 
-  private constructor(parts: { dev: VhostUser; memory: GuestMemory; vq: Virtqueue; pool: BufferPool; kick: EventFd; call: EventFd; capacity: bigint; features: bigint; maxTransfer: number }) {
+  private constructor(parts: { dev: VhostUser; memory: GuestMemory; vq: Virtqueue; ring: RingPlace; pool: BufferPool; kick: EventFd; call: EventFd; capacity: bigint; features: bigint; maxTransfer: number }) {
     super();
     this.#dev = parts.dev;
     this.#memory = parts.memory;
     this.#vq = parts.vq;
+    this.#ring = parts.ring;
     this.#pool = parts.pool;
     this.#kick = parts.kick;
     this.#call = parts.call;
@@ -139,7 +151,8 @@ export class VirtioBlkGuest extends EventEmitter implements Disposable {
       const call = EventFd.create();
       made.push(call);
       const eventIdx = (features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n;
-      const vq = Virtqueue.create({ memory, size: plan.queueSize, desc: ring.desc, avail: ring.avail, used: ring.used, kick, eventIdx });
+      const place = { size: plan.queueSize, desc: ring.desc, avail: ring.avail, used: ring.used, eventIdx };
+      const vq = Virtqueue.create({ memory, kick, ...place });
       made.push(vq);
       const pool = new BufferPool(memory, 0n, poolGpa, slotSize, slots);
       const config = parseVirtioBlkConfig(dev.getConfig(0, VIRTIO_BLK_CONFIG_READ_SIZE));
@@ -149,7 +162,7 @@ export class VirtioBlkGuest extends EventEmitter implements Disposable {
         queues: [{ index: 0, size: plan.queueSize, desc: memory.translate(ring.desc), avail: memory.translate(ring.avail), used: memory.translate(ring.used), kick, call }],
       });
       vq.enableCallbacks();
-      return new VirtioBlkGuest({ dev, memory, vq, pool, kick, call, capacity: config.capacity, features, maxTransfer: plan.maxTransfer });
+      return new VirtioBlkGuest({ dev, memory, vq, ring: place, pool, kick, call, capacity: config.capacity, features, maxTransfer: plan.maxTransfer });
     } catch (err) {
       for (const r of made.reverse()) r.close();
       throw err;
@@ -293,7 +306,10 @@ export class VirtioBlkGuest extends EventEmitter implements Disposable {
     if (this.#broken !== null || this.#closed) return;
     this.#broken = reason;
     const err = new VhostError(`${reason.code}: vhost-user-blk request ended: ${reason.message}`, { code: reason.code, path: this.#dev.path });
-    for (const p of this.#inFlight.values()) p.reject(err);
+    for (const p of this.#inFlight.values()) {
+      this.#pool.release(p.slot);
+      p.reject(err);
+    }
     this.#inFlight.clear();
     for (const w of this.#waiting.splice(0)) w.reject(err);
     if (event === 'error') {
@@ -304,10 +320,31 @@ export class VirtioBlkGuest extends EventEmitter implements Disposable {
     }
   }
 
+  /**
+   * After 'disconnect' (the back-end died and was restarted at the same path):
+   * connects again, resets the queue (fresh rings from index 0: the requests
+   * that were in flight were rejected with the disconnect, and whether the old
+   * back-end performed them is unknown) and replays the configuration through
+   * VhostUser.reconnect(). Throws, leaving the guest disconnected, when the
+   * back-end is not there yet; call again.
+   */
+  reconnect(): void {
+    if (this.#closed) throw closedError('VirtioBlkGuest', this.#dev.path);
+    if (this.#broken === null) {
+      throw new VhostError(`ERR_VHOST_INVALID_STATE: VirtioBlkGuest.reconnect() is for after 'disconnect'; '${this.#dev.path}' is connected`, { code: 'ERR_VHOST_INVALID_STATE' });
+    }
+    this.#vq.close();
+    this.#vq = Virtqueue.create({ memory: this.#memory, kick: this.#kick, ...this.#ring }); // clears the rings
+    this.#call.read(); // a stale call from the old back-end
+    this.#dev.reconnect({ bases: { 0: 0 } });
+    this.#vq.enableCallbacks();
+    this.#broken = null;
+  }
+
   #live(): void {
     if (this.#closed) throw closedError('VirtioBlkGuest', this.#dev.path);
     if (this.#broken) {
-      throw new VhostError(`ERR_VHOST_USER_DISCONNECTED: the vhost-user-blk back-end at '${this.#dev.path}' is gone (${this.#broken.message}): close() this guest`, {
+      throw new VhostError(`ERR_VHOST_USER_DISCONNECTED: the vhost-user-blk back-end at '${this.#dev.path}' is gone (${this.#broken.message}): reconnect() or close() this guest`, {
         code: 'ERR_VHOST_USER_DISCONNECTED',
         path: this.#dev.path,
       });

@@ -133,6 +133,25 @@ describeWithQsd('vhost-user-blk through qemu-storage-daemon', () => {
     expect(g.device.connected).toBe(false);
   });
 
+  test('reconnect() after the daemon was killed mid-I/O and restarted: I/O resumes and lands in the image', async () => {
+    const g = connect({ queueSize: 16 });
+    const gone = new Promise<KernelError>((resolve) => g.once('disconnect', resolve));
+    const writes = Array.from({ length: 50 }, (_, i) => g.write(i * 8, Buffer.alloc(4096, i)));
+    const settled = Promise.allSettled(writes);
+    await qsd!.stop('SIGKILL');
+    await gone;
+    await settled;
+    expect(thrown(() => g.reconnect()).code).toBe('ECONNREFUSED'); // the dead daemon's socket file, nobody listening: still disconnected
+    qsd = await startQsd(image, sock);
+    g.reconnect();
+    expect(thrown(() => g.reconnect()).code).toBe('ERR_VHOST_INVALID_STATE');
+    const data = randomBytes(64 * 1024);
+    await Promise.all(Array.from({ length: 20 }, (_, i) => g.write(2048 + i * 128, data)));
+    await g.flush();
+    for (let i = 0; i < 20; i++) expect(fileBytes((2048 + i * 128) * 512, data.length).equals(data)).toBe(true);
+    expect((await g.read(2048, 4096)).equals(data.subarray(0, 4096))).toBe(true);
+  });
+
   test('close() releases every fd and mapping; the daemon takes a new front-end afterwards', async () => {
     const fds = openFdCount();
     const g = VirtioBlkGuest.connect(sock);

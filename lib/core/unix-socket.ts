@@ -222,7 +222,9 @@ export class UnixServer extends Watchable {
 
   /**
    * Binds and listens at `path` (EADDRINUSE if anything exists there: this
-   * never removes a file it did not create). The socket file gets `mode`.
+   * never removes a file it did not create). The socket file gets `mode`
+   * right after bind and before listen, so nobody can connect in between;
+   * for a socket others must not even see, put it in a directory only you can enter.
    */
   static listen(path: string, options: UnixServerOptions = {}): UnixServer {
     checkNonEmptyString(path, 'path', describe);

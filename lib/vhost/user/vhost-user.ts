@@ -398,6 +398,10 @@ export class VhostUser extends EventEmitter implements VhostBackend {
   /** SET_PROTOCOL_FEATURES; connect() already negotiated them. Not acknowledged (REPLY_ACK is what is being set). */
   setProtocolFeatures(bits: bigint): void {
     const v = checkU64(bits, 'bits');
+    const notOffered = v & ~this.#offeredProtocol;
+    if (notOffered !== 0n) throw invalidArg('bits', `asks for protocol features 0x${notOffered.toString(16)}, which the back-end did not offer (0x${this.#offeredProtocol.toString(16)})`, 'ERR_VHOST_UNSUPPORTED');
+    const unknown = v & ~VHOST_USER_SUPPORTED_PROTOCOL_FEATURES;
+    if (unknown !== 0n) throw invalidArg('bits', `asks for protocol features 0x${unknown.toString(16)}, which this front-end does not implement`, 'ERR_VHOST_UNSUPPORTED');
     this.#request(R.SET_PROTOCOL_FEATURES, encodeU64(v), [], 'none');
     this.#protocol = v;
   }

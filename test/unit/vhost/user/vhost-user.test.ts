@@ -87,6 +87,8 @@ describe('VhostUser front-end against a scripted back-end', () => {
     const seen = await settle(f, 3);
     expect(seen.map((m) => [m.request, m.flags])).toEqual([[1, 1], [15, 1], [16, 1]]);
     expect(Buffer.from(seen[2].payload, 'hex').readBigUInt64LE()).toBe(0x220bn);
+    // Offered but not implemented here (INBAND_NOTIFICATIONS): refused before sending.
+    expect(thrown(() => dev.setProtocolFeatures(1n << 14n)).message).toMatch(/does not implement/);
   });
 
   test('with REPLY_ACK every message that can fail carries NEED_REPLY; the wire layouts are the spec\'s', async () => {
@@ -246,6 +248,7 @@ describe('VhostUser front-end against a scripted back-end', () => {
     await fake('ok', { protocol: '0x8' });
     const dev = track(VhostUser.connect(sock));
     expect(thrown(() => dev.setFeatures(1n << 33n)).code).toBe('ERR_VHOST_UNSUPPORTED');
+    expect(thrown(() => dev.setProtocolFeatures(1n << 9n)).code).toBe('ERR_VHOST_UNSUPPORTED'); // CONFIG: not offered here
     expect(thrown(() => dev.getConfig(0, 4))).toMatchObject({ code: 'ERR_VHOST_UNSUPPORTED', step: 'GET_CONFIG' });
     expect(thrown(() => dev.setLogBase(0n))).toMatchObject({ code: 'ERR_VHOST_UNSUPPORTED', step: 'SET_LOG_BASE' });
     expect(thrown(() => dev.setVringNum(256, 8)).code).toBe('ERR_VHOST_OUT_OF_RANGE');

@@ -9,7 +9,8 @@
 //
 // Modes: ok, garbage, wrong-type, wrong-size, bad-flags, silent, hangup,
 // unsolicited, nack (options.nack: request id answered with status 1),
-// empty-config. Prints "listening" when ready, then one JSON line per message received.
+// empty-config, config-offset (GET_CONFIG answered for another offset),
+// wrong-index (GET_VRING_BASE answered for another ring). Prints "listening" when ready, then one JSON line per message received.
 'use strict';
 const net = require('node:net');
 const fs = require('node:fs');
@@ -61,13 +62,17 @@ function answer(sock, request, flags, payload) {
       return sock.write(reply(15, u64(PROTOCOL)));
     case 17: // GET_QUEUE_NUM
       return sock.write(reply(17, u64(2)));
-    case 11: // GET_VRING_BASE
-      return sock.write(reply(11, Buffer.concat([payload.subarray(0, 4), Buffer.from([42, 0, 0, 0])])));
+    case 11: {
+      // GET_VRING_BASE: base 42 (wrong-index: for the next ring)
+      const index = payload.readUInt32LE(0) + (mode === 'wrong-index' ? 1 : 0);
+      return sock.write(reply(11, Buffer.concat([u64(index).subarray(0, 4), Buffer.from([42, 0, 0, 0])])));
+    }
     case 24: {
       // GET_CONFIG: echo offset/size/flags, bytes 0..size-1 = offset + i
       if (mode === 'empty-config') return sock.write(reply(24, Buffer.alloc(0)));
       const size = payload.readUInt32LE(4);
       const body = Buffer.from(payload);
+      if (mode === 'config-offset') body.writeUInt32LE(payload.readUInt32LE(0) + 4, 0);
       for (let i = 0; i < size; i++) body[12 + i] = (payload.readUInt32LE(0) + i) & 0xff;
       return sock.write(reply(24, body));
     }

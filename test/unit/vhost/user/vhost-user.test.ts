@@ -174,6 +174,20 @@ describe('VhostUser front-end against a scripted back-end', () => {
     expect(openFdCount()).toBe(before);
   });
 
+  test.each([
+    ['wrong-index', 'GET_VRING_BASE', (d: VhostUser) => d.getVringBase(2), /reply is for ring 3, asked for 2/],
+    ['config-offset', 'GET_CONFIG', (d: VhostUser) => d.getConfig(8, 4), /reply is for offset 12, asked for 8/],
+  ])('a reply for the wrong thing (%s): ERR_VHOST_USER_PROTOCOL naming %s, then \'disconnect\'', async (mode, step, call, message) => {
+    await fake(mode);
+    const dev = track(VhostUser.connect(sock));
+    const gone = new Promise<KernelError>((resolve) => dev.once('disconnect', resolve));
+    const err = thrown(() => call(dev));
+    expect({ code: err.code, step: err.step }).toEqual({ code: 'ERR_VHOST_USER_PROTOCOL', step });
+    expect(err.message).toMatch(message);
+    expect(await gone).toBe(err);
+    expect(thrown(() => dev.getFeatures()).code).toBe('ERR_VHOST_USER_DISCONNECTED');
+  });
+
   test('a back-end that never answers: ETIMEDOUT naming the message, within the bound', async () => {
     await fake('silent');
     const before = openFdCount();

@@ -152,6 +152,30 @@ describeWithQsd('vhost-user-blk through qemu-storage-daemon', () => {
     expect((await g.read(2048, 4096)).equals(data.subarray(0, 4096))).toBe(true);
   });
 
+  test('SET_LOG_BASE with LOG_SHMFD: under VHOST_F_LOG_ALL the daemon marks the pages it wrote in a log shared by memfd', async () => {
+    const g = connect();
+    const log = GuestMemory.create({ regions: [{ gpa: 0, size: 4096 }], name: 'blk-dirty-log' });
+    try {
+      const bits = log.view(0, 4096); // the daemon's writes show here: the same memfd pages
+      g.device.setLogBase({ hva: log.regions[0].hva, size: 4096n, fd: log.regions[0].fd, offset: 0n });
+      await g.read(0, 4096);
+      expect(bits.some((b) => b !== 0)).toBe(false); // not logging yet
+      g.device.setFeatures(g.features | (1n << 26n)); // VHOST_F_LOG_ALL, allowed while running
+      await g.read(0, 4096);
+      const pages: number[] = [];
+      bits.forEach((b, i) => {
+        for (let k = 0; k < 8; k++) if (b & (1 << k)) pages.push(i * 8 + k);
+      });
+      // The first request slot sits at guest page 1 (after the ring's page 0): its status byte and
+      // 4 KiB of data at offset 512 span pages 1 and 2; page 0 holds the used ring.
+      expect(pages).toEqual(expect.arrayContaining([1, 2]));
+      for (const p of pages) expect(p).toBeLessThan(2048); // inside the guest memory (under 8 MiB), nowhere else
+    } finally {
+      g.close();
+      log.close();
+    }
+  });
+
   test('close() releases every fd and mapping; the daemon takes a new front-end afterwards', async () => {
     const fds = openFdCount();
     const g = VirtioBlkGuest.connect(sock);

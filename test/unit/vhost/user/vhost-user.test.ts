@@ -10,7 +10,7 @@ import { EventFd } from '../../../../lib/core/eventfd';
 import { GuestMemory } from '../../../../lib/core/memory';
 import { UnixSocket } from '../../../../lib/core/unix-socket';
 import { VhostUser } from '../../../../lib/vhost/user/vhost-user';
-import { closeAfterEach, openFdCount, thrown, waitFor, type KernelError } from '../../../support/helpers';
+import { closeAfterEach, openFdCount, thrown, tsPrelude, waitFor, type KernelError } from '../../../support/helpers';
 
 const FAKE = path.join(__dirname, '..', '..', '..', 'support', 'fake-vhost-user.js');
 
@@ -340,6 +340,27 @@ describe('VhostUser front-end against a scripted back-end', () => {
     peer.close();
     expect(thrown(() => VhostUser.fromSocket(mine)).code).toBe('EPIPE');
     expect(mine.closed).toBe(true);
+  });
+
+  test('fromFd(): a child process speaks vhost-user over a connection it inherited as fd 3', async () => {
+    const f = await fake('ok');
+    const conn = track(UnixSocket.connect(sock));
+    const lib = path.resolve(__dirname, '../../../../lib/vhost/user/vhost-user.ts');
+    const script = `${tsPrelude(dir)}
+const { VhostUser } = require(${JSON.stringify(lib)});
+const dev = VhostUser.fromFd(3);
+dev.setOwner();
+console.log(JSON.stringify({ features: String(dev.offeredFeatures), protocol: String(dev.protocolFeatures) }));
+dev.close();`;
+    const out = await new Promise<string>((resolve, reject) => {
+      const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit', conn.fd] });
+      let text = '';
+      child.stdout!.on('data', (c: Buffer) => (text += c.toString()));
+      child.once('error', reject);
+      child.once('exit', (code) => (code === 0 ? resolve(text) : reject(new Error(`child exited ${code}`))));
+    });
+    expect(JSON.parse(out)).toEqual({ features: String(0x140000000n), protocol: String(0x20bn) });
+    expect((await settle(f, 4)).map((m) => m.request)).toEqual([1, 15, 16, 3]);
   });
 
   test('close() is idempotent, sends end of stream, and use after close throws ERR_VHOST_CLOSED', async () => {

@@ -163,7 +163,8 @@ export class UnixSocket extends Watchable {
    * Receives into `buf`, accepting up to `maxFds` fds (default 0: any fd sent
    * is an error). Returns null when nothing is pending, bytes 0 at end of
    * stream. More fds than `maxFds`, or a seqpacket message longer than `buf`,
-   * throws ERR_VHOST_TRUNCATED with every fd that came already closed.
+   * throws ERR_VHOST_TRUNCATED with every fd that came already closed (on a
+   * stream the bytes read with them are lost too: the stream is out of step).
    */
   receive(buf: Uint8Array, maxFds = 0): UnixMessage | null {
     if (!(buf instanceof Uint8Array)) throw invalidArg('buf', 'must be a Uint8Array');

@@ -12,6 +12,7 @@ export {
 export * from './vhost/net';
 export * from './core/eventfd';
 export * from './core/memory';
+export { type UnixSocketType, MAX_FDS_PER_MESSAGE, type PassableFd, ReceivedFd, type UnixMessage, type UnixWatcher, UnixSocket, type UnixServerOptions, UnixServer } from './core/unix-socket';
 export * from './virtio/vring';
 // Explicit lists where a module also exports internals (plan*/check*/encoders its tests use).
 export { tunFlags, tunOffload, linkFlags, type TapOptions, validateLinkName, parseMac, formatMac, TapQueue, Tap } from './netdev/tap';
@@ -45,3 +46,8 @@ export {
 } from './guest/vsock';
 export * from './vmm/handoff';
 export * from './vmm/kvm';
+export { VHOST_USER_DEFAULT_TIMEOUT_MS, VHOST_USER_SUPPORTED_PROTOCOL_FEATURES, type VhostUserOptions, type DisconnectReason, VhostUser } from './vhost/user/vhost-user';
+export { VhostUserRequest, VhostUserProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, MAX_MEM_REGIONS as VHOST_USER_MAX_MEM_REGIONS } from './vhost/user/messages';
+export { type VhostUserBuildStep, type VhostUserBuilderOptions, VhostUserBuilder, RunningVhostUser } from './vhost/user/builder';
+export * from './virtio/blk';
+export { type VirtioBlkGuestOptions, VirtioBlkGuest } from './guest/blk';

@@ -89,5 +89,6 @@ void InitVsockSocket(Napi::Env env, Napi::Object exports);
 void InitNetlink(Napi::Env env, Napi::Object exports);
 void InitFdAdopt(Napi::Env env, Napi::Object exports);
 void InitKvm(Napi::Env env, Napi::Object exports);
+void InitUnixSocket(Napi::Env env, Napi::Object exports);
 
 }  // namespace vhost

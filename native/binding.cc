@@ -22,6 +22,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitNetlink(env, exports);
   InitFdAdopt(env, exports);
   InitKvm(env, exports);
+  InitUnixSocket(env, exports);
   return exports;
 }
 

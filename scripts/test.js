@@ -5,8 +5,12 @@
 // NESTED below). With CI=true a kernel suite that cannot run, or
 // that skips a test, is a failure. Ends with one "N passed, N failed" line.
 //
-//   node scripts/test.js            unit + kernel
+// The host suite (programs on this host such as qemu-storage-daemon, no
+// kernel vhost) runs here, never in the VM; with CI=true a skip there fails too.
+//
+//   node scripts/test.js            unit + host + kernel
 //   node scripts/test.js unit       unit only
+//   node scripts/test.js host       host only
 //   node scripts/test.js kernel     kernel only
 'use strict';
 const { spawnSync } = require('node:child_process');
@@ -59,7 +63,12 @@ function runJest(name, project, { inVm = false, files = [], ignore = [] } = {}) 
   // File paths first: --selectProjects takes every word after it.
   const args = [...node, jest, ...files, ...ignore.map((p) => `--testPathIgnorePatterns=${p}`), '--selectProjects', project, '--json', '--outputFile', report];
   if (project === 'kernel') args.push('--runInBand');
-  const env = { ...process.env, LINUX_VHOST_TEST_PROGRESS: progress, ...(project === 'kernel' && required ? { LINUX_VHOST_REQUIRE_KERNEL: '1' } : {}) };
+  const env = {
+    ...process.env,
+    LINUX_VHOST_TEST_PROGRESS: progress,
+    ...(project === 'kernel' && required ? { LINUX_VHOST_REQUIRE_KERNEL: '1' } : {}),
+    ...(project === 'host' && required ? { LINUX_VHOST_REQUIRE_HOST: '1' } : {}),
+  };
   let status;
   if (!inVm) status = spawnSync(process.execPath, args, { cwd: root, stdio: 'inherit', env }).status;
   else {
@@ -131,6 +140,8 @@ function addKernel(name, c) {
 }
 
 if (which === 'all' || which === 'unit') add('unit', runJest('unit', 'unit'));
+// Same rule as the kernel parts: where required, a skipped or empty host suite fails.
+if (which === 'all' || which === 'host') addKernel('host', runJest('host', 'host'));
 if (which === 'all' || which === 'kernel') {
   let inVm;
   try {

@@ -245,6 +245,35 @@ export interface NativeBinding {
   /** Takes ownership of an open inherited fd: fcntl(F_GETFD) checks it (EBADF), then FD_CLOEXEC is set. */
   fdAdopt(fd: number, label: string): OwnedFd;
 
+  // unix_socket.cc: AF_UNIX sockets passing fds (SCM_RIGHTS)
+  /** socket(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC); type SOCK_STREAM (1) or SOCK_SEQPACKET (5); label names it in errors. */
+  unixSocket(type: number, label: string): OwnedFd;
+  /** socketpair(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC). */
+  unixSocketPair(type: number, label: string): [OwnedFd, OwnedFd];
+  /** connect(2) to a filesystem path (a unix connect completes at once or fails; EAGAIN: backlog full). */
+  unixConnect(fd: OwnedFd, path: string): void;
+  unixBind(fd: OwnedFd, path: string): void;
+  unixListen(fd: OwnedFd, backlog: number): void;
+  /** accept4(SOCK_NONBLOCK | SOCK_CLOEXEC); null when none is pending (EAGAIN). */
+  unixAccept(fd: OwnedFd): OwnedFd | null;
+  /**
+   * sendmsg(MSG_NOSIGNAL) of buf with up to 253 fds as SCM_RIGHTS (they go with the first byte):
+   * bytes written (a stream may take fewer), null when the send buffer is full (EAGAIN).
+   */
+  unixSendMsg(fd: OwnedFd, buf: Uint8Array, fds: FdArg[]): number | null;
+  /**
+   * recvmsg(MSG_CMSG_CLOEXEC) accepting up to maxFds fds, each received fd owned by a new OwnedFd.
+   * bytes 0 at end of stream; null when nothing is pending. ERR_VHOST_TRUNCATED (the fds that came
+   * closed) when more fds came than maxFds, or a seqpacket message was longer than buf.
+   */
+  unixRecvMsg(fd: OwnedFd, buf: Uint8Array, maxFds: number): { bytes: number; fds: OwnedFd[] } | null;
+  /** A bounded poll(2) of one fd: revents (POLLIN 1, POLLOUT 4, POLLERR 8, POLLHUP 16), 0 on timeout. */
+  unixPoll(fd: OwnedFd, events: number, timeoutMs: number): number;
+  /** shutdown(how): SHUT_RD (0), SHUT_WR (1), SHUT_RDWR (2). */
+  unixShutdown(fd: OwnedFd, how: number): void;
+  /** getsockopt(SO_PEERCRED). */
+  unixPeerCred(fd: OwnedFd): { pid: number; uid: number; gid: number };
+
   // kvm.cc: wiring vhost into a KVM VM — section owned by the handoff work
   kvmGetApiVersion(kvm: OwnedFd): number;
   /** KVM_CREATE_VM (type 0) on /dev/kvm; the VM fd is O_CLOEXEC, labelled 'kvm-vm'. */

@@ -58,7 +58,7 @@ export abstract class VhostDeviceBuilder<D extends VhostBackend> {
   /** Device class name, for messages. */
   protected abstract readonly deviceName: string;
   /** Which feature names describe the device's bits in messages. */
-  protected abstract readonly featureKind: FeatureKind;
+  protected abstract readonly featureKind: FeatureKind | undefined;
   /** How the device's transport takes memory (its region limit, `override` when the caller set one with maxMemRegions()). */
   protected abstract memoryLimits(override?: number): MemoryLimits;
 

@@ -1,0 +1,68 @@
+// qemu-storage-daemon as a vhost-user-blk back-end for the host suite: a back-end
+// nobody here wrote. With CI=true (or LINUX_VHOST_REQUIRE_HOST=1) a missing
+// daemon fails the suite instead of skipping it.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import { sleep } from './helpers';
+
+export const QSD = process.env.QEMU_STORAGE_DAEMON ?? '/usr/bin/qemu-storage-daemon';
+export const requireHost = process.env.CI === 'true' || process.env.LINUX_VHOST_REQUIRE_HOST === '1';
+
+function qsdMissing(): string | null {
+  if (!fs.existsSync(QSD)) return `${QSD} not installed (Debian: qemu-system-common / qemu-utils)`;
+  const r = spawnSync(QSD, ['--version'], { encoding: 'utf8' });
+  return r.status === 0 ? null : `${QSD} --version failed: ${r.stderr || r.error}`;
+}
+
+/** describe() that needs qemu-storage-daemon: skips with the reason, or fails where required. */
+export function describeWithQsd(name: string, fn: () => void): void {
+  const missing = qsdMissing();
+  if (missing === null) describe(name, fn);
+  else if (requireHost) {
+    describe(name, () => {
+      test('has qemu-storage-daemon', () => {
+        throw new Error(`host suite required but ${missing}`);
+      });
+    });
+  } else describe.skip(`${name} [skipped: ${missing}]`, fn);
+}
+
+export interface Qsd {
+  child: ChildProcess;
+  sock: string;
+  /** SIGKILL (a crash) or SIGTERM, and wait for the exit. */
+  stop(signal?: NodeJS.Signals): Promise<void>;
+}
+
+/** Exports `image` as vhost-user-blk at `sock` and waits for the socket to appear. */
+export async function startQsd(image: string, sock: string, { writable = true } = {}): Promise<Qsd> {
+  fs.rmSync(sock, { force: true });
+  const child = spawn(
+    QSD,
+    [
+      '--blockdev', `driver=file,node-name=f,filename=${image}`,
+      '--export', `type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=${sock},writable=${writable ? 'on' : 'off'}`,
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const stop = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+    await exited;
+  };
+  const end = Date.now() + 15_000;
+  while (!fs.existsSync(sock)) {
+    if (child.exitCode !== null) throw new Error(`qemu-storage-daemon exited ${child.exitCode}: ${stderr}`);
+    if (Date.now() > end) {
+      await stop('SIGKILL');
+      throw new Error(`qemu-storage-daemon did not create ${sock} within 15 s: ${stderr}`);
+    }
+    await sleep(20);
+  }
+  return { child, sock, stop };
+}
+
+/** Lines of /proc/self/maps naming `what` (a memfd name). */
+export const mappingsOf = (what: string): string[] => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes(what));

@@ -64,8 +64,8 @@ export interface CheckedRegion extends MemoryRegion {
 
 /** How the plan treats regions: see VhostBackend.memoryAccess. */
 export interface MemoryLimits {
-  /** Most regions the transport takes after merging, and what to call that limit in a message. */
-  maxRegions: number;
+  /** Most regions the transport takes after merging (read only for tables of two or more), and what to call that limit in a message. */
+  readonly maxRegions: number;
   limitName: string;
   access: VhostBackend['memoryAccess'];
 }
@@ -136,7 +136,8 @@ export function checkMemory(mem: MemoryLike, limits: MemoryLimits): CheckedRegio
     }
   }
   const merged = mergeMemoryRegions(regions);
-  if (merged.length > limits.maxRegions) {
+  // Every transport takes one region: only a longer table needs the limit (the kernel's is read from sysfs).
+  if (merged.length > 1 && merged.length > limits.maxRegions) {
     throw invalidArg(
       'memory.regions',
       `has ${merged.length} regions after merging contiguous ones, more than ${limits.limitName} (${limits.maxRegions})`,

@@ -28,9 +28,19 @@ export function readMaxMemRegions(path: string = MAX_MEM_REGIONS_PATH): number {
   }
 }
 
-/** How the kernel takes a memory table: by address, at most max_mem_regions entries (read now). */
-export function kernelMemoryLimits(maxRegions: number = readMaxMemRegions()): MemoryLimits {
-  return { maxRegions, limitName: "the kernel's max_mem_regions", access: 'address' };
+/**
+ * How the kernel takes a memory table: by address, at most max_mem_regions
+ * entries. The parameter is read (from sysfs, each time: root may change it)
+ * only when the limit is asked for, which a one-region table never needs.
+ */
+export function kernelMemoryLimits(maxRegions?: number): MemoryLimits {
+  return {
+    get maxRegions() {
+      return maxRegions ?? readMaxMemRegions();
+    },
+    limitName: "the kernel's max_mem_regions",
+    access: 'address',
+  };
 }
 
 /** A region of an explicit memory table: the one MemoryRegion shape (fd and offset are ignored by the kernel). */

@@ -158,7 +158,7 @@ export class GuestMemory implements Disposable {
     const plan = validateGuestMemoryOptions(options);
     const made: { handle: OwnedFd | null; mapping?: Mapping }[] = [];
     try {
-      plan.regions.forEach(({ gpa, size }, i) => {
+      plan.regions.forEach(({ size }, i) => {
         const hugeBits = plan.hugetlb ? log2(plan.pageSize) << HUGE_SHIFT : 0;
         let handle: OwnedFd | null = null;
         let mapping: Mapping;

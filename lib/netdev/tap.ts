@@ -106,7 +106,7 @@ function isInt(v: unknown): v is number {
 function optBool(opts: TapOptions, key: keyof TapOptions): boolean | undefined {
   const v = opts[key];
   if (v !== undefined && typeof v !== 'boolean') throw invalidArg(key, 'must be a boolean');
-  return v as boolean | undefined;
+  return v;
 }
 
 function optInt(opts: TapOptions, key: keyof TapOptions, min: number, max: number): number | undefined {

@@ -4,7 +4,7 @@
 import * as fs from 'node:fs';
 import { native } from '../../../lib/core/native';
 import * as vsock from '../../../lib/vsock/socket';
-import { checkConnectOptions, checkListenOptions, checkServerOptions } from '../../../lib/vsock/options';
+import { checkConnectOptions, checkListenOptions } from '../../../lib/vsock/options';
 
 type Err = Error & { code?: string; argument?: string };
 

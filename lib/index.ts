@@ -46,6 +46,6 @@ export {
 } from './guest/vsock';
 export {
   prepareNetForVmm, prepareVsockForVmm, qemuArgs, spawnVmm, type NetHandoffOptions, NetHandoff, type VsockHandoffOptions, VsockHandoff,
-  type NetFds, type VsockFds, type VmmHandoffInput, type FdPassing, type VmmHandoff, type SpawnVmmOptions,
+  type NetFds, type VsockFds, type VmmHandoffInput, type FdPassing, type VmmHandoff, type SpawnVmmOptions, type StdioEntry,
 } from './vmm/handoff';
 export * from './vmm/kvm';

@@ -5,6 +5,7 @@ import './dispose';
 import { closedError } from './errors';
 import type { OwnedFd } from './native';
 
+/** Base of every object that owns one kernel fd: explicit, idempotent close(), `using`, and ERR_VHOST_CLOSED on use after close. */
 export abstract class FdOwner implements Disposable {
   #handle: OwnedFd;
 
@@ -22,6 +23,7 @@ export abstract class FdOwner implements Disposable {
     return this.#handle.path;
   }
 
+  /** True once close() has run. */
   get closed(): boolean {
     return this.#handle.closed;
   }
@@ -32,7 +34,7 @@ export abstract class FdOwner implements Disposable {
     return this.#handle;
   }
 
-  /** The native handle for other library modules (for example to pass as a kick fd). */
+  /** The native handle for other library modules (for example to pass as a kick fd). @internal */
   get nativeHandle(): OwnedFd {
     return this.handle;
   }
@@ -42,6 +44,7 @@ export abstract class FdOwner implements Disposable {
     this.#handle.close();
   }
 
+  /** Same as close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -35,6 +35,7 @@ export interface GuestMemoryRegionSpec {
   size: bigint | number;
 }
 
+/** Options of GuestMemory.create(). */
 export interface GuestMemoryOptions {
   /** Non-empty, non-overlapping; gpa 4096-aligned, size a multiple of the page size. */
   regions: readonly GuestMemoryRegionSpec[];
@@ -233,6 +234,7 @@ export class GuestMemory implements Disposable {
     }
   }
 
+  /** Same as close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }

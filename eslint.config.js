@@ -5,14 +5,15 @@
 // rule fights a deliberate house habit, each saying why. The layer rules are
 // in .dependency-cruiser.js (npm run lint:deps).
 'use strict';
+const { defineConfig } = require('eslint/config');
 const js = require('@eslint/js');
 const tseslint = require('typescript-eslint');
 const globals = require('globals');
 
-module.exports = tseslint.config(
+module.exports = defineConfig(
   { ignores: ['dist/', 'build/', 'build-cmake/', 'prebuilds/', 'docs/api/', 'coverage/', '.vm-out/', 'node_modules/'] },
   js.configs.recommended,
-  ...tseslint.configs.recommended,
+  tseslint.configs.recommended,
   {
     files: ['**/*.js'],
     languageOptions: { sourceType: 'commonjs', globals: { ...globals.node } },

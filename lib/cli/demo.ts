@@ -155,7 +155,10 @@ function runCommand(cmd: string, args: string[], signal: AbortSignal | undefined
     let pending = '';
     const onAbort = () => child.kill('SIGTERM');
     signal?.addEventListener('abort', onAbort, { once: true });
-    child.stdout!.on('data', (d: Buffer) => {
+    // Decoded as text by the streams, so a UTF-8 character split across two chunks stays whole.
+    child.stdout!.setEncoding('utf8');
+    child.stderr!.setEncoding('utf8');
+    child.stdout!.on('data', (d: string) => {
       stdout += d;
       pending += d;
       let nl: number;
@@ -164,7 +167,7 @@ function runCommand(cmd: string, args: string[], signal: AbortSignal | undefined
         pending = pending.slice(nl + 1);
       }
     });
-    child.stderr!.on('data', (d: Buffer) => (stderr += d));
+    child.stderr!.on('data', (d: string) => (stderr += d));
     child.on('error', (err) => {
       signal?.removeEventListener('abort', onAbort);
       reject(err);
@@ -241,10 +244,8 @@ function defaultProgress(line: string, final: boolean): void {
  */
 export async function runDemo(options: DemoOptions = {}): Promise<DemoReport> {
   // The addon is loaded only here, so `demo --help` works without a build.
-  /* eslint-disable @typescript-eslint/no-var-requires */
   const { Tap, parseMac } = require('../netdev/tap') as typeof import('../netdev/tap');
   const { VirtioNetGuest } = require('../guest/net') as typeof import('../guest/net');
-  /* eslint-enable @typescript-eslint/no-var-requires */
   const frameSize = options.frameSize ?? 1514;
   if (!Number.isInteger(frameSize) || frameSize < 60 || frameSize > 1514) throw new RangeError(`demo: frameSize must be in 60..1514, got ${frameSize}`);
   if (options.frames !== undefined && (!Number.isInteger(options.frames) || options.frames < 1)) throw new RangeError(`demo: frames must be a positive integer, got ${options.frames}`);
@@ -479,10 +480,8 @@ function wrongAnswer(what: string, got: string, want: string): Error {
 
 /** The vsock step; its guest and socket are closed before it returns or throws. */
 async function runVsockStep(limit: number, budgetMs: number, bulkBytes: number, progress: (line: string, final: boolean) => void, check: () => void): Promise<DemoVsockReport> {
-  /* eslint-disable @typescript-eslint/no-var-requires */
   const { VirtioVsockGuest } = require('../guest/vsock') as typeof import('../guest/vsock');
   const vsock = require('../vsock/socket') as typeof import('../vsock/socket');
-  /* eslint-enable @typescript-eslint/no-var-requires */
   const guest = VirtioVsockGuest.create({ cid: 'auto' });
   let sock: VsockSocket | null = null;
   try {

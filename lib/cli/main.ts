@@ -30,7 +30,6 @@ function usageError(message: string): number {
 function probeCommand(args: string[]): number {
   const unknown = args.filter((a) => a !== '--json');
   if (unknown.length > 0) return usageError(`probe: unknown argument '${unknown[0]}'`);
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
   const { probe, probeToJson, formatProbe } = require('../vhost/probe') as typeof import('../vhost/probe');
   const report = probe();
   process.stdout.write(args.includes('--json') ? probeToJson(report) + '\n' : formatProbe(report));

@@ -98,7 +98,7 @@ export function checkFunction(value: unknown, arg: string, optional = false): vo
 /** An AbortSignal or undefined. */
 export function checkSignal(value: unknown, arg: string): AbortSignal | undefined {
   if (value !== undefined && !(value instanceof AbortSignal)) throw invalidArg(arg, 'must be an AbortSignal');
-  return value as AbortSignal | undefined;
+  return value;
 }
 
 /** The AbortError (code ABORT_ERR, like Node core's) an aborted checkSignal() signal ends an operation with. */

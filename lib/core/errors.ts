@@ -2,6 +2,7 @@
 // like Node core's (code, errno, syscall, path); validation errors are thrown
 // before any syscall with an ERR_VHOST_* code that names the argument.
 
+/** Every error the library throws: a failed syscall (code 'EBUSY', errno, syscall, path, as Node core shapes them) or a validation error (code 'ERR_VHOST_*', the argument named). */
 export class VhostError extends Error {
   /** 'EBUSY', 'ENOENT', ... for syscall failures; 'ERR_VHOST_*' for validation. */
   code!: string;

@@ -11,6 +11,7 @@ import { native, POLL_READABLE } from './native';
 /** Largest value an eventfd counter can hold; write() refuses anything above. */
 export const EVENTFD_MAX = 0xffff_ffff_ffff_fffen;
 
+/** Options of EventFd.create(). */
 export interface EventFdOptions {
   /**
    * EFD_SEMAPHORE: each read() returns 1n and decrements the counter by one,

@@ -8,6 +8,7 @@ import type { OwnedFd } from './native';
 /** An fd argument: a library object owning an fd (EventFd, Tap), a raw fd number, or null for "none". */
 export type FdLike = FdOwner | number | null;
 
+/** Base of every object that owns one kernel fd: explicit, idempotent close(), `using`, and ERR_VHOST_CLOSED on use after close. */
 export abstract class FdOwner implements Disposable {
   #handle: OwnedFd;
 
@@ -25,6 +26,7 @@ export abstract class FdOwner implements Disposable {
     return this.#handle.path;
   }
 
+  /** True once close() has run. */
   get closed(): boolean {
     return this.#handle.closed;
   }
@@ -35,7 +37,7 @@ export abstract class FdOwner implements Disposable {
     return this.#handle;
   }
 
-  /** The native handle for other library modules (for example to pass as a kick fd). */
+  /** The native handle for other library modules (for example to pass as a kick fd). @internal */
   get nativeHandle(): OwnedFd {
     return this.handle;
   }
@@ -45,6 +47,7 @@ export abstract class FdOwner implements Disposable {
     this.#handle.close();
   }
 
+  /** Same as close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -13,6 +13,7 @@ export interface FeatureBit {
   readonly name: string;
 }
 
+/** The groups of `features`: vhost-only bits, device-independent ring bits, virtio-net, virtio-vsock, vhost backend features. */
 export type FeatureGroup = 'vhost' | 'ring' | 'net' | 'vsock' | 'backend';
 
 /** Which device's feature word is described: device bits mean different things per device. */
@@ -94,7 +95,8 @@ const BITS = {
   },
 } as const;
 
-type Masks<T> = { readonly [K in keyof T]: bigint };
+/** A group of `features`: each bit's name mapped to its mask (1n << bit). */
+export type Masks<T> = { readonly [K in keyof T]: bigint };
 
 function masks<T extends Record<string, number>>(group: T): Masks<T> {
   const out: Record<string, bigint> = {};

@@ -35,6 +35,7 @@ export interface GuestMemoryRegionSpec {
   size: bigint | number;
 }
 
+/** Options of GuestMemory.create(). */
 export interface GuestMemoryOptions {
   /** Non-empty, non-overlapping; gpa 4096-aligned, size a multiple of the page size. */
   regions: readonly GuestMemoryRegionSpec[];
@@ -176,7 +177,7 @@ export class GuestMemory implements Disposable {
     const plan = validateGuestMemoryOptions(options);
     const made: { handle: OwnedFd | null; mapping?: Mapping }[] = [];
     try {
-      plan.regions.forEach(({ gpa, size }, i) => {
+      plan.regions.forEach(({ size }, i) => {
         const hugeBits = plan.hugetlb ? log2(plan.pageSize) << HUGE_SHIFT : 0;
         let handle: OwnedFd | null = null;
         let mapping: Mapping;
@@ -251,6 +252,7 @@ export class GuestMemory implements Disposable {
     }
   }
 
+  /** Same as close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }

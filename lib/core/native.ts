@@ -288,7 +288,6 @@ export interface NativeBinding {
 }
 
 function load(): NativeBinding {
-  // eslint-disable-next-line @typescript-eslint/no-var-requires
   const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
   const binding = nodeGypBuild(path.join(__dirname, '..', '..')) as NativeBinding;
   binding.setErrorClass(VhostError);

@@ -12,6 +12,7 @@ import { invalidArg, VhostError } from './errors';
 import { FdOwner } from './fd';
 import { native, POLL_READABLE, POLL_WRITABLE, type FdArg, type OwnedFd } from './native';
 
+/** A unix socket's type: a byte stream, or messages with boundaries. */
 export type UnixSocketType = 'stream' | 'seqpacket';
 
 const SOCK_TYPES: Record<UnixSocketType, number> = { stream: 1, seqpacket: 5 };
@@ -202,6 +203,7 @@ export class UnixSocket extends Watchable {
   }
 }
 
+/** Options of UnixServer.listen(). */
 export interface UnixServerOptions {
   type?: UnixSocketType;
   /** listen(2) backlog; default 16. */

@@ -30,6 +30,7 @@ const STATUS_AT = VIRTIO_BLK_OUTHDR_SIZE;
 const PAGE = 4096n;
 const DESCS_PER_REQUEST = 3;
 
+/** Options of VirtioBlkGuest.connect(): the connection's (VhostUserOptions) and the driver's. */
 export interface VirtioBlkGuestOptions extends VhostUserOptions {
   /** Ring size, a power of two; default 128 (42 requests in flight: 3 descriptors each). */
   queueSize?: number;
@@ -171,6 +172,7 @@ export class VirtioBlkGuest extends EventEmitter implements Disposable {
     }
   }
 
+  /** True after close(). */
   get closed(): boolean {
     return this.#closed;
   }
@@ -369,6 +371,7 @@ export class VirtioBlkGuest extends EventEmitter implements Disposable {
     this.#memory.close();
   }
 
+  /** close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }

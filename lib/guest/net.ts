@@ -33,6 +33,7 @@ const ETH_HLEN = 14;
 const VLAN_HLEN = 4;
 const EBADFD = 77; // the tun driver's answer once its link is gone
 
+/** Options of VirtioNetGuest.create(). */
 export interface VirtioNetGuestOptions {
   /**
    * The tap-like backend vhost-net moves frames to and from (not closed by the
@@ -568,6 +569,7 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
     if (error !== undefined) throw error;
   }
 
+  /** Same as close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -5,12 +5,17 @@
 import { invalidArg } from '../core/errors';
 import { parseMac } from '../netdev/tap';
 
+/** Ethernet type of IPv4 frames. */
 export const ETHERTYPE_IPV4 = 0x0800;
+/** Ethernet type of ARP frames. */
 export const ETHERTYPE_ARP = 0x0806;
+/** IPv4 protocol number of ICMP. */
 export const IPPROTO_ICMP = 1;
+/** IPv4 protocol number of UDP. */
 export const IPPROTO_UDP = 17;
 const ETH_HLEN = 14;
 
+/** Options of NetResponder (VirtioNetGuestOptions.responder): the guest's addresses and what it answers. */
 export interface NetResponderOptions {
   /** The guest's MAC ('02:..' or 6 bytes). */
   mac: string | Uint8Array;

@@ -8,6 +8,7 @@ import { VhostError } from '../core/errors';
 import type { VsockType } from '../vsock/socket';
 import { VSOCK_OP, VSOCK_SEQ, VSOCK_SHUTDOWN, VSOCK_TYPE } from '../virtio/vsock-packet';
 
+/** A vsock address as the userspace guest sees it: context id and port. */
 export interface VsockGuestAddress {
   cid: number;
   port: number;
@@ -125,14 +126,17 @@ export class VirtioVsockConnection extends Duplex {
     return { cid: this.#guest.cid, port: this.localPort };
   }
 
+  /** True until the peer answers the connect request (RESPONSE) or it fails. */
   get connecting(): boolean {
     return this.state === 'connecting';
   }
 
+  /** Payload bytes received, as net.Socket counts them. */
   get bytesRead(): number {
     return this.#bytesRead;
   }
 
+  /** Payload bytes sent to the peer, as net.Socket counts them. */
   get bytesWritten(): number {
     return this.#bytesWritten;
   }
@@ -279,16 +283,18 @@ export class VirtioVsockConnection extends Duplex {
     this.#timer = null;
   }
 
+  /** Node stream hook. @internal */
   override _read(): void {
     this.#wantRead = true;
     this.#pushQueued();
   }
 
+  /** Node stream hook. @internal */
   override _write(chunk: Buffer, _encoding: BufferEncoding, cb: (err?: Error | null) => void): void {
     this._writev([{ chunk }], cb);
   }
 
-  /** Stream: the chunks are one byte run. Seqpacket: each chunk is its own message. */
+  /** Node stream hook. Stream: the chunks are one byte run. Seqpacket: each chunk is its own message. @internal */
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
     if (this.state === 'closed') {
       cb(connError('EPIPE', 'the connection is closed', this.localAddress, this.remoteAddress));
@@ -300,6 +306,7 @@ export class VirtioVsockConnection extends Duplex {
     this.#guest.wantTx(this);
   }
 
+  /** Node stream hook. @internal */
   override _final(cb: (err?: Error | null) => void): void {
     if (this.state === 'closed') {
       cb();
@@ -309,6 +316,7 @@ export class VirtioVsockConnection extends Duplex {
     this.#guest.wantTx(this);
   }
 
+  /** Node stream hook. @internal */
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
     this.#clearTimer();
     this.#signal?.removeEventListener('abort', this.#onAbort);

@@ -43,6 +43,7 @@ const PORT_MAX = 0xffff_fffe; // 0xffffffff is VMADDR_PORT_ANY
 const EPHEMERAL_FIRST = 49152;
 const INT32_MAX = 0x7fff_ffff;
 
+/** Options of VirtioVsockGuest.create(). */
 export interface VirtioVsockGuestOptions {
   /** The guest's CID (3..0xfffffffe) or 'auto' (the first free one from 3). Default 'auto'. */
   cid?: number | 'auto';
@@ -269,6 +270,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     this.#rings.watchCalls((which) => this.#onCall(which), (e) => failOrRethrow(this, e));
   }
 
+  /** True once closed (by close(), or after a ring or device failure). */
   get closed(): boolean {
     return this.#closed;
   }
@@ -682,6 +684,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     if (error !== undefined) throw error;
   }
 
+  /** Same as close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -15,6 +15,7 @@ export function tapMacFor(guestMac: string | Uint8Array): Uint8Array {
   return mac;
 }
 
+/** Options of bridge(). */
 export interface BridgeOptions {
   /** Bridge MTU (68..65535); ports get it before they join. Default: the kernel's (1500). */
   mtu?: number;
@@ -22,6 +23,7 @@ export interface BridgeOptions {
   up?: boolean;
 }
 
+/** Options of Bridge.attach(). */
 export interface AttachOptions {
   /** The guest's MAC; the tap gets it with the first byte 0xFE (libvirt's rule). */
   guestMac?: string | Uint8Array;
@@ -88,6 +90,7 @@ export class Bridge implements Disposable {
     }
   }
 
+  /** Same as close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -269,6 +269,7 @@ export class Link implements Disposable {
     }
   }
 
+  /** Same as delete(), for `using`. */
   [Symbol.dispose](): void {
     this.delete();
   }

@@ -15,6 +15,7 @@ const VNET_HDR_SIZE = 12;
 const DEFAULT_OPEN_TIMEOUT_MS = 2000;
 const sleeper = new Int32Array(new SharedArrayBuffer(4));
 
+/** Options of Macvtap.create() and Macvtap.passthrough(). */
 export interface MacvtapOptions {
   /** Link name; default: the kernel picks 'macvtapN'. */
   name?: string;

@@ -1,7 +1,10 @@
-// rtnetlink message encoding and decoding (linux/netlink.h, linux/rtnetlink.h,
-// linux/if_link.h): nlmsghdr, ifinfomsg and rtattr trees, all in host byte
-// order (little-endian on every platform this library runs on) with 4-byte
-// alignment. Pure functions: no fds, no syscalls.
+/**
+ * rtnetlink message encoding and decoding (linux/netlink.h, linux/rtnetlink.h,
+ * linux/if_link.h): nlmsghdr, ifinfomsg and rtattr trees, all in host byte
+ * order (little-endian on every platform this library runs on) with 4-byte
+ * alignment. Pure functions: no fds, no syscalls.
+ * @module
+ */
 import { checkUint } from '../core/check';
 import { invalidArg } from '../core/errors';
 
@@ -59,12 +62,15 @@ export const VETH_INFO_PEER = 1;
 /** enum macvlan_mode (linux/if_link.h). */
 export const macvlanMode = { private: 1, vepa: 2, bridge: 4, passthru: 8, source: 16 } as const;
 
+/** ifinfomsg family for link requests. */
 export const AF_UNSPEC = 0;
 const NLA_F_NESTED = 0x8000;
 const NLA_F_NET_BYTEORDER = 0x4000;
 const NLA_TYPE_MASK = ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER) & 0xffff;
+/** Size of struct nlmsghdr. */
 export const NLMSG_HDRLEN = 16;
 const NLA_HDRLEN = 4;
+/** Size of struct ifinfomsg. */
 export const IFINFOMSG_LEN = 16;
 
 const align4 = (n: number): number => (n + 3) & ~3;
@@ -256,14 +262,17 @@ export function decodeLinkMessage(payload: Uint8Array): LinkMessage {
 /** The first attribute of a type, if any. */
 export const findAttr = (attrs: readonly DecodedAttr[], type: number): DecodedAttr | undefined => attrs.find((a) => a.type === type);
 
+/** The attribute as a u8; a malformed-message error if it is empty. */
 export function readU8(a: DecodedAttr): number {
   if (a.data.length < 1) throw malformed(`attribute ${a.type} is empty`);
   return a.data[0];
 }
+/** The attribute as a host-order (little-endian) u16; a malformed-message error if shorter. */
 export function readU16(a: DecodedAttr): number {
   if (a.data.length < 2) throw malformed(`attribute ${a.type} is shorter than a u16`);
   return new DataView(a.data.buffer, a.data.byteOffset, 2).getUint16(0, true);
 }
+/** The attribute as a host-order (little-endian) u32; a malformed-message error if shorter. */
 export function readU32(a: DecodedAttr): number {
   if (a.data.length < 4) throw malformed(`attribute ${a.type} is shorter than a u32`);
   return new DataView(a.data.buffer, a.data.byteOffset, 4).getUint32(0, true);

@@ -54,6 +54,7 @@ const VNET_HDR_DEFAULT = 12;
 /** MAX_TAP_QUEUES in drivers/net/tun.c. */
 const MAX_QUEUES = 256;
 
+/** Options of Tap.create(). */
 export interface TapOptions {
   /** Link name (≤ 15 bytes, may hold one '%d' template); default: the kernel picks 'tapN'. */
   name?: string;
@@ -106,7 +107,7 @@ function isInt(v: unknown): v is number {
 function optBool(opts: TapOptions, key: keyof TapOptions): boolean | undefined {
   const v = opts[key];
   if (v !== undefined && typeof v !== 'boolean') throw invalidArg(key, 'must be a boolean');
-  return v as boolean | undefined;
+  return v;
 }
 
 function optInt(opts: TapOptions, key: keyof TapOptions, min: number, max: number): number | undefined {
@@ -348,6 +349,7 @@ export class Tap extends FdOwner {
     return native.linkGetMtu(this.linkName);
   }
 
+  /** Sets the link MTU (SIOCSIFMTU), 68..65535. */
   set mtu(mtu: number) {
     validateMtu(mtu);
     native.linkSetMtu(this.linkName, mtu);
@@ -358,6 +360,7 @@ export class Tap extends FdOwner {
     return formatMac(native.linkGetMac(this.linkName));
   }
 
+  /** Sets the link MAC, as setMac(). */
   set mac(mac: string) {
     this.setMac(mac);
   }

@@ -66,19 +66,29 @@ export interface VhostBackend {
    * file is sent: only regions of one file at contiguous offsets may merge).
    */
   readonly memoryAccess: 'address' | 'fd';
+  /** SET_OWNER: this process (this connection) owns the device from now on. */
   setOwner(): void;
+  /** GET_FEATURES: the feature bits the device offers. */
   getFeatures(): bigint;
+  /** SET_FEATURES: the bits the device is to use. */
   setFeatures(bits: bigint): void;
+  /** SET_MEM_TABLE: how guest-physical addresses map to memory the device can reach. */
   setMemTable(regions: readonly MemoryRegion[]): void;
   /** Where the dirty log lives; a transport that shares memory by fd needs `log.fd`. */
   setLogBase(log: LogArea | bigint | number): void;
+  /** SET_VRING_NUM: ring `index` has `num` entries. */
   setVringNum(index: number, num: number): void;
+  /** SET_VRING_BASE: the ring's next available index to process. */
   setVringBase(index: number, base: number): void;
   /** The ring's next available index; stops the ring's processing. */
   getVringBase(index: number): number;
+  /** SET_VRING_ADDR: where the ring's three parts are. */
   setVringAddr(index: number, addr: VringAddr): void;
+  /** SET_VRING_KICK: the eventfd the driver signals when it adds buffers; null unbinds. */
   setVringKick(index: number, fd: FdLike): void;
+  /** SET_VRING_CALL: the eventfd the device signals when it used buffers; null unbinds. */
   setVringCall(index: number, fd: FdLike): void;
+  /** SET_VRING_ERR: the eventfd the device signals on ring errors; null unbinds. */
   setVringErr(index: number, fd: FdLike): void;
   /** SET_VRING_ENDIAN for a legacy guest's ring; optional (absent: the transport cannot). */
   setVringEndian?(index: number, endian: VringEndian): void;
@@ -86,6 +96,7 @@ export interface VhostBackend {
   setVringBusyloopTimeout?(index: number, usec: number): void;
   /** VHOST_USER_SET_VRING_ENABLE; the kernel has no such call (absent there). */
   setVringEnable?(index: number, enable: boolean): void;
+  /** Lets go of the device (closes the fd or the connection). Idempotent. */
   close(): void;
   /** The same calls without argument checks, for a caller that validated them all; optional. */
   readonly [kUnchecked]?: VhostBackend;

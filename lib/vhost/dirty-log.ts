@@ -77,6 +77,7 @@ export class DirtyLog implements Disposable {
     return this.#mapping.address;
   }
 
+  /** True after close(). */
   get closed(): boolean {
     return this.#mapping.unmapped;
   }
@@ -113,6 +114,7 @@ export class DirtyLog implements Disposable {
     this.#mapping.unmap();
   }
 
+  /** close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }

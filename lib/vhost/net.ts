@@ -15,7 +15,7 @@ import { features } from '../core/features';
 import { FdOwner, type FdLike } from '../core/fd';
 import { native, type OwnedFd } from '../core/native';
 import { Tap, TapQueue, tunFlags, tunOffload } from '../netdev/tap';
-import { uncheckedBackend, type VhostBackend } from './backend';
+import type { VhostBackend } from './backend';
 import { VhostDeviceBuilder } from './builder';
 import { kernelMemoryLimits, VhostDevice } from './kernel/vhost-device';
 import { VHOST_RING_BITS, type MemoryLimits, type QueuePlan } from './plan';
@@ -31,8 +31,9 @@ export interface VhostNetBackend extends VhostBackend {
   setBackend(index: number, backend: FdLike): void;
 }
 
-/** Queue indexes of a vhost-net device. */
+/** Queue index of a vhost-net device's receive ring (tap → guest). */
 export const VHOST_NET_RX = 0;
+/** Queue index of a vhost-net device's transmit ring (guest → tap). */
 export const VHOST_NET_TX = 1;
 
 /** A /dev/vhost-net fd. Owns it: close() or `using`. */

@@ -36,6 +36,7 @@ export interface TunDeviceProbe extends DeviceProbe {
   featureNames?: string[];
 }
 
+/** A kernel module's state: loaded, built into the kernel, installed but not loaded, or not installed. */
 export type ModuleState = 'loaded' | 'builtin' | 'available' | 'missing';
 
 /** Something that keeps part of linux-vhost from working, and the command that fixes it. */
@@ -46,6 +47,7 @@ export interface ProbeProblem {
   fix: string;
 }
 
+/** What probe() found: each device node, the vhost modules, and the problems with a hint each. */
 export interface ProbeReport {
   kernel: { release: string; version: string; arch: string };
   process: { uid: number; capNetAdmin: boolean; inTestVm: boolean };

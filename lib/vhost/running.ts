@@ -179,6 +179,7 @@ export abstract class RunningVhostDevice<D extends VhostBackend> implements Disp
     }
   }
 
+  /** close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -29,8 +29,9 @@ export interface VhostVsockBackend extends VhostBackend {
   setRunning(on: boolean): void;
 }
 
-/** Queue indexes of a vhost-vsock device. */
+/** Queue index of a vhost-vsock device's receive ring (host → guest). */
 export const VHOST_VSOCK_RX = 0;
+/** Queue index of a vhost-vsock device's transmit ring (guest → host). */
 export const VHOST_VSOCK_TX = 1;
 
 /** A /dev/vhost-vsock fd. Owns it: close() or `using`. */

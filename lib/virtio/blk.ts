@@ -31,6 +31,7 @@ export function encodeBlkHeader(out: Uint8Array, type: number, sector: bigint): 
   v.setBigUint64(8, sector, true);
 }
 
+/** The fields of a virtio-blk config space this library reads (virtio spec 5.2.4). */
 export interface VirtioBlkConfig {
   /** Size in 512-byte sectors. */
   capacity: bigint;

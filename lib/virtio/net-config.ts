@@ -26,6 +26,7 @@ export const MAX_QUEUE_PAIRS = 0x8000;
 const SPEED_UNKNOWN = 0xffffffff;
 const DUPLEX = { half: 0x00, full: 0x01, unknown: 0xff } as const;
 
+/** Options of virtioNetConfig(): each field given offers the feature bit that makes it valid. */
 export interface VirtioNetConfigOptions {
   /** VIRTIO_NET_F_MAC: the guest's MAC. */
   mac?: string | Uint8Array;
@@ -43,6 +44,7 @@ export interface VirtioNetConfigOptions {
   duplex?: 'half' | 'full' | 'unknown';
 }
 
+/** What virtioNetConfig() returns: the config space bytes and the feature bits to offer with them. */
 export interface VirtioNetConfig {
   /** The config space bytes, up to the end of the last field made valid by `features`. */
   bytes: Uint8Array;

@@ -26,6 +26,7 @@ export interface UsedBuffer {
   len: number;
 }
 
+/** Options of Virtqueue.create(): the ring places (guest-physical, inside `memory`) and how to notify. */
 export interface VirtqueueOptions {
   memory: GuestMemory;
   /** Queue size: a power of two, 1..32768. */
@@ -163,6 +164,7 @@ export class Virtqueue implements Disposable {
     return new Virtqueue(vq, { size, eventIdx, indirect, regionGpa: region.gpa, regionSize: region.size });
   }
 
+  /** True once close() has run. */
   get closed(): boolean {
     return this.#closed;
   }
@@ -183,6 +185,7 @@ export class Virtqueue implements Disposable {
     return this.#live('availIdx').availIdx;
   }
 
+  /** The next used ring index this driver will read (wraps at 2^16). */
   get lastUsedIdx(): number {
     return this.#live('lastUsedIdx').lastUsedIdx;
   }
@@ -256,6 +259,7 @@ export class Virtqueue implements Disposable {
     this.#vq.close();
   }
 
+  /** Same as close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }
@@ -301,6 +305,7 @@ export class BufferPool {
     return this.#free.length > 0 ? this.#free.pop()! : -1;
   }
 
+  /** Returns a slot that alloc() gave out to the free list. */
   release(slot: number): void {
     this.#free.push(slot);
   }

@@ -19,11 +19,13 @@ export const MAX_QUEUE_SIZE = 32768;
 /** Legacy virtio's ring alignment (VIRTIO_PCI_VRING_ALIGN). */
 export const LEGACY_VRING_ALIGN = 4096n;
 
+/** Options of splitRingLayout(). */
 export interface SplitRingOptions {
   /** Include used_event / avail_event (VIRTIO_RING_F_EVENT_IDX). Default true (always enough room). */
   eventIdx?: boolean;
 }
 
+/** Options of layoutSplitRing(). */
 export interface SplitRingLayoutOptions extends SplitRingOptions {
   /** Legacy layout: descriptor table and used ring each start on a 4096-byte boundary. */
   legacy?: boolean;

@@ -93,6 +93,7 @@ export class NetHandoff implements Disposable {
     closeAll([...this.vhost, this.tap]);
   }
 
+  /** Same as close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }
@@ -187,6 +188,7 @@ export class VsockHandoff implements Disposable {
     this.vhost.close();
   }
 
+  /** Same as close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }
@@ -325,7 +327,8 @@ export function qemuArgs(input: VmmHandoffInput): VmmHandoff {
 
 // ---- spawning -------------------------------------------------------------------
 
-type StdioEntry = StdioNull | StdioPipe | number;
+/** One of the child's stdio entries as spawn() takes it: 'inherit', 'ignore', 'pipe' and the like, or an fd number. */
+export type StdioEntry = StdioNull | StdioPipe | number;
 
 /** spawn() options of spawnVmm: everything but `stdio`, which is built from the handoff. */
 export interface SpawnVmmOptions extends Omit<SpawnOptions, 'stdio'> {

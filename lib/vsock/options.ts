@@ -8,6 +8,7 @@ import { invalidArg } from '../core/errors';
 export const VMADDR_CID_ANY = 0xffffffff;
 /** Any port: bind() picks a free one. */
 export const VMADDR_PORT_ANY = 0xffffffff;
+/** The hypervisor (reserved; not reachable through vhost-vsock). */
 export const VMADDR_CID_HYPERVISOR = 0;
 /** This host or guest itself, through the vsock_loopback transport. */
 export const VMADDR_CID_LOCAL = 1;
@@ -22,11 +23,13 @@ export function checkVsockType(value: unknown, arg: string): VsockType {
   return value === undefined ? 'stream' : checkOneOf(value, arg, ['stream', 'seqpacket']);
 }
 
+/** An AF_VSOCK address: context id and port. */
 export interface VsockAddress {
   cid: number;
   port: number;
 }
 
+/** Options of vsock.connect(). */
 export interface VsockConnectOptions {
   /** The peer's context id, 0..0xfffffffe (1 = this machine through vsock_loopback, 2 = the host). */
   cid: number;
@@ -46,6 +49,7 @@ export interface VsockConnectOptions {
   allowHalfOpen?: boolean;
 }
 
+/** Options of vsock.createServer(). */
 export interface VsockServerOptions {
   /** Default 'stream'. */
   type?: VsockType;
@@ -53,6 +57,7 @@ export interface VsockServerOptions {
   allowHalfOpen?: boolean;
 }
 
+/** Options of VsockServer.listen(). */
 export interface VsockListenOptions {
   /** Default VMADDR_PORT_ANY: the kernel picks one (see address()). */
   port?: number;

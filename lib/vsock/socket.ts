@@ -1,6 +1,10 @@
-// AF_VSOCK sockets for Node: a server and a Duplex stream like net's, on
-// nonblocking sockets watched by uv_poll on this thread's loop (native
-// OwnedFd.watch): no thread per socket. libuv cannot wrap AF_VSOCK fds, so
+/**
+ * AF_VSOCK sockets for Node: a server and a Duplex stream like net's
+ * (`vsock.createServer()`, `vsock.connect()`), on nonblocking sockets watched
+ * on this thread's event loop: no thread per socket.
+ * @module
+ */
+// The poll is native OwnedFd.watch (uv_poll); libuv cannot wrap AF_VSOCK fds, so
 // the stream logic lives here. The poll is armed only for what the stream
 // needs right now: readable while _read wants data, writable while a write is
 // pending or the connect is in progress.
@@ -177,10 +181,12 @@ export class VsockSocket extends Duplex {
     return this.#connecting;
   }
 
+  /** Bytes received, as net.Socket counts them. */
   get bytesRead(): number {
     return this.#bytesRead;
   }
 
+  /** Bytes written to the socket, as net.Socket counts them. */
   get bytesWritten(): number {
     return this.#bytesWritten;
   }
@@ -205,6 +211,7 @@ export class VsockSocket extends Duplex {
     return this;
   }
 
+  /** Same as destroy(), for `using`. */
   [Symbol.dispose](): void {
     this.destroy();
   }
@@ -326,11 +333,13 @@ export class VsockSocket extends Duplex {
     }
   }
 
+  /** Node stream hook. @internal */
   override _read(): void {
     this.#wantRead = true;
     this.#updatePoll();
   }
 
+  /** Node stream hook. @internal */
   override _write(chunk: Buffer, _encoding: BufferEncoding, cb: (err?: Error | null) => void): void {
     if (chunk.length === 0) {
       cb(); // a zero-length send is no message on vsock: nothing to do
@@ -357,6 +366,7 @@ export class VsockSocket extends Duplex {
     this.#updatePoll();
   }
 
+  /** Node stream hook. @internal */
   override _writev(chunks: Array<{ chunk: Buffer }>, cb: (err?: Error | null) => void): void {
     this._write(chunks.length === 1 ? chunks[0].chunk : Buffer.concat(chunks.map((c) => c.chunk)), 'buffer' as BufferEncoding, cb);
   }
@@ -388,6 +398,7 @@ export class VsockSocket extends Duplex {
     pending.cb();
   }
 
+  /** Node stream hook. @internal */
   override _final(cb: (err?: Error | null) => void): void {
     this.#pendingFinal = cb;
     if (!this.#connecting) this.#shutdownWrite();
@@ -409,6 +420,7 @@ export class VsockSocket extends Duplex {
     cb();
   }
 
+  /** Node stream hook. @internal */
   override _destroy(err: Error | null, cb: (err?: Error | null) => void): void {
     this.#signal?.removeEventListener('abort', this.#onAbort);
     this.#signal = undefined;
@@ -520,6 +532,7 @@ export class VsockServer extends EventEmitter {
     return this;
   }
 
+  /** Same as close() when listening, for `using`. */
   [Symbol.dispose](): void {
     if (this.listening) this.close();
   }

@@ -44,8 +44,8 @@ export function fdFlags(fd: number): number {
 export const O_CLOEXEC = 0o2000000;
 export const O_NONBLOCK = 0o4000;
 
-/** An error as the library throws it: errno fields, a hint, a builder step. */
-export type KernelError = Error & { code?: string; errno?: number; syscall?: string; path?: string; hint?: string; step?: string };
+/** An error as the library throws it: errno fields, a hint, a builder step, the argument a validation error names. */
+export type KernelError = Error & { code?: string; errno?: number; syscall?: string; path?: string; hint?: string; step?: string; argument?: string };
 
 /** Runs fn and returns the error it throws (fails the test if it does not throw). */
 export function thrown(fn: () => unknown): KernelError {

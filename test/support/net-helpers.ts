@@ -181,3 +181,9 @@ export function postTxFrame(mem: GuestMemory, ring: { desc: bigint; avail: bigin
   avv.setUint16(4 + 2 * (d % size), d, true);
   avv.setUint16(2, d + 1, true);
 }
+
+/** Returns fresh(): link and namespace names unique to this run (prefix + 'x' + a counter; keep the prefix ≤ 10 bytes for IFNAMSIZ), recognisable by `prefix` in leak checks. */
+export function linkNamer(prefix: string): () => string {
+  let seq = 0;
+  return () => `${prefix}x${seq++}`;
+}

@@ -47,7 +47,9 @@ export function kernelMemoryLimits(maxRegions?: number): MemoryLimits {
 export type MemTableRegion = MemoryRegion;
 
 
+/** What an IOTLB message is: a miss the device reports, or an update/invalidate (or batch bracket) this process sends. */
 export type IotlbMsgType = 'miss' | 'update' | 'invalidate' | 'access-fail' | 'batch-begin' | 'batch-end';
+/** The access an IOTLB entry grants (or a miss asked for). */
 export type IotlbPerm = 'none' | 'ro' | 'wo' | 'rw';
 
 /** An IOTLB message to send (struct vhost_iotlb_msg in a VHOST_IOTLB_MSG_V2 envelope). */

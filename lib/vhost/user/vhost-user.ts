@@ -32,6 +32,7 @@ const PROTOCOL_FEATURES_BIT = bit(VHOST_USER_F_PROTOCOL_FEATURES);
 /** Protocol features this front-end implements (and asks for when offered). */
 export const VHOST_USER_SUPPORTED_PROTOCOL_FEATURES = bit(P.MQ) | bit(P.LOG_SHMFD) | bit(P.REPLY_ACK) | bit(P.CONFIG) | bit(P.RESET_DEVICE);
 
+/** Options of VhostUser.connect(), fromSocket() and fromFd(). */
 export interface VhostUserOptions {
   /** Bound on each reply in milliseconds (1..600000); default 5000. */
   timeoutMs?: number;
@@ -76,7 +77,7 @@ function disconnectedError(path: string, reason: VhostError | null): VhostError 
 function fdOf(value: unknown, arg: string): PassableFd | null {
   if (value === null || value === undefined || value === -1) return null;
   if (value instanceof FdOwner) {
-    value.nativeHandle; // throws ERR_VHOST_CLOSED now rather than in sendmsg
+    void value.nativeHandle; // throws ERR_VHOST_CLOSED now rather than in sendmsg
     return value;
   }
   if (typeof value === 'number' && Number.isInteger(value) && value >= 0 && value <= 0x7fff_ffff) return value;
@@ -153,6 +154,7 @@ export class VhostUser extends EventEmitter implements VhostBackend {
     return VhostUser.fromSocket(UnixSocket.fromFd(fd, { label: `vhost-user-fd:${fd}` }), options);
   }
 
+  /** True after close(). */
   get closed(): boolean {
     return this.#closed;
   }
@@ -527,7 +529,7 @@ export class VhostUser extends EventEmitter implements VhostBackend {
     const i = checkIndex(index);
     const f = fdOf(fd, 'fd');
     this.#request(request, vringFdPayload(i, f !== null, requestName(request)), f === null ? [] : [f], 'ack');
-    this.#ring(i)[key] = f as FdLike;
+    this.#ring(i)[key] = f;
   }
 
   /** SET_VRING_KICK: the eventfd the driver signals (null: NOFD, the back-end polls). Starts the ring. */
@@ -672,6 +674,7 @@ export class VhostUser extends EventEmitter implements VhostBackend {
     this.#drop(null);
   }
 
+  /** close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }

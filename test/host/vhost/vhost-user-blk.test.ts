@@ -126,7 +126,7 @@ describeWithQsd('vhost-user-blk through qemu-storage-daemon', () => {
     const results = await settled; // resolves: nothing hangs
     await waitFor('disconnect', () => reasons.length === 1);
     expect(reasons[0].code).toBe('ECONNRESET');
-    const rejected = results.filter((r) => r.status === 'rejected') as PromiseRejectedResult[];
+    const rejected = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
     expect(rejected.length).toBeGreaterThan(0); // the daemon cannot have served all 300 in time
     for (const r of rejected) expect((r.reason as KernelError).code).toBe('ECONNRESET');
     expect(thrown(() => g.read(0, 512)).code).toBe('ERR_VHOST_USER_DISCONNECTED');
@@ -219,7 +219,7 @@ describeWithQsd('vhost-user-blk through qemu-storage-daemon', () => {
     const fakeSock = path.join(dir, `fake-${mode}.sock`);
     const fake = spawn(process.execPath, [path.join(__dirname, '..', '..', 'support', 'fake-vhost-user.js'), fakeSock, mode], { stdio: ['ignore', 'pipe', 'inherit'] });
     try {
-      await new Promise<void>((resolve) => fake.stdout!.once('data', () => resolve()));
+      await new Promise<void>((resolve) => fake.stdout.once('data', () => resolve()));
       const fds = openFdCount();
       expect(thrown(() => VirtioBlkGuest.connect(fakeSock, { timeoutMs: 2000 })).code).toBe(code);
       expect(openFdCount()).toBe(fds);

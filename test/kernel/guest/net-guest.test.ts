@@ -129,7 +129,6 @@ describeKernel('VirtioNetGuest over vhost-net and a tap', ['/dev/vhost-net', '/d
       const { kicks } = guest.stats;
       // one kick per batch at most, and the device's hints save some
       expect(kicks.tx).toBeLessThanOrEqual(Math.ceil(BURST / 64) + guest.stats.txRingFull + 1);
-      // eslint-disable-next-line no-console
       console.log(`TX burst: ${BURST} x 64 B posted in ${(sendNs / 1e6).toFixed(1)} ms (${Math.round(BURST / (sendNs / 1e9))} pps), kicks ${kicks.tx}, ring full ${guest.stats.txRingFull}x`);
     });
 
@@ -196,7 +195,6 @@ describeKernel('VirtioNetGuest over vhost-net and a tap', ['/dev/vhost-net', '/d
       const { stdout } = await run('busybox', ['ping', '-c', '5', '-W', '2', GUEST_IP]);
       expect(stdout).toMatch(/5 packets transmitted, 5 packets received/);
       expect(guest.stats.rxAnswered).toBeGreaterThanOrEqual(6); // ARP + 5 echo requests
-      // eslint-disable-next-line no-console
       console.log(stdout.trim().split('\n').slice(-1)[0]);
     });
 
@@ -233,7 +231,7 @@ describeKernel('VirtioNetGuest over vhost-net and a tap', ['/dev/vhost-net', '/d
         [{ tap: {} }, 'ERR_VHOST_INVALID_ARG', /options\.tap/],
       ];
       for (const [extra, code, message] of cases) {
-        const err = thrown(() => VirtioNetGuest.create({ tap, ...extra } as unknown as VirtioNetGuestOptions));
+        const err = thrown(() => VirtioNetGuest.create({ tap, ...extra }));
         expect({ code: err.code, message: err.message }).toEqual({ code, message: expect.stringMatching(message) });
       }
       expect(openFdCount()).toBe(before);

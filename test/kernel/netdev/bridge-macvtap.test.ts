@@ -14,12 +14,11 @@ import { Tap, tunFlags } from '../../../lib/netdev/tap';
 import { VhostNet } from '../../../lib/vhost/net';
 import { virtioNetConfig } from '../../../lib/virtio/net-config';
 import { layoutSplitRing } from '../../../lib/virtio/vring';
-import { describeKernel, disposeAfterEach, fdFlags, O_CLOEXEC, thrown } from '../../support/helpers';
-import { inSysNet, sysNet } from '../../support/net-helpers';
+import { describeKernel, disposeAfterEach, fdFlags, O_CLOEXEC, openFdCount, thrown } from '../../support/helpers';
+import { inSysNet, linkNamer, sysNet } from '../../support/net-helpers';
 
 const prefix = `lvb${process.pid % 1000}`;
-let seq = 0;
-const fresh = (): string => `${prefix}x${seq++}`;
+const fresh = linkNamer(prefix);
 const masterOf = (name: string): string | undefined => {
   try {
     return path.basename(fs.readlinkSync(`/sys/class/net/${name}/master`));
@@ -122,9 +121,9 @@ describeKernel('bridge and macvtap helpers (real kernel)', ['/dev/net/tun', '/de
     test('a name already taken: EEXIST naming it, and nothing is left open or created', () => {
       const name = fresh();
       keep(bridge(name));
-      const before = fs.readdirSync('/proc/self/fd').length;
+      const before = openFdCount();
       expect(thrown(() => bridge(name))).toMatchObject({ code: 'EEXIST', syscall: 'netlink(RTM_NEWLINK)', path: name });
-      expect(fs.readdirSync('/proc/self/fd').length).toBe(before);
+      expect(openFdCount()).toBe(before);
     });
 
     test('attach of a missing tap: ENODEV naming it', () => {

@@ -11,13 +11,12 @@ import { Rtnl, setActiveQueuePairs, type Link } from '../../../lib/netdev/links'
 import { NetNs } from '../../../lib/netdev/netns';
 import { linkFlags, Tap } from '../../../lib/netdev/tap';
 import { describeKernel, disposeAfterEach, thrown } from '../../support/helpers';
-import { inSysNet, sysNet, txQueues } from '../../support/net-helpers';
+import { inSysNet, linkNamer, sysNet, txQueues } from '../../support/net-helpers';
 
 const root = path.resolve(__dirname, '../../..');
 const prefix = `lvl${process.pid % 1000}`;
-let seq = 0;
 /** A link or namespace name unique to this run (≤ 15 bytes), recognisable by its prefix. */
-const fresh = (): string => `${prefix}x${seq++}`;
+const fresh = linkNamer(prefix);
 
 describeKernel('rtnetlink links (real kernel)', ['/dev/net/tun'], () => {
   let rtnl: Rtnl;

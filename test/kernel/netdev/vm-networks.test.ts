@@ -17,13 +17,12 @@ import { parseMac, Tap, tunFlags } from '../../../lib/netdev/tap';
 import { VirtioNetGuest, type VirtioNetGuestOptions } from '../../../lib/guest/net';
 import { virtioNetConfig, virtioNetConfigLayout } from '../../../lib/virtio/net-config';
 import { closeAfterEach, describeKernel, sleep, thrown } from '../../support/helpers';
-import { capture, FrameLog, inject, isIpv4, TEST_ETHERTYPE } from '../../support/net-helpers';
+import { capture, FrameLog, inject, isIpv4, linkNamer, TEST_ETHERTYPE } from '../../support/net-helpers';
 
 jest.setTimeout(120_000);
 
 const prefix = `lvn${process.pid % 1000}`;
-let seq = 0;
-const fresh = (): string => `${prefix}x${seq++}`;
+const fresh = linkNamer(prefix);
 /** How long "never arrives" is watched; bridge forwarding takes well under this even under TCG. */
 const QUIET_MS = 1500;
 

@@ -167,7 +167,7 @@ describeKernel('VhostVsock.builder() on the real kernel', ['/dev/vhost-vsock'], 
       try {
         const out = children.map(lines);
         await Promise.all(out.map((o) => o.next(/^ready$/)));
-        for (const c of children) c.stdin!.write('go\n'); // all start as close together as we can make it
+        for (const c of children) c.stdin.write('go\n'); // all start as close together as we can make it
         const results = await Promise.all(out.map((o) => o.next(/^(cid|error) /)));
         const cids = results.map((l) => {
           expect(l).toMatch(/^cid \d+$/);
@@ -178,7 +178,7 @@ describeKernel('VhostVsock.builder() on the real kernel', ['/dev/vhost-vsock'], 
         const probe = track(VhostVsock.open());
         for (const c of cids) expect(thrown(() => probe.setGuestCid(c)).code).toBe('EADDRINUSE');
       } finally {
-        for (const c of children) c.stdin!.end();
+        for (const c of children) c.stdin.end();
         await Promise.all(children.map((c) => (c.exitCode !== null ? Promise.resolve() : new Promise((r) => c.on('exit', r)))));
         fs.rmSync(script, { force: true });
       }

@@ -54,7 +54,6 @@ interface NestedGuestModule {
   startSink(host: string, port: number): Promise<Sink>;
   SEND_PY: string;
 }
-// eslint-disable-next-line @typescript-eslint/no-require-imports
 const ng = require('../../../scripts/nested-guest') as NestedGuestModule;
 
 const run = promisify(execFile);
@@ -430,7 +429,7 @@ describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '
   function seen<K extends keyof Observed>(key: K): NonNullable<Observed[K]> {
     const value = observed?.[key];
     if (value === undefined) throw stoppedBy ?? new Error(`the guest run did not get to ${String(key)}`);
-    return value as NonNullable<Observed[K]>;
+    return value;
   }
 
   test("eth0's MTU is the host's 9000, offered through host_mtu (VIRTIO_NET_F_MTU), not set by the guest", () => {

@@ -2,26 +2,9 @@
 // reproduced each): they must now throw a typed error and leave the process up.
 import * as fs from 'node:fs';
 import { native, OwnedFd } from '../../../lib/core/native';
+import { thrown } from '../../support/helpers';
 
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return (err as { code?: string }).code;
-  }
-  throw new Error('expected a throw');
-}
-
-function errorOf(fn: () => unknown): { code?: string; message: string } {
-  try {
-    fn();
-  } catch (err) {
-    return err as { code?: string; message: string };
-  }
-  throw new Error('expected a throw');
-}
-
-// Like errorOf for calls that return an OwnedFd when they (wrongly) succeed.
+// Like thrown() for calls that return an OwnedFd when they (wrongly) succeed.
 function openErrorOf(open: () => OwnedFd | { fd: OwnedFd }): { code?: string; message: string } {
   let opened: OwnedFd | { fd: OwnedFd };
   try {
@@ -37,8 +20,8 @@ describe('native input hardening', () => {
   test('watch() refuses event bits libuv would abort on', () => {
     const ev = native.eventfdCreate(0, false);
     try {
-      expect(codeOf(() => ev.watch(16, () => {}))).toBe('ERR_VHOST_INVALID_ARG');
-      expect(codeOf(() => ev.watch(-1, () => {}))).toBe('ERR_VHOST_INVALID_ARG');
+      expect(thrown(() => ev.watch(16, () => {})).code).toBe('ERR_VHOST_INVALID_ARG');
+      expect(thrown(() => ev.watch(-1, () => {})).code).toBe('ERR_VHOST_INVALID_ARG');
       ev.watch(0, () => {}); // a paused watcher is fine
       ev.unwatch();
     } finally {
@@ -51,10 +34,10 @@ describe('native input hardening', () => {
     const proto = Object.getPrototypeOf(m);
     try {
       Object.setPrototypeOf(m, native.OwnedFd.prototype);
-      expect(codeOf(() => native.getSeals(m as never))).toBe('ERR_VHOST_INVALID_ARG');
+      expect(thrown(() => native.getSeals(m as never)).code).toBe('ERR_VHOST_INVALID_ARG');
       const forged = { [Symbol.hasInstance]: () => true };
       Object.setPrototypeOf(forged, native.OwnedFd.prototype);
-      expect(codeOf(() => native.ftruncate(forged as never, 0n))).toBe('ERR_VHOST_INVALID_ARG');
+      expect(thrown(() => native.ftruncate(forged as never, 0n)).code).toBe('ERR_VHOST_INVALID_ARG');
     } finally {
       Object.setPrototypeOf(m, proto);
       m.unmap();
@@ -66,7 +49,7 @@ describe('native input hardening', () => {
     try {
       const huge: never[] = [];
       huge.length = 2 ** 32 - 1;
-      expect(codeOf(() => native.vhostSetMemTable(dev, huge))).toBe('ERR_VHOST_OUT_OF_RANGE');
+      expect(thrown(() => native.vhostSetMemTable(dev, huge)).code).toBe('ERR_VHOST_OUT_OF_RANGE');
     } finally {
       dev.close();
     }
@@ -76,8 +59,8 @@ describe('native input hardening', () => {
     const fd = native.memfdCreate('hardening', 0);
     try {
       native.ftruncate(fd, 4096n);
-      expect(codeOf(() => native.mmapShared(fd, 8192n, 0n, 0))).toBe('ERR_VHOST_OUT_OF_RANGE');
-      expect(codeOf(() => native.mmapShared(fd, 4096n, 4096n, 0))).toBe('ERR_VHOST_OUT_OF_RANGE');
+      expect(thrown(() => native.mmapShared(fd, 8192n, 0n, 0)).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+      expect(thrown(() => native.mmapShared(fd, 4096n, 4096n, 0)).code).toBe('ERR_VHOST_OUT_OF_RANGE');
       const ok = native.mmapShared(fd, 4096n, 0n, 0);
       new Uint8Array(ok.buffer)[4095] = 1;
       ok.unmap();
@@ -89,22 +72,22 @@ describe('native input hardening', () => {
   test('eventfd read/write refuse fds that are not eventfds (a read could block the loop)', () => {
     const other = native.openPath('/dev/null');
     try {
-      expect(codeOf(() => native.eventfdRead(other))).toBe('ERR_VHOST_INVALID_ARG');
-      expect(codeOf(() => native.eventfdWrite(other, 1n))).toBe('ERR_VHOST_INVALID_ARG');
+      expect(thrown(() => native.eventfdRead(other)).code).toBe('ERR_VHOST_INVALID_ARG');
+      expect(thrown(() => native.eventfdWrite(other, 1n)).code).toBe('ERR_VHOST_INVALID_ARG');
     } finally {
       other.close();
     }
   });
 
   test('openPath takes a string path and only O_NONBLOCK / O_NOCTTY as extra flags', () => {
-    expect(codeOf(() => native.openPath(5 as never))).toBe('ERR_VHOST_INVALID_ARG');
-    expect(codeOf(() => native.openPath('/tmp/linux-vhost-never-created', 0o100 /* O_CREAT */))).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => native.openPath(5 as never)).code).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => native.openPath('/tmp/linux-vhost-never-created', 0o100 /* O_CREAT */)).code).toBe('ERR_VHOST_INVALID_ARG');
   });
 
   test('fdAdopt refuses an fd another OwnedFd owns (a second close would hit a reused number)', () => {
     const ev = native.eventfdCreate(0, false);
     try {
-      expect(codeOf(() => native.fdAdopt(ev.fd, 'twice'))).toBe('ERR_VHOST_INVALID_ARG');
+      expect(thrown(() => native.fdAdopt(ev.fd, 'twice')).code).toBe('ERR_VHOST_INVALID_ARG');
     } finally {
       ev.close();
     }
@@ -116,7 +99,7 @@ describe('native input hardening', () => {
     const tapPath = openErrorOf(() => native.tapOpen('/dev/null\0/dev/net/tun', '', IFF_TAP));
     expect(tapPath.code).toBe('ERR_VHOST_INVALID_ARG');
     expect(tapPath.message).toBe('path must not contain NUL');
-    const tapName = errorOf(() => native.tapOpen('/dev/null', 'tap\0x', IFF_TAP));
+    const tapName = thrown(() => native.tapOpen('/dev/null', 'tap\0x', IFF_TAP));
     expect(tapName.code).toBe('ERR_VHOST_INVALID_ARG');
     expect(tapName.message).toBe('name must not contain NUL');
     const open = openErrorOf(() => native.openPath('/dev/null\0x'));
@@ -130,33 +113,33 @@ describe('native input hardening', () => {
   test('an adopted fd labelled "eventfd" is still not an eventfd', () => {
     const adopted = native.fdAdopt(fs.openSync('/dev/null', 'r'), 'eventfd');
     try {
-      expect(errorOf(() => native.eventfdRead(adopted)).message).toBe("read: not an eventfd 'eventfd'");
-      expect(codeOf(() => native.eventfdWrite(adopted, 1n))).toBe('ERR_VHOST_INVALID_ARG');
+      expect(thrown(() => native.eventfdRead(adopted)).message).toBe("read: not an eventfd 'eventfd'");
+      expect(thrown(() => native.eventfdWrite(adopted, 1n)).code).toBe('ERR_VHOST_INVALID_ARG');
     } finally {
       adopted.close();
     }
   });
 
   test('fd and integer arguments: type and range checked with the same messages as ever', () => {
-    expect(errorOf(() => native.fdAdopt('3' as never, 'x')).message).toBe('fd must be a number');
+    expect(thrown(() => native.fdAdopt('3' as never, 'x')).message).toBe('fd must be a number');
     for (const bad of [-1, 1.5, 2 ** 31, NaN, Infinity]) {
-      expect(errorOf(() => native.fdAdopt(bad, 'x')).message).toBe('fd must be an integer in 0..2147483647');
+      expect(thrown(() => native.fdAdopt(bad, 'x')).message).toBe('fd must be an integer in 0..2147483647');
     }
     const dev = native.openPath('/dev/null');
     try {
       for (const bad of [-2, 1.5, 2 ** 31, NaN, -Infinity]) {
-        const err = errorOf(() => native.vhostSetLogFd(dev, bad));
+        const err = thrown(() => native.vhostSetLogFd(dev, bad));
         expect(err.code).toBe('ERR_VHOST_INVALID_ARG');
         expect(err.message).toBe('ioctl(VHOST_SET_LOG_FD): fd must be an integer >= -1');
       }
       // Valid fd numbers get as far as the ioctl, which /dev/null refuses.
-      expect(codeOf(() => native.vhostSetLogFd(dev, -1))).toBe('ENOTTY');
-      expect(codeOf(() => native.vhostSetLogFd(dev, null))).toBe('ENOTTY');
-      expect(errorOf(() => native.tapSetSndbuf(dev, 'x' as never)).message).toBe('size must be a number');
+      expect(thrown(() => native.vhostSetLogFd(dev, -1)).code).toBe('ENOTTY');
+      expect(thrown(() => native.vhostSetLogFd(dev, null)).code).toBe('ENOTTY');
+      expect(thrown(() => native.tapSetSndbuf(dev, 'x' as never)).message).toBe('size must be a number');
       for (const bad of [0.5, 2 ** 31, -(2 ** 31) - 1, NaN]) {
-        expect(errorOf(() => native.tapSetSndbuf(dev, bad)).message).toBe('size must be an integer in -2147483648..2147483647');
+        expect(thrown(() => native.tapSetSndbuf(dev, bad)).message).toBe('size must be an integer in -2147483648..2147483647');
       }
-      expect(codeOf(() => native.tapSetSndbuf(dev, -(2 ** 31)))).toBe('ENOTTY');
+      expect(thrown(() => native.tapSetSndbuf(dev, -(2 ** 31))).code).toBe('ENOTTY');
     } finally {
       dev.close();
     }

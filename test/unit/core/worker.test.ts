@@ -6,7 +6,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { EventFd } from '../../../lib/core/eventfd';
 import { GuestMemory } from '../../../lib/core/memory';
-import { transpiledLib } from '../../support/helpers';
+import { openFdCount, transpiledLib } from '../../support/helpers';
 
 const ROOT = path.resolve(__dirname, '../../..');
 
@@ -24,7 +24,6 @@ const native = require(${JSON.stringify(path.join(ROOT, 'node_modules/node-gyp-b
 ${body}
 `;
 
-const openFds = (): number => fs.readdirSync('/proc/self/fd').length;
 const mapsMention = (name: string): boolean => fs.readFileSync('/proc/self/maps', 'utf8').includes(name);
 
 function runWorker(body: string, onMessage?: (msg: unknown, worker: Worker) => void): Promise<{ code: number; messages: unknown[] }> {
@@ -46,7 +45,7 @@ describe('addon in worker threads', () => {
   afterAll(() => mainEv.close());
 
   test('EventFd (with a watcher on the worker loop) and GuestMemory work in a worker, which exits cleanly', async () => {
-    const before = openFds();
+    const before = openFdCount();
     const { code, messages } = await runWorker(`
 const ev = EventFd.create();
 const mem = GuestMemory.create({ name: 'lvworker-ok', regions: [{ gpa: 0x1000n, size: 8192 }] });
@@ -63,7 +62,7 @@ ev.write(4);
 `);
     expect(code).toBe(0);
     expect(messages).toEqual([{ value: '7', bytes: [1, 2, 3, 4], closed: [true, true] }]);
-    expect(openFds()).toBe(before);
+    expect(openFdCount()).toBe(before);
     expect(mapsMention('lvworker-ok')).toBe(false);
   });
 
@@ -90,7 +89,7 @@ ev.close();
   });
 
   test('a worker terminated with objects still open (a ref()ed watcher, a viewed mapping) tears down without leaking', async () => {
-    const before = openFds();
+    const before = openFdCount();
     const { code, messages } = await runWorker(
       `
 const ev = EventFd.create();
@@ -103,7 +102,7 @@ parentPort.postMessage({ fds: fs.readdirSync('/proc/self/fd').length });
     );
     expect(code).toBe(1); // terminate()
     expect((messages[0] as { fds: number }).fds).toBeGreaterThanOrEqual(before + 2);
-    expect(openFds()).toBe(before);
+    expect(openFdCount()).toBe(before);
     expect(mapsMention('lvworker-left-open')).toBe(false);
   });
 

@@ -14,7 +14,6 @@ interface GuestLike {
   whileUp<T>(promise: Promise<T>, what: string): Promise<T>;
   stop(killWaitMs?: number): Promise<void>;
 }
-// eslint-disable-next-line @typescript-eslint/no-require-imports
 const { Guest } = require('../../../scripts/nested-guest') as { Guest: new (child: unknown, runDir: string, nonce: string, bootedAt: number) => GuestLike };
 
 function guestOf(script: string) {

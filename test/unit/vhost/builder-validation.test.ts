@@ -8,7 +8,6 @@ import * as fs from 'node:fs';
 import { checkMemory, mergeMemoryRegions, type QueueSpec } from '../../../lib/vhost/plan';
 import { kernelMemoryLimits, readMaxMemRegions } from '../../../lib/vhost/kernel/vhost-device';
 import { DirtyLog, dirtyLogSize, pagesOfWord } from '../../../lib/vhost/dirty-log';
-import { VhostError } from '../../../lib/core/errors';
 import { EventFd } from '../../../lib/core/eventfd';
 import { features } from '../../../lib/core/features';
 import { GuestMemory } from '../../../lib/core/memory';

@@ -11,7 +11,7 @@ import { thrown } from '../../support/helpers';
 type Err = ReturnType<typeof thrown> & { argument?: string };
 
 function expectInvalid(fn: () => unknown, argument: string, code = 'ERR_VHOST_INVALID_ARG'): Err {
-  const err = thrown(fn) as Err;
+  const err = thrown(fn);
   expect({ code: err.code, argument: err.argument }).toEqual({ code, argument });
   expect(err.message).toContain(argument);
   expect(err.syscall).toBeUndefined();

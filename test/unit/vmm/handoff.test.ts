@@ -2,15 +2,7 @@
 import { qemuArgs, stdioFor, spawnVmm, prepareNetForVmm, prepareVsockForVmm } from '../../../lib/vmm/handoff';
 import { VhostNet } from '../../../lib/vhost/net';
 import { VhostVsock } from '../../../lib/vhost/vsock';
-
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return (err as { code?: string }).code;
-  }
-  throw new Error('expected a throw');
-}
+import { thrown } from '../../support/helpers';
 
 describe('qemuArgs', () => {
   test('one queue pair: fds numbered from 3 in the child, no mq', () => {
@@ -68,7 +60,7 @@ describe('qemuArgs', () => {
     ['cid -1 as u32', { vsock: { cid: 0xffffffff, vhostFd: 3 } }, 'ERR_VHOST_OUT_OF_RANGE'],
     ['firstFd 2', { firstFd: 2 }, 'ERR_VHOST_INVALID_ARG'],
   ])('rejects %s', (_name, input, code) => {
-    expect(codeOf(() => qemuArgs(input as never))).toBe(code);
+    expect(thrown(() => qemuArgs(input as never)).code).toBe(code);
   });
 
   test('the error names the argument', () => {
@@ -91,32 +83,32 @@ describe('stdioFor', () => {
     ['a huge child fd', [{ childFd: 70000, parentFd: 9 }], 'ERR_VHOST_OUT_OF_RANGE'],
     ['a non-object', [7], 'ERR_VHOST_INVALID_ARG'],
   ])('rejects %s', (_name, fds, code) => {
-    expect(codeOf(() => stdioFor(fds as never))).toBe(code);
+    expect(thrown(() => stdioFor(fds as never)).code).toBe(code);
   });
 });
 
 describe('validation before any syscall', () => {
   test('spawnVmm checks command, args and handoff', () => {
-    expect(codeOf(() => spawnVmm('', [], { fds: [] }))).toBe('ERR_VHOST_INVALID_ARG');
-    expect(codeOf(() => spawnVmm('true', [1] as never, { fds: [] }))).toBe('ERR_VHOST_INVALID_ARG');
-    expect(codeOf(() => spawnVmm('true', [], null as never))).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => spawnVmm('', [], { fds: [] })).code).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => spawnVmm('true', [1] as never, { fds: [] })).code).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => spawnVmm('true', [], null as never)).code).toBe('ERR_VHOST_INVALID_ARG');
   });
 
   test('prepareNetForVmm checks queuePairs, tapName, mac', () => {
-    expect(codeOf(() => prepareNetForVmm({ queuePairs: 0 }))).toBe('ERR_VHOST_OUT_OF_RANGE');
-    expect(codeOf(() => prepareNetForVmm({ queuePairs: 1.5 }))).toBe('ERR_VHOST_INVALID_ARG');
-    expect(codeOf(() => prepareNetForVmm({ tapName: 'x'.repeat(16) }))).toBe('ERR_VHOST_INVALID_ARG');
-    expect(codeOf(() => prepareNetForVmm({ mac: '01:00:00:00:00:01' }))).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => prepareNetForVmm({ queuePairs: 0 })).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(thrown(() => prepareNetForVmm({ queuePairs: 1.5 })).code).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => prepareNetForVmm({ tapName: 'x'.repeat(16) })).code).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => prepareNetForVmm({ mac: '01:00:00:00:00:01' })).code).toBe('ERR_VHOST_INVALID_ARG');
   });
 
   test('prepareVsockForVmm checks the cid', () => {
-    expect(codeOf(() => prepareVsockForVmm({ cid: 2 }))).toBe('ERR_VHOST_OUT_OF_RANGE');
-    expect(codeOf(() => prepareVsockForVmm({ cid: 'any' as never }))).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => prepareVsockForVmm({ cid: 2 })).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(thrown(() => prepareVsockForVmm({ cid: 'any' as never })).code).toBe('ERR_VHOST_INVALID_ARG');
   });
 
   test('fromFd checks the fd number', () => {
-    expect(codeOf(() => VhostNet.fromFd(-1))).toBe('ERR_VHOST_OUT_OF_RANGE');
-    expect(codeOf(() => VhostVsock.fromFd(1.5))).toBe('ERR_VHOST_INVALID_ARG');
-    expect(codeOf(() => VhostNet.fromFd(0x8000_0000))).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => VhostNet.fromFd(-1)).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(thrown(() => VhostVsock.fromFd(1.5)).code).toBe('ERR_VHOST_INVALID_ARG');
+    expect(thrown(() => VhostNet.fromFd(0x8000_0000)).code).toBe('ERR_VHOST_INVALID_ARG');
   });
 });

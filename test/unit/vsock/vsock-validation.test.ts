@@ -4,18 +4,10 @@
 import * as fs from 'node:fs';
 import { native } from '../../../lib/core/native';
 import * as vsock from '../../../lib/vsock/socket';
-import { checkConnectOptions, checkListenOptions, checkServerOptions } from '../../../lib/vsock/options';
+import { checkConnectOptions, checkListenOptions } from '../../../lib/vsock/options';
+import { thrown } from '../../support/helpers';
 
 type Err = Error & { code?: string; argument?: string };
-
-function thrown(fn: () => unknown): Err {
-  try {
-    fn();
-  } catch (err) {
-    return err as Err;
-  }
-  throw new Error('expected a throw');
-}
 
 const guarded = ['vsockSocket', 'vsockBind', 'vsockListen', 'vsockConnect', 'vsockSetConnectTimeout', 'openPath'] as const;
 let spies: jest.SpyInstance[];

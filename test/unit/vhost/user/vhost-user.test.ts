@@ -32,7 +32,7 @@ function startFake(sock: string, mode: string, opts: object = {}): Promise<Fake>
   let rest = '';
   return new Promise((resolve, reject) => {
     child.once('error', reject);
-    child.stdout!.on('data', (chunk: Buffer) => {
+    child.stdout.on('data', (chunk: Buffer) => {
       const lines = (rest + chunk.toString()).split('\n');
       rest = lines.pop()!;
       for (const line of lines) {
@@ -222,7 +222,7 @@ describe('VhostUser front-end against a scripted back-end', () => {
       await new Promise<void>((resolve, reject) => {
         child.once('error', reject);
         child.once('exit', (code) => reject(new Error(`python3 exited ${code}`)));
-        child.stdout!.once('data', () => resolve());
+        child.stdout.once('data', () => resolve());
       });
       const before = openFdCount();
       const err = thrown(() => VhostUser.connect(sock));

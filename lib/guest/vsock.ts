@@ -19,14 +19,13 @@
 // last one flagged EOM, and arrives as one chunk once its EOM packet is in,
 // as net/vmw_vsock/virtio_transport_common.c does. The credit rules apply
 // per byte; a message larger than the peer's buf_alloc fails with EMSGSIZE.
-import { EventEmitter } from 'node:events';
 import type { DeviceState } from '../vhost/plan';
 import { abortError, checkBool, checkFunction, checkInt, checkObject, checkSignal } from '../core/check';
 import { checkVsockType } from '../vsock/options';
-import { closedError, invalidArg, VhostError } from '../core/errors';
+import { invalidArg, VhostError } from '../core/errors';
 import { features } from '../core/features';
 import { SEG_END } from '../core/native';
-import { failOrRethrow, GuestRings, RX_QUEUE, TX_QUEUE } from './userspace-guest';
+import { GuestRings, RX_QUEUE, TX_QUEUE, UserspaceGuest } from './userspace-guest';
 import { VhostVsock } from '../vhost/vsock';
 import type { VsockType } from '../vsock/socket';
 import type { RunningVhostVsock } from '../vhost/vsock';
@@ -160,14 +159,19 @@ export function vsockGuestFeatures(plan: Pick<Plan, 'seqpacket'>, offered: bigin
  * Host sockets reach it at `cid`; listen() accepts their connections and
  * connect() opens connections to them (the host by default). Create with
  * VirtioVsockGuest.create(); close() (or `using`) destroys every connection
- * and releases the device (the kernel then resets host sockets still
- * connected to this CID). Events: 'error' (ring or device failure), 'close'.
+ * (RST to each peer, sent before the device stops), stops listening and
+ * releases the device (the kernel then resets host sockets still connected
+ * to this CID). Events: 'error' (ring or device failure), 'close'.
  * SEQPACKET connections work when the device offers the feature (see
- * `seqpacket`). pause() / resume() stop the device and bring it back on a new
- * one over the same rings; connections do not survive that (both ends see
- * ECONNRESET), listeners do.
+ * `seqpacket`). pause() (VHOST_VSOCK_SET_RUNNING 0, then GET_VRING_BASE per
+ * ring) leaves connections open but stalled: writes queue, the host's data
+ * waits in its sockets (the kernel keeps host sockets of a stopped device
+ * connected). resume() brings the guest back on a new device with the same
+ * CID over the same rings; closing the old device makes the kernel reset
+ * every host socket of this CID, so connections do not survive it (both ends
+ * see ECONNRESET); listeners do.
  */
-export class VirtioVsockGuest extends EventEmitter implements Disposable {
+export class VirtioVsockGuest extends UserspaceGuest<RunningVhostVsock> {
   /** The CID the kernel accepted for this guest. */
   readonly cid: number;
   readonly queueSize: number;
@@ -177,7 +181,6 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   readonly bufAlloc: number;
   /** VIRTIO_VSOCK_F_SEQPACKET was negotiated: type 'seqpacket' works. */
   readonly seqpacket: boolean;
-  readonly #rings: GuestRings<RunningVhostVsock>;
   // TX packets being assembled (SEG_* triples, their txPool slots); used RX heads.
   readonly #segs: Uint32Array;
   readonly #slots: Uint32Array;
@@ -199,16 +202,14 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   #flushScheduled = false;
   #flushing = false;
   #receiving = false;
-  #closed = false;
 
   private constructor(plan: Plan, rings: GuestRings<RunningVhostVsock>) {
-    super();
+    super('VirtioVsockGuest', rings);
     this.cid = rings.device.cid;
     this.queueSize = plan.queueSize;
     this.bufferSize = plan.bufferSize;
     this.bufAlloc = plan.bufAlloc;
     this.seqpacket = (rings.device.features & features.vsock.SEQPACKET) !== 0n;
-    this.#rings = rings;
     const n = this.queueSize;
     this.#segs = new Uint32Array(3 * n);
     this.#slots = new Uint32Array(n);
@@ -219,7 +220,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
       localCid: this.cid,
       bufAlloc: this.bufAlloc,
       wantTx: (conn) => {
-        if (this.#closed) return;
+        if (this.closed) return;
         this.#txWanted.add(conn);
         if (!this.#receiving) this.#scheduleFlush(); // else #drainRx flushes when the batch is done
       },
@@ -266,19 +267,9 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     };
     return GuestRings.create(layout, startDevice, (rings) => {
       const guest = new VirtioVsockGuest(plan, rings);
-      guest.#start();
+      guest.start();
       return guest;
     });
-  }
-
-  #start(): void {
-    this.#rings.txq.disableCallbacks(); // TX buffers are reclaimed when sending; calls only while waiting for space
-    this.#rings.refillRx();
-    this.#rings.watchCalls((which) => this.#onCall(which), (e) => failOrRethrow(this, e));
-  }
-
-  get closed(): boolean {
-    return this.#closed;
   }
 
   /** Open connections. */
@@ -300,7 +291,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
    * ERR_VHOST_UNSUPPORTED for 'seqpacket' when it was not negotiated.
    */
   listen(port: number, onConnection: (conn: VirtioVsockConnection) => void, options: VirtioVsockListenOptions = {}): this {
-    if (this.#closed) throw closedError('VirtioVsockGuest (listen)');
+    this.checkOpen('listen');
     const p = checkPort(port, 'port');
     checkFunction(onConnection, 'onConnection');
     checkObject(options, 'options');
@@ -336,7 +327,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
    * Validation errors throw (ERR_VHOST_UNSUPPORTED for 'seqpacket' when not negotiated).
    */
   connect(options: VirtioVsockConnectOptions, onConnect?: () => void): VirtioVsockConnection {
-    if (this.#closed) throw closedError('VirtioVsockGuest (connect)');
+    this.checkOpen('connect');
     const o = checkGuestConnectOptions(options);
     checkFunction(onConnect, 'onConnect', true);
     this.#checkTypeNegotiated(o.type);
@@ -365,7 +356,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   // ---- TX ------------------------------------------------------------------
 
   #scheduleFlush(): void {
-    if (this.#flushScheduled || this.#closed) return;
+    if (this.#flushScheduled || this.closed) return;
     this.#flushScheduled = true;
     process.nextTick(() => {
       this.#flushScheduled = false;
@@ -379,16 +370,16 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
    * data; one publish, one kick at most. Write callbacks run once it is posted.
    */
   #flushTx(): void {
-    if (this.#closed || this.#flushing) return;
+    if (this.closed || this.#flushing) return;
     this.#flushing = true;
-    const pool = this.#rings.txPool;
+    const pool = this.rings.txPool;
     const size = pool.slotSize;
     const pkt = this.#txPkt;
     let count = 0;
     let spare = -1; // a slot taken that no packet was written into yet
     let full = false;
     try {
-      this.#rings.reclaimTx();
+      this.rings.reclaimTx();
       while (this.#refusals.length > 0) {
         const slot = pool.alloc();
         if (slot < 0) {
@@ -428,16 +419,16 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
       }
       if (spare >= 0) pool.release(spare);
       // Every TX slot has a free descriptor (one descriptor per packet, as many slots as entries): the ring takes all.
-      if (count > 0) this.#stats.txPackets += this.#rings.postTx(this.#segs, count, this.#slots);
+      if (count > 0) this.#stats.txPackets += this.rings.postTx(this.#segs, count, this.#slots);
       if (full) {
         this.#stats.txRingFull++;
-        if (this.#rings.txq.enableCallbacks(false)) this.#scheduleFlush();
+        if (this.rings.txq.enableCallbacks(false)) this.#scheduleFlush();
       }
     } catch (e) {
       this.#flushing = false;
       this.#deferredCbs = [];
       this.#deferredErrs = [];
-      failOrRethrow(this, e);
+      this.fail(e);
       return;
     }
     this.#flushing = false;
@@ -452,7 +443,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
 
   /** Adds packet `count` (txPool `slot`, `len` bytes) to the batch being assembled; returns the new count. */
   #addTx(count: number, slot: number, len: number): number {
-    this.#segs[3 * count] = this.#rings.txPool.offset(slot);
+    this.#segs[3 * count] = this.rings.txPool.offset(slot);
     this.#segs[3 * count + 1] = len;
     this.#segs[3 * count + 2] = SEG_END;
     this.#slots[count] = slot;
@@ -462,10 +453,10 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   // ---- RX ------------------------------------------------------------------
 
   /** A call eventfd woke up (already read). */
-  #onCall(which: 'rx' | 'tx'): void {
+  protected onCall(which: 'rx' | 'tx'): void {
     if (which === 'rx') this.#drainRx();
     else {
-      this.#rings.txq.disableCallbacks();
+      this.rings.txq.disableCallbacks();
       this.#flushTx();
     }
   }
@@ -483,13 +474,13 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   /** Takes every used RX buffer to its connection and posts it again. */
   #receiveAll(): void {
     const used = this.#rxUsed;
-    const { rxq, rxPool } = this.#rings;
+    const { rxq, rxPool } = this.rings;
     const size = rxPool.slotSize;
     for (;;) {
-      if (this.#closed) return;
+      if (this.closed) return;
       const n = rxq.collectInto(used, this.queueSize);
-      for (let i = 0; i < n && !this.#closed; i++) {
-        const slot = this.#rings.takeRx(used[2 * i]);
+      for (let i = 0; i < n && !this.closed; i++) {
+        const slot = this.rings.takeRx(used[2 * i]);
         const len = Math.min(used[2 * i + 1], size);
         try {
           if (len >= VSOCK_HDR_SIZE) this.#receive(this.#rxPkt.at(slot * size, len));
@@ -504,8 +495,8 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
           rxPool.release(slot);
         }
       }
-      if (this.#closed) return;
-      this.#rings.refillRx();
+      if (this.closed) return;
+      this.rings.refillRx();
       if (n === 0 && !rxq.enableCallbacks(false)) return;
     }
   }
@@ -556,64 +547,18 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
 
   // ---- lifecycle -------------------------------------------------------------
 
-  /** The call watchers keep the process alive (the default). */
-  ref(): void {
-    this.#rings.ref();
-  }
+  // ---- lifecycle (UserspaceGuest) ---------------------------------------------
 
-  /** The guest no longer keeps the process alive on its own. */
-  unref(): void {
-    this.#rings.unref();
-  }
-
-  /** True between pause() and resume(). */
-  get paused(): boolean {
-    return this.#rings.paused;
-  }
-
-  /**
-   * Stops the device (VHOST_VSOCK_SET_RUNNING 0, then GET_VRING_BASE per
-   * ring) and returns each ring's saved base. Connections stay open but
-   * stalled: writes queue, the host's data waits in its sockets (the kernel
-   * keeps host sockets of a stopped device connected). Calling it again
-   * returns the same state. Throws ERR_VHOST_CLOSED after close().
-   */
-  pause(): DeviceState {
-    if (this.#closed) throw closedError('VirtioVsockGuest (pause)');
-    return this.#rings.device.stop();
-  }
-
-  /**
-   * Brings a paused guest back on a new vhost-vsock device with the same CID
-   * over the same memory, rings and eventfds, each ring resuming at its base
-   * from `state` (default: the one pause() returned). Closing the old device
-   * makes the kernel reset every host socket connected to this CID
-   * (ECONNRESET), so every connection here is destroyed with ECONNRESET too;
-   * listeners stay. If the new device cannot be built the guest closes and
-   * the error is thrown.
-   */
-  resume(state?: DeviceState): void {
-    if (this.#closed) throw closedError('VirtioVsockGuest (resume)');
-    const saved = this.#rings.releaseDevice(state); // releases the CID: vhost_vsock_dev_release resets the host sockets connected to it
+  /** resume(): the old device took every connection down with it. */
+  protected override onDeviceReleased(): void {
     this.#refusals.length = 0; // answers to the old device's packets
     // Every connection ends without a packet: the kernel reset the host sockets already.
     for (const conn of new Set([...this.#conns.values(), ...this.#txWanted])) conn.onTransportReset();
     this.#txWanted.clear();
-    try {
-      this.#rings.restartDevice(saved); // same CID and features; kicks: the RX buffers posted, whatever is in the TX ring
-    } catch (err) {
-      this.close();
-      throw err;
-    }
   }
 
-  /**
-   * Destroys every connection (RST to each peer, sent before the device
-   * stops), stops listening, then stops and closes the device, the eventfds
-   * and the guest memory. Emits 'close'. Idempotent.
-   */
-  close(): void {
-    if (this.#closed) return;
+  /** close(): every connection destroyed, its RST sent before the device stops; listening stops. */
+  protected override beforeClose(): void {
     for (const conn of [...this.#conns.values()]) conn.destroy();
     this.#listeners.clear();
     try {
@@ -621,18 +566,13 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     } catch {
       // best effort: the device close resets host sockets anyway
     }
-    this.#closed = true;
-    const error = this.#rings.close();
+  }
+
+  protected override afterClose(): void {
     this.#refusals.length = 0;
     this.#txWanted.clear();
     this.#deferredCbs = [];
     this.#deferredErrs = [];
-    this.emit('close');
-    if (error !== undefined) throw error;
-  }
-
-  [Symbol.dispose](): void {
-    this.close();
   }
 }
 

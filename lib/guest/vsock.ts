@@ -225,7 +225,7 @@ export class VirtioVsockGuest extends UserspaceGuest<RunningVhostVsock> {
         if (!this.#receiving) this.#scheduleFlush(); // else #drainRx flushes when the batch is done
       },
       forget: (conn) => {
-        this.#conns.delete(conn.key);
+        if (this.#conns.get(conn.key) === conn) this.#conns.delete(conn.key);
       },
       defer: (cb, err) => {
         this.#deferredCbs.push(cb);

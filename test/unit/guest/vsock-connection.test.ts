@@ -235,27 +235,29 @@ describe('credit', () => {
   test('model: whatever the writes and the peer\'s pace, bytes stay within the window and arrive whole, in order', () => {
     fc.assert(fc.property(
       fc.array(fc.integer({ min: 1, max: 3000 }), { minLength: 1, maxLength: 8 }),
-      fc.integer({ min: 1, max: 5000 }),
-      fc.array(fc.integer({ min: 0, max: 4000 }), { minLength: 1, maxLength: 40 }),
+      fc.integer({ min: 16, max: 5000 }),
+      fc.array(fc.integer({ min: 1, max: 4000 }), { minLength: 1, maxLength: 40 }),
       (writes, window, consumeSteps) => {
         const { conn, link } = accepted('stream', window);
         let seq = 0;
         const sent = writes.map((n) => Buffer.from(Array.from({ length: n }, () => seq++ & 0xff)));
         for (const b of sent) conn.write(b);
         const wire: Buffer[] = [];
+        let received = 0;
         let onWire = 0; // sent, not yet consumed by the peer
         let consumed = 0;
         for (let step = 0; ; step++) {
           for (const p of drain(conn, link)) {
             if (p.op === VSOCK_OP.RW) {
               wire.push(p.payload);
+              received += p.len;
               onWire += p.len;
-              expect(onWire).toBeLessThanOrEqual(window);
-            } else expect(p.op).toBe(VSOCK_OP.CREDIT_REQUEST);
+              if (onWire > window) throw new Error(`${onWire} bytes in flight, window ${window}`);
+            } else if (p.op !== VSOCK_OP.CREDIT_REQUEST) throw new Error(`unexpected op ${p.op}`);
           }
-          if (onWire === 0 && wire.reduce((a, b) => a + b.length, 0) === seq) break;
-          expect(step).toBeLessThan(10_000);
-          const take = Math.min(onWire, Math.max(1, consumeSteps[step % consumeSteps.length]));
+          if (onWire === 0 && received === seq) break;
+          if (step > seq + 10) throw new Error('no progress'); // each step consumes a byte or sends some
+          const take = Math.min(onWire, consumeSteps[step % consumeSteps.length]);
           onWire -= take;
           consumed = (consumed + take) >>> 0;
           conn.onPacket(peerPacket({ op: VSOCK_OP.CREDIT_UPDATE, bufAlloc: window, fwdCnt: consumed }));
@@ -263,7 +265,7 @@ describe('credit', () => {
         expect(Buffer.concat(wire).equals(Buffer.concat(sent))).toBe(true);
         conn.destroy();
       },
-    ), { numRuns: 200 });
+    ), { numRuns: 100 });
   });
 });
 

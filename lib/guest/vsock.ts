@@ -4,8 +4,11 @@
 // device. Packets (virtio_vsock_hdr + payload, one descriptor each):
 //   queue 0 (RX): the device fills buffers we post → #drainRx → connections
 //   queue 1 (TX): connections → #flushTx → the device
+// Each connection (vsock-connection.ts) owns its protocol state and decides
+// its next packet; this file only moves packets between the rings and the
+// connections: lookup by address, listeners, RST to packets nobody takes.
 //
-// Flow control is virtio-vsock's credit scheme, both ways:
+// Flow control is virtio-vsock's credit scheme, both ways (kept per connection):
 // - sending: never more than peerBufAlloc - (txCnt - peerFwdCnt) bytes in
 //   flight; the peer's headers (CREDIT_UPDATE or any other) reopen it.
 // - receiving: we advertise bufAlloc and fwdCnt (bytes handed to the

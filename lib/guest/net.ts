@@ -13,7 +13,6 @@
 //   one is full the guest stops collecting used buffers, so it stops
 //   refilling, vhost runs out of buffers and the tap's own bounded queue
 //   holds (or drops) the rest. 'frame' listeners are called synchronously.
-import { EventEmitter } from 'node:events';
 import { closedError, invalidArg, VhostError } from '../core/errors';
 import { features } from '../core/features';
 import type { GuestMemory } from '../core/memory';
@@ -23,7 +22,7 @@ import type { RunningVhostNet } from '../vhost/net';
 import { NetResponder } from './responder';
 import { Macvtap } from '../netdev/macvtap';
 import { formatMac, parseMac, Tap, TapQueue } from '../netdev/tap';
-import { alignUp, failGuest, failOrRethrow, GuestRings } from './userspace-guest';
+import { alignUp, failGuest, GuestRings, UserspaceGuest } from './userspace-guest';
 import { VhostNet, VHOST_NET_RX, VHOST_NET_TX } from '../vhost/net';
 import { validateQueueSize } from '../virtio/vring';
 
@@ -160,9 +159,14 @@ export function planVirtioNetGuest(options: VirtioNetGuestOptions): GuestPlan {
  * A virtio-net guest driven by this process over vhost-net and a tap: no VM.
  * Create with VirtioNetGuest.create(); close() (or `using`) stops the device
  * and releases everything the guest created. Events: 'frame' (Buffer),
- * 'drain', 'error' (e.g. the tap was deleted), 'close'.
+ * 'drain', 'error' (e.g. the tap was deleted), 'close'. pause() / resume()
+ * (UserspaceGuest) stop the device mid-traffic (backend detached, rings
+ * quiesced; frames from the host wait in the tap's queue, send() keeps
+ * filling the TX ring) and restart it on a new vhost-net device over the same
+ * tap: nothing is lost or repeated when the bases are the saved ones; dirty
+ * logging, if it was on, is off on the new device.
  */
-export class VirtioNetGuest extends EventEmitter implements Disposable {
+export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
   /** The guest's MAC address ('02:..'). */
   readonly mac: string;
   readonly mtu: number;
@@ -171,7 +175,6 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
   readonly queueSize: number;
   readonly mergeableRx: boolean;
   readonly #plan: GuestPlan;
-  readonly #rings: GuestRings<RunningVhostNet>;
   // Own scratch arrays per queue (GuestRings has the others): a responder reply is sent (TX) while RX entries are being walked.
   readonly #rxUsed: Uint32Array;
   readonly #txSegs: Uint32Array;
@@ -180,14 +183,12 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
   #partial: { chunks: Buffer[]; bytes: number; remaining: number } | null = null;
   #timer: NodeJS.Timeout | null = null;
   #needDrain = false;
-  #closed = false;
   #draining = false;
   #rxScheduled = false;
 
   private constructor(plan: GuestPlan, rings: GuestRings<RunningVhostNet>) {
-    super();
+    super('VirtioNetGuest', rings);
     this.#plan = plan;
-    this.#rings = rings;
     this.mac = formatMac(plan.mac);
     this.mtu = plan.mtu;
     this.maxFrameSize = plan.maxFrame;
@@ -222,28 +223,21 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
         .start();
     return GuestRings.create(layout, startDevice, (rings) => {
       const guest = new VirtioNetGuest(plan, rings);
-      guest.#start();
+      guest.start();
       return guest;
     });
   }
 
-  #start(): void {
-    this.#rings.txq.disableCallbacks(); // TX buffers are reclaimed on send; calls only when waiting for space
-    this.#refill();
-    this.#rings.watchCalls((which) => this.#onCall(which), (e) => failOrRethrow(this, e));
+  protected override start(): void {
+    super.start();
     this.#timer = setInterval(() => this.#checkLink(), this.#plan.linkCheckIntervalMs);
     this.#timer.unref();
   }
 
-  /** True once closed (by close(), or after the tap went away). */
-  get closed(): boolean {
-    return this.#closed;
-  }
-
   /** A snapshot of the counters. */
   get stats(): VirtioNetGuestStats {
-    const rx = this.#closed ? { kicks: 0, suppressed: 0 } : this.#rings.rxq.kickStats;
-    const tx = this.#closed ? { kicks: 0, suppressed: 0 } : this.#rings.txq.kickStats;
+    const rx = this.closed ? { kicks: 0, suppressed: 0 } : this.rings.rxq.kickStats;
+    const tx = this.closed ? { kicks: 0, suppressed: 0 } : this.rings.txq.kickStats;
     return { ...this.#stats, calls: { ...this.#stats.calls }, kicks: { rx: rx.kicks, tx: tx.kicks, suppressed: rx.suppressed + tx.suppressed } };
   }
 
@@ -254,55 +248,19 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
    * different object after resume().
    */
   get device(): RunningVhostNet {
-    if (this.#closed) throw closedError('VirtioNetGuest (device)');
-    return this.#rings.device;
+    this.checkOpen('device');
+    return this.rings.device;
   }
 
   /** The guest memory holding the rings and buffer pools (closed with the guest). */
   get memory(): GuestMemory {
-    if (this.#closed) throw closedError('VirtioNetGuest (memory)');
-    return this.#rings.memory;
-  }
-
-  /** True between pause() and resume(). */
-  get paused(): boolean {
-    return this.#rings.paused;
-  }
-
-  /**
-   * Stops the device mid-traffic (backend detached, rings quiesced) and
-   * returns each ring's saved base (GET_VRING_BASE). The guest stays usable:
-   * send() keeps filling the TX ring (and returns false when it is full),
-   * frames from the host wait in the tap's queue. Calling it again returns
-   * the same state. Throws ERR_VHOST_CLOSED after close().
-   */
-  pause(): DeviceState {
-    if (this.#closed) throw closedError('VirtioNetGuest (pause)');
-    return this.#rings.device.stop();
-  }
-
-  /**
-   * Restarts a paused guest on a new vhost-net device over the same memory,
-   * rings, eventfds and tap, each ring resuming at its base from `state`
-   * (default: the state pause() returned), then kicks both rings so frames
-   * posted meanwhile go out. Nothing is lost or repeated when the bases are
-   * the saved ones. Dirty logging, if it was on, is off on the new device.
-   * If the new device cannot be built the guest closes and the error is thrown.
-   */
-  resume(state?: DeviceState): void {
-    if (this.#closed) throw closedError('VirtioNetGuest (resume)');
-    const saved = this.#rings.releaseDevice(state); // stopped already: releases the old device fd
-    try {
-      this.#rings.restartDevice(saved); // kicks: RX buffers posted and frames queued while paused
-    } catch (err) {
-      this.close();
-      throw err;
-    }
+    this.checkOpen('memory');
+    return this.rings.memory;
   }
 
   /** TX buffers posted and not yet returned by the device. */
   get txInFlight(): number {
-    return this.#closed ? 0 : this.#rings.txq.inFlight;
+    return this.closed ? 0 : this.rings.txq.inFlight;
   }
 
   /**
@@ -320,7 +278,7 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
    * is full and 'drain' follows. Every frame is validated before any is sent.
    */
   sendBatch(frames: readonly Uint8Array[]): number {
-    if (this.#closed) throw closedError('VirtioNetGuest (send)');
+    this.checkOpen('send');
     if (!Array.isArray(frames)) throw invalidArg('frames', 'must be an array of Uint8Array frames');
     for (let i = 0; i < frames.length; i++) this.#checkFrame(frames[i], frames.length === 1 ? 'frame' : `frames[${i}]`);
     return this.#post(frames);
@@ -336,7 +294,7 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
 
   #post(frames: readonly Uint8Array[]): number {
     this.#reclaimTx();
-    const pool = this.#rings.txPool;
+    const pool = this.rings.txPool;
     let sent = 0;
     while (sent < frames.length) {
       const count = Math.min(frames.length - sent, pool.available, this.queueSize);
@@ -354,7 +312,7 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
         segs[3 * i + 1] = VIRTIO_NET_HDR_SIZE + frame.length;
         segs[3 * i + 2] = SEG_END;
       }
-      const posted = this.#rings.postTx(segs, count, slots);
+      const posted = this.rings.postTx(segs, count, slots);
       for (let i = 0; i < posted; i++) this.#stats.txBytes += frames[sent + i].length;
       for (let i = posted; i < count; i++) pool.release(slots[i]);
       this.#stats.txFrames += posted;
@@ -364,35 +322,37 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
     if (sent < frames.length) {
       this.#stats.txRingFull++;
       this.#needDrain = true;
-      if (this.#rings.txq.enableCallbacks(false)) setImmediate(() => this.#onTxSpace());
+      if (this.rings.txq.enableCallbacks(false)) setImmediate(() => this.#onTxSpace());
     }
     return sent;
   }
 
   #reclaimTx(): void {
-    this.#stats.txCompleted += this.#rings.reclaimTx();
+    this.#stats.txCompleted += this.rings.reclaimTx();
   }
 
   #onTxSpace(): void {
-    if (this.#closed) return;
+    if (this.closed) return;
     this.#reclaimTx();
-    if (this.#needDrain && this.#rings.txPool.available > 0) {
+    if (this.#needDrain && this.rings.txPool.available > 0) {
       this.#needDrain = false;
-      this.#rings.txq.disableCallbacks();
+      this.rings.txq.disableCallbacks();
       this.emit('drain');
     }
   }
 
   /** A call eventfd woke up (already read); a throwing 'frame' listener propagates, ring failures close the guest. */
-  #onCall(which: 'rx' | 'tx'): void {
+  protected onCall(which: 'rx' | 'tx'): void {
     this.#stats.calls[which]++;
     if (which === 'tx') this.#onTxSpace();
     else this.#drainRx();
   }
 
-  /** Posts every free RX buffer. */
-  #refill(): void {
-    this.#stats.rxBuffersPosted += this.#rings.refillRx();
+  /** Posts every free RX buffer, counted in stats.rxBuffersPosted. */
+  protected override refillRx(): number {
+    const n = super.refillRx();
+    this.#stats.rxBuffersPosted += n;
+    return n;
   }
 
   /** Room left before a frames() iterator reaches its high-water mark (Infinity without iterators). */
@@ -404,17 +364,17 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
 
   /** Collects used RX buffers, delivers frames, refills; stops when a consumer is full. */
   #drainRx(): void {
-    if (this.#draining || this.#closed) return;
+    if (this.#draining || this.closed) return;
     this.#draining = true;
     try {
       for (;;) {
         const room = this.#rxRoom();
         if (room <= 0) return; // paused: resumed by the iterator that makes room
-        const n = this.#rings.rxq.collectInto(this.#rxUsed, Math.min(this.queueSize, room));
-        for (let i = 0; i < n && !this.#closed; i++) this.#rxBuffer(this.#rxUsed[2 * i], this.#rxUsed[2 * i + 1]);
-        if (this.#closed) return;
-        this.#refill();
-        if (n === 0 && !this.#rings.rxq.enableCallbacks(false)) return;
+        const n = this.rings.rxq.collectInto(this.#rxUsed, Math.min(this.queueSize, room));
+        for (let i = 0; i < n && !this.closed; i++) this.#rxBuffer(this.#rxUsed[2 * i], this.#rxUsed[2 * i + 1]);
+        if (this.closed) return;
+        this.refillRx();
+        if (n === 0 && !this.rings.rxq.enableCallbacks(false)) return;
       }
     } finally {
       this.#draining = false;
@@ -422,8 +382,8 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
   }
 
   #rxBuffer(head: number, len: number): void {
-    const pool = this.#rings.rxPool;
-    const slot = this.#rings.takeRx(head);
+    const pool = this.rings.rxPool;
+    const slot = this.rings.takeRx(head);
     const data = pool.view(slot).subarray(0, Math.min(len, pool.slotSize));
     let frame: Buffer | null = null;
     if (this.#partial) {
@@ -471,14 +431,14 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
   }
 
   #scheduleRx(): void {
-    if (this.#rxScheduled || this.#closed) return;
+    if (this.#rxScheduled || this.closed) return;
     this.#rxScheduled = true;
     setImmediate(() => {
       this.#rxScheduled = false;
       try {
         this.#drainRx();
       } catch (e) {
-        failOrRethrow(this, e);
+        this.fail(e);
       }
     });
   }
@@ -490,7 +450,7 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
    */
   frames(): AsyncIterableIterator<Buffer> {
     const consumer: Consumer = { queue: [], wake: null };
-    if (!this.#closed) this.#consumers.add(consumer);
+    if (!this.closed) this.#consumers.add(consumer);
     const remove = () => {
       this.#consumers.delete(consumer);
       this.#scheduleRx();
@@ -503,7 +463,7 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
             if (consumer.queue.length === this.#plan.highWaterMark - 1) this.#scheduleRx(); // it was full: resume
             return { value, done: false };
           }
-          if (this.#closed || !this.#consumers.has(consumer)) return { value: undefined, done: true };
+          if (this.closed || !this.#consumers.has(consumer)) return { value: undefined, done: true };
           await new Promise<void>((resolve) => {
             consumer.wake = resolve;
           });
@@ -522,7 +482,7 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
   }
 
   #checkLink(): void {
-    if (this.#closed) return;
+    if (this.closed) return;
     const tap = this.#plan.tap;
     try {
       void tap.iff; // TUNGETIFF: EBADFD once the link is gone
@@ -537,27 +497,14 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
     }
   }
 
-  /** The call watchers keep the process alive (the default). */
-  ref(): void {
-    this.#rings.ref();
-  }
-
-  /** The guest no longer keeps the process alive on its own. */
-  unref(): void {
-    this.#rings.unref();
-  }
-
-  /**
-   * Stops the device (detaching the tap), then closes it, the eventfds and
-   * the guest memory (every view detached). Ends frames() iterators and emits
-   * 'close'. Idempotent; never closes the tap.
-   */
-  close(): void {
-    if (this.#closed) return;
-    this.#closed = true;
+  /** close(): stop watching the link. */
+  protected override beforeClose(): void {
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
-    const error = this.#rings.close();
+  }
+
+  /** close() (which never closes the tap): frames() iterators end. */
+  protected override afterClose(): void {
     this.#partial = null;
     for (const c of this.#consumers) {
       const wake = c.wake;
@@ -565,12 +512,5 @@ export class VirtioNetGuest extends EventEmitter implements Disposable {
       wake?.();
     }
     this.#consumers.clear();
-    this.emit('close');
-    if (error !== undefined) throw error;
-  }
-
-  /** Same as close(), for `using`. */
-  [Symbol.dispose](): void {
-    this.close();
   }
 }

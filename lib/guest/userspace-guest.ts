@@ -3,9 +3,13 @@
 // four kick/call eventfds, and the vhost device running over them. GuestRings
 // brings them up and down together, watches the call eventfds, posts RX
 // buffers and reclaims TX ones, and swaps the device on pause()/resume().
+// UserspaceGuest, the base class of both guests (as node-pty's abstract
+// Terminal), holds the lifecycle written once over GuestRings: start,
+// ref/unref, pause/resume, close/dispose, the closed checks and failures.
 // The protocol on top (Ethernet frames, vsock packets) stays in each guest.
+import { EventEmitter } from 'node:events';
 import type { DeviceState } from '../vhost/plan';
-import { invalidArg, VhostError } from '../core/errors';
+import { closedError, invalidArg, VhostError } from '../core/errors';
 import { EventFd } from '../core/eventfd';
 import { GuestMemory } from '../core/memory';
 import { SEG_END, SEG_WRITABLE } from '../core/native';
@@ -326,4 +330,137 @@ export class GuestRings<D extends GuestDevice> {
 
 function place(r: RingPlace): RingPlace {
   return { desc: r.desc, avail: r.avail, used: r.used };
+}
+
+/**
+ * The base of the userspace guests: one process plays a virtio driver over
+ * GuestRings and the vhost device running on them. It owns the lifecycle:
+ * start (RX ring filled, call eventfds watched), ref()/unref(), pause() /
+ * resume() onto a new device over the same rings, close() /
+ * [Symbol.dispose], the closed checks, and asynchronous failures ('error',
+ * then close). A variant implements onCall() and may override the hooks
+ * (refillRx, onDeviceReleased, beforeClose, afterClose).
+ */
+export abstract class UserspaceGuest<D extends GuestDevice> extends EventEmitter implements Disposable {
+  readonly #rings: GuestRings<D>;
+  /** How closed errors name the guest ('VirtioNetGuest'). */
+  readonly #name: string;
+  #closed = false;
+
+  protected constructor(name: string, rings: GuestRings<D>) {
+    super();
+    this.#name = name;
+    this.#rings = rings;
+  }
+
+  /** The memory, rings and device this guest drives. */
+  protected get rings(): GuestRings<D> {
+    return this.#rings;
+  }
+
+  /** True once closed (by close(), or after a failure). */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** True between pause() and resume(). */
+  get paused(): boolean {
+    return this.#rings.paused;
+  }
+
+  /**
+   * Starts the guest once built: TX calls off (TX buffers are reclaimed when
+   * sending; calls only while waiting for space), every RX buffer posted, both
+   * call eventfds watched (ring and syscall failures close the guest).
+   */
+  protected start(): void {
+    this.#rings.txq.disableCallbacks();
+    this.refillRx();
+    this.#rings.watchCalls((which) => this.onCall(which), (e) => this.fail(e));
+  }
+
+  /** A call eventfd woke up (already read). */
+  protected abstract onCall(which: 'rx' | 'tx'): void;
+
+  /** Posts every free RX buffer; returns how many went into the ring. */
+  protected refillRx(): number {
+    return this.#rings.refillRx();
+  }
+
+  /** Throws ERR_VHOST_CLOSED naming `method` once the guest is closed. */
+  protected checkOpen(method: string): void {
+    if (this.#closed) throw closedError(`${this.#name} (${method})`);
+  }
+
+  /** Ring and syscall failures close the guest ('error' first when someone listens); anything else (a throwing user listener) propagates. */
+  protected fail(e: unknown): void {
+    failOrRethrow(this, e);
+  }
+
+  /** The call watchers keep the process alive (the default). */
+  ref(): void {
+    this.#rings.ref();
+  }
+
+  /** The guest no longer keeps the process alive on its own. */
+  unref(): void {
+    this.#rings.unref();
+  }
+
+  /**
+   * Stops the device and returns each ring's saved base (GET_VRING_BASE).
+   * The guest stays usable meanwhile: what it sends waits in the TX ring.
+   * Calling it again returns the same state. Throws ERR_VHOST_CLOSED after close().
+   */
+  pause(): DeviceState {
+    this.checkOpen('pause');
+    return this.#rings.device.stop();
+  }
+
+  /**
+   * Brings a paused guest back on a new device over the same memory, rings
+   * and eventfds, each ring resuming at its base from `state` (default: the
+   * one pause() returned), then kicks both rings so what was posted
+   * meanwhile moves. If the new device cannot be built the guest closes and
+   * the error is thrown.
+   */
+  resume(state?: DeviceState): void {
+    this.checkOpen('resume');
+    const saved = this.#rings.releaseDevice(state);
+    this.onDeviceReleased();
+    try {
+      this.#rings.restartDevice(saved);
+    } catch (err) {
+      this.close();
+      throw err;
+    }
+  }
+
+  /** resume(): the old device is closed and the new one not built yet. */
+  protected onDeviceReleased(): void {}
+
+  /**
+   * Closes the device, the eventfds and the guest memory (every view
+   * detached), then emits 'close'. Idempotent.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.beforeClose();
+    this.#closed = true;
+    const error = this.#rings.close();
+    this.afterClose();
+    this.emit('close');
+    if (error !== undefined) throw error;
+  }
+
+  /** close(): still open, the device still running. */
+  protected beforeClose(): void {}
+
+  /** close(): the rings are closed, 'close' not emitted yet. */
+  protected afterClose(): void {}
+
+  /** close(), for `using`. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
 }

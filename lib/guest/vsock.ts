@@ -4,8 +4,11 @@
 // device. Packets (virtio_vsock_hdr + payload, one descriptor each):
 //   queue 0 (RX): the device fills buffers we post → #drainRx → connections
 //   queue 1 (TX): connections → #flushTx → the device
+// Each connection (vsock-connection.ts) owns its protocol state and decides
+// its next packet; this file only moves packets between the rings and the
+// connections: lookup by address, listeners, RST to packets nobody takes.
 //
-// Flow control is virtio-vsock's credit scheme, both ways:
+// Flow control is virtio-vsock's credit scheme, both ways (kept per connection):
 // - sending: never more than peerBufAlloc - (txCnt - peerFwdCnt) bytes in
 //   flight; the peer's headers (CREDIT_UPDATE or any other) reopen it.
 // - receiving: we advertise bufAlloc and fwdCnt (bytes handed to the
@@ -19,21 +22,20 @@
 // last one flagged EOM, and arrives as one chunk once its EOM packet is in,
 // as net/vmw_vsock/virtio_transport_common.c does. The credit rules apply
 // per byte; a message larger than the peer's buf_alloc fails with EMSGSIZE.
-import { EventEmitter } from 'node:events';
 import type { DeviceState } from '../vhost/plan';
 import { abortError, checkBool, checkFunction, checkInt, checkObject, checkSignal } from '../core/check';
 import { checkVsockType } from '../vsock/options';
-import { closedError, invalidArg, VhostError } from '../core/errors';
+import { invalidArg, VhostError } from '../core/errors';
 import { features } from '../core/features';
 import { SEG_END } from '../core/native';
-import { failOrRethrow, GuestRings, RX_QUEUE, TX_QUEUE } from './userspace-guest';
+import { GuestRings, RX_QUEUE, TX_QUEUE, UserspaceGuest } from './userspace-guest';
 import { VhostVsock } from '../vhost/vsock';
 import type { VsockType } from '../vsock/socket';
 import type { RunningVhostVsock } from '../vhost/vsock';
 import type { BufferPool } from '../virtio/virtqueue';
 import { validateQueueSize } from '../virtio/vring';
-import { type Control, type GuestLink, VirtioVsockConnection } from './vsock-connection';
-import { getVsockCid, putVsockHeader, VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_SEQ, VSOCK_SHUTDOWN, VSOCK_TYPE } from '../virtio/vsock-packet';
+import { connectionKey, CREDIT_STALL, type VsockLink, VirtioVsockConnection } from './vsock-connection';
+import { VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_TYPE, VsockPacketView } from '../virtio/vsock-packet';
 
 export { VirtioVsockConnection, type VsockGuestAddress } from './vsock-connection';
 
@@ -98,6 +100,14 @@ export interface VirtioVsockGuestStats {
   resetsSent: number;
 }
 
+/** An RST owed to a packet no connection takes: its addressing, seen from here, and its type. */
+interface Refusal {
+  localPort: number;
+  peerCid: number;
+  peerPort: number;
+  type: number;
+}
+
 interface Plan {
   cid: number | 'auto';
   queueSize: number;
@@ -153,14 +163,19 @@ export function vsockGuestFeatures(plan: Pick<Plan, 'seqpacket'>, offered: bigin
  * Host sockets reach it at `cid`; listen() accepts their connections and
  * connect() opens connections to them (the host by default). Create with
  * VirtioVsockGuest.create(); close() (or `using`) destroys every connection
- * and releases the device (the kernel then resets host sockets still
- * connected to this CID). Events: 'error' (ring or device failure), 'close'.
+ * (RST to each peer, sent before the device stops), stops listening and
+ * releases the device (the kernel then resets host sockets still connected
+ * to this CID). Events: 'error' (ring or device failure), 'close'.
  * SEQPACKET connections work when the device offers the feature (see
- * `seqpacket`). pause() / resume() stop the device and bring it back on a new
- * one over the same rings; connections do not survive that (both ends see
- * ECONNRESET), listeners do.
+ * `seqpacket`). pause() (VHOST_VSOCK_SET_RUNNING 0, then GET_VRING_BASE per
+ * ring) leaves connections open but stalled: writes queue, the host's data
+ * waits in its sockets (the kernel keeps host sockets of a stopped device
+ * connected). resume() brings the guest back on a new device with the same
+ * CID over the same rings; closing the old device makes the kernel reset
+ * every host socket of this CID, so connections do not survive it (both ends
+ * see ECONNRESET); listeners do.
  */
-export class VirtioVsockGuest extends EventEmitter implements Disposable {
+export class VirtioVsockGuest extends UserspaceGuest<RunningVhostVsock> {
   /** The CID the kernel accepted for this guest. */
   readonly cid: number;
   readonly queueSize: number;
@@ -170,58 +185,55 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   readonly bufAlloc: number;
   /** VIRTIO_VSOCK_F_SEQPACKET was negotiated: type 'seqpacket' works. */
   readonly seqpacket: boolean;
-  readonly #rings: GuestRings<RunningVhostVsock>;
   // TX packets being assembled (SEG_* triples, their txPool slots); used RX heads.
   readonly #segs: Uint32Array;
   readonly #slots: Uint32Array;
   readonly #rxUsed: Uint32Array;
-  // Headers are read and written through these, slot s at s * slotSize: no DataView per packet.
-  readonly #rxHdr: DataView;
-  readonly #txHdr: DataView;
+  // Packets are read and written through these, slot s at s * slotSize: no object per packet.
+  readonly #rxPkt: VsockPacketView;
+  readonly #txPkt: VsockPacketView;
   readonly #conns = new Map<string, VirtioVsockConnection>();
   readonly #listeners = new Map<number, { cb: (conn: VirtioVsockConnection) => void; allowHalfOpen: boolean; type: VsockType }>();
-  readonly #control: Control[] = [];
+  readonly #refusals: Refusal[] = [];
+  /** Connections that may have a packet to send (nextPacket()). */
   readonly #txWanted = new Set<VirtioVsockConnection>();
+  // Write callbacks the connections completed during a TX pass, run once it is posted.
+  #deferredCbs: ((err?: Error | null) => void)[] = [];
+  #deferredErrs: (Error | null)[] = [];
   readonly #stats: VirtioVsockGuestStats = { rxPackets: 0, txPackets: 0, creditUpdatesSent: 0, creditStalls: 0, txRingFull: 0, resetsSent: 0 };
-  readonly #link: GuestLink;
+  readonly #link: VsockLink;
   #nextPort = EPHEMERAL_FIRST;
   #flushScheduled = false;
   #flushing = false;
-  #closed = false;
+  #receiving = false;
 
   private constructor(plan: Plan, rings: GuestRings<RunningVhostVsock>) {
-    super();
+    super('VirtioVsockGuest', rings);
     this.cid = rings.device.cid;
     this.queueSize = plan.queueSize;
     this.bufferSize = plan.bufferSize;
     this.bufAlloc = plan.bufAlloc;
     this.seqpacket = (rings.device.features & features.vsock.SEQPACKET) !== 0n;
-    this.#rings = rings;
     const n = this.queueSize;
     this.#segs = new Uint32Array(3 * n);
     this.#slots = new Uint32Array(n);
     this.#rxUsed = new Uint32Array(2 * n);
-    this.#rxHdr = poolDataView(rings.rxPool);
-    this.#txHdr = poolDataView(rings.txPool);
-    const self = this;
+    this.#rxPkt = new VsockPacketView(poolBytes(rings.rxPool));
+    this.#txPkt = new VsockPacketView(poolBytes(rings.txPool));
     this.#link = {
-      get cid() {
-        return self.cid;
-      },
-      get bufAlloc() {
-        return self.bufAlloc;
-      },
-      queueControl: (c) => {
-        this.#control.push(c);
-        this.#scheduleFlush();
-      },
+      localCid: this.cid,
+      bufAlloc: this.bufAlloc,
       wantTx: (conn) => {
+        if (this.closed) return;
         this.#txWanted.add(conn);
-        this.#scheduleFlush();
+        if (!this.#receiving) this.#scheduleFlush(); // else #drainRx flushes when the batch is done
       },
       forget: (conn) => {
-        this.#conns.delete(keyOf(conn.localPort, conn.peerCid, conn.peerPort));
-        this.#txWanted.delete(conn);
+        if (this.#conns.get(conn.key) === conn) this.#conns.delete(conn.key);
+      },
+      defer: (cb, err) => {
+        this.#deferredCbs.push(cb);
+        this.#deferredErrs.push(err);
       },
     };
   }
@@ -259,20 +271,9 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     };
     return GuestRings.create(layout, startDevice, (rings) => {
       const guest = new VirtioVsockGuest(plan, rings);
-      guest.#start();
+      guest.start();
       return guest;
     });
-  }
-
-  #start(): void {
-    this.#rings.txq.disableCallbacks(); // TX buffers are reclaimed when sending; calls only while waiting for space
-    this.#rings.refillRx();
-    this.#rings.watchCalls((which) => this.#onCall(which), (e) => failOrRethrow(this, e));
-  }
-
-  /** True once closed (by close(), or after a ring or device failure). */
-  get closed(): boolean {
-    return this.#closed;
   }
 
   /** Open connections. */
@@ -294,7 +295,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
    * ERR_VHOST_UNSUPPORTED for 'seqpacket' when it was not negotiated.
    */
   listen(port: number, onConnection: (conn: VirtioVsockConnection) => void, options: VirtioVsockListenOptions = {}): this {
-    if (this.#closed) throw closedError('VirtioVsockGuest (listen)');
+    this.checkOpen('listen');
     const p = checkPort(port, 'port');
     checkFunction(onConnection, 'onConnection');
     checkObject(options, 'options');
@@ -330,21 +331,20 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
    * Validation errors throw (ERR_VHOST_UNSUPPORTED for 'seqpacket' when not negotiated).
    */
   connect(options: VirtioVsockConnectOptions, onConnect?: () => void): VirtioVsockConnection {
-    if (this.#closed) throw closedError('VirtioVsockGuest (connect)');
+    this.checkOpen('connect');
     const o = checkGuestConnectOptions(options);
     checkFunction(onConnect, 'onConnect', true);
     this.#checkTypeNegotiated(o.type);
     const localPort = this.#allocPort(o.cid, o.port);
-    const conn = new VirtioVsockConnection(this.#link, { localPort, peerCid: o.cid, peerPort: o.port, state: 'connecting', allowHalfOpen: o.allowHalfOpen, type: o.type });
+    const conn = new VirtioVsockConnection(this.#link, { localPort, peerCid: o.cid, peerPort: o.port, allowHalfOpen: o.allowHalfOpen, type: o.type });
     if (onConnect) conn.once('connect', onConnect);
     if (o.signal?.aborted) {
       const signal = o.signal;
       process.nextTick(() => conn.destroy(abortError(signal))); // nothing was sent: no entry, no RST
       return conn;
     }
-    this.#conns.set(keyOf(localPort, o.cid, o.port), conn);
-    conn.watchConnect(o.timeout, o.signal);
-    this.#link.queueControl({ conn, op: VSOCK_OP.REQUEST, flags: 0 });
+    this.#conns.set(conn.key, conn);
+    conn.startConnect(o.timeout, o.signal);
     return conn;
   }
 
@@ -352,7 +352,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     for (let i = 0; i <= PORT_MAX - EPHEMERAL_FIRST; i++) {
       const p = this.#nextPort;
       this.#nextPort = p >= PORT_MAX ? EPHEMERAL_FIRST : p + 1;
-      if (!this.#listeners.has(p) && !this.#conns.has(keyOf(p, cid, port))) return p;
+      if (!this.#listeners.has(p) && !this.#conns.has(connectionKey(p, cid, port))) return p;
     }
     throw new VhostError('EADDRNOTAVAIL: no free local port', { code: 'EADDRNOTAVAIL', syscall: 'connect' });
   }
@@ -360,7 +360,7 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
   // ---- TX ------------------------------------------------------------------
 
   #scheduleFlush(): void {
-    if (this.#flushScheduled || this.#closed) return;
+    if (this.#flushScheduled || this.closed) return;
     this.#flushScheduled = true;
     process.nextTick(() => {
       this.#flushScheduled = false;
@@ -368,158 +368,126 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     });
   }
 
-  /** Writes one packet's header into a free TX slot; returns the slot (its payload goes at VSOCK_HDR_SIZE), or -1 when none is free. */
-  #packet(conn: VirtioVsockConnection | null, op: number, flags: number, len: number, addr?: Control['addr']): number {
-    const pool = this.#rings.txPool;
-    const slot = pool.alloc();
-    if (slot < 0) return -1;
-    const at = slot * pool.slotSize;
-    if (conn) {
-      conn.lastFwdSent = conn.fwdCnt;
-      putVsockHeader(this.#txHdr, at, this.cid, conn.peerCid, conn.localPort, conn.peerPort, len, conn.wireType, op, flags, this.bufAlloc, conn.fwdCnt);
-    } else {
-      putVsockHeader(this.#txHdr, at, this.cid, addr!.peerCid, addr!.localPort, addr!.peerPort, len, addr!.type, op, flags, 0, 0);
-    }
-    return slot;
-  }
-
-  /** Fills free TX buffers: control packets first, then data within each connection's credit; one publish, one kick at most. */
+  /**
+   * Fills free TX buffers: RSTs to unknown packets first, then what each
+   * connection sends next (nextPacket()), their control packets before any
+   * data; one publish, one kick at most. Write callbacks run once it is posted.
+   */
   #flushTx(): void {
-    if (this.#closed || this.#flushing) return;
+    if (this.closed || this.#flushing) return;
     this.#flushing = true;
-    const done: Array<{ cb: (err?: Error | null) => void; err?: Error }> = [];
+    const pool = this.rings.txPool;
+    const size = pool.slotSize;
+    const pkt = this.#txPkt;
     let count = 0;
-    const add = (slot: number, len: number) => {
-      this.#segs[3 * count] = this.#rings.txPool.offset(slot);
-      this.#segs[3 * count + 1] = VSOCK_HDR_SIZE + len;
-      this.#segs[3 * count + 2] = SEG_END;
-      this.#slots[count] = slot;
-      count++;
-    };
+    let spare = -1; // a slot taken that no packet was written into yet
     let full = false;
     try {
-      this.#rings.reclaimTx();
-      while (this.#control.length > 0) {
-        const c = this.#control[0];
-        if (c.conn && c.op !== VSOCK_OP.RST && c.conn.state === 'closed') {
-          this.#control.shift();
-          continue;
-        }
-        const slot = this.#packet(c.conn, c.op, c.flags, 0, c.addr);
+      this.rings.reclaimTx();
+      while (this.#refusals.length > 0) {
+        const slot = pool.alloc();
         if (slot < 0) {
           full = true;
           break;
         }
-        this.#control.shift();
-        if (c.op === VSOCK_OP.CREDIT_UPDATE) {
-          this.#stats.creditUpdatesSent++;
-          if (c.conn) c.conn.creditUpdateQueued = false;
-        }
-        else if (c.op === VSOCK_OP.RST) this.#stats.resetsSent++;
-        else if (c.op === VSOCK_OP.REQUEST && c.conn) c.conn.requestSent = true;
-        add(slot, 0);
+        const r = this.#refusals.shift()!;
+        pkt.at(slot * size, size).writeHeader(this.cid, r.peerCid, r.localPort, r.peerPort, 0, r.type, VSOCK_OP.RST, 0, 0, 0);
+        this.#stats.resetsSent++;
+        count = this.#addTx(count, slot, VSOCK_HDR_SIZE);
       }
-      if (!full) {
+      // Two passes: every connection's control packets (RESPONSE, CREDIT_UPDATE...), then data.
+      for (let pass = 0; pass < 2 && !full; pass++) {
+        const dataToo = pass === 1;
         for (const conn of this.#txWanted) {
-          if (conn.state !== 'connected') {
-            if (conn.state === 'closed') this.#txWanted.delete(conn);
-            continue;
-          }
-          while (conn.pending.length > 0) {
-            const w = conn.pending[0];
-            const left = w.chunk.length - w.offset;
-            if (left === 0) {
-              conn.pending.shift();
-              if (w.cb) done.push({ cb: w.cb });
-              continue;
-            }
-            const seqpacket = conn.type === 'seqpacket';
-            if (seqpacket && w.offset === 0 && w.chunk.length > conn.peerBufAlloc) {
-              // The kernel's rule (virtio_transport_seqpacket_enqueue): the peer could never hold it whole.
-              // The write's callback fails the stream (destroy → RST); later messages go nowhere.
-              const last = conn.pending[conn.pending.length - 1];
-              conn.pending.length = 0;
-              done.push({ cb: last.cb ?? ((err) => conn.destroy(err ?? undefined)), err: conn.tooBig(w.chunk.length) });
-              break;
-            }
-            const credit = conn.credit();
-            if (credit === 0) {
-              this.#stats.creditStalls++;
-              if (!conn.creditRequested) {
-                // Ask once per stall: the peer's CREDIT_UPDATE reopens the window.
-                conn.creditRequested = true;
-                const slot = this.#packet(conn, VSOCK_OP.CREDIT_REQUEST, 0, 0);
-                if (slot >= 0) add(slot, 0);
-              }
-              break;
-            }
-            const len = Math.min(left, credit, this.bufferSize);
-            // The last packet of a message carries EOM (never EOR: there is no MSG_EOR to ask for it).
-            const slot = this.#packet(conn, VSOCK_OP.RW, seqpacket && len === left ? VSOCK_SEQ.EOM : 0, len);
-            if (slot < 0) {
+          for (;;) {
+            if (spare < 0) spare = pool.alloc();
+            if (spare < 0) {
               full = true;
               break;
             }
-            conn.creditRequested = false;
-            this.#rings.txPool.view(slot).set(w.chunk.subarray(w.offset, w.offset + len), VSOCK_HDR_SIZE);
-            w.offset += len;
-            conn.sent(len);
-            add(slot, len);
+            const n = conn.nextPacket(pkt.at(spare * size, size), dataToo);
+            if (n > 0) {
+              const op = pkt.op;
+              if (op === VSOCK_OP.CREDIT_UPDATE) this.#stats.creditUpdatesSent++;
+              else if (op === VSOCK_OP.RST) this.#stats.resetsSent++;
+              count = this.#addTx(count, spare, n);
+              spare = -1;
+              continue;
+            }
+            if (n === CREDIT_STALL) this.#stats.creditStalls++; // stays wanted: its next packet waits for credit
+            else if (dataToo) this.#txWanted.delete(conn);
+            break;
           }
           if (full) break;
-          if (conn.pending.length === 0) {
-            if (conn.finalCb) {
-              const slot = this.#packet(conn, VSOCK_OP.SHUTDOWN, VSOCK_SHUTDOWN.SEND, 0);
-              if (slot < 0) {
-                full = true;
-                break;
-              }
-              add(slot, 0);
-              done.push({ cb: conn.finalCb });
-              conn.finalCb = null;
-            }
-            this.#txWanted.delete(conn);
-          }
         }
       }
+      if (spare >= 0) pool.release(spare);
       // Every TX slot has a free descriptor (one descriptor per packet, as many slots as entries): the ring takes all.
-      if (count > 0) this.#stats.txPackets += this.#rings.postTx(this.#segs, count, this.#slots);
+      if (count > 0) this.#stats.txPackets += this.rings.postTx(this.#segs, count, this.#slots);
       if (full) {
         this.#stats.txRingFull++;
-        if (this.#rings.txq.enableCallbacks(false)) this.#scheduleFlush();
+        if (this.rings.txq.enableCallbacks(false)) this.#scheduleFlush();
       }
     } catch (e) {
       this.#flushing = false;
-      failOrRethrow(this, e);
+      this.#deferredCbs = [];
+      this.#deferredErrs = [];
+      this.fail(e);
       return;
     }
     this.#flushing = false;
-    for (const d of done) d.cb(d.err ?? null);
+    if (this.#deferredCbs.length > 0) {
+      const cbs = this.#deferredCbs;
+      const errs = this.#deferredErrs;
+      this.#deferredCbs = [];
+      this.#deferredErrs = [];
+      for (let i = 0; i < cbs.length; i++) cbs[i](errs[i]);
+    }
+  }
+
+  /** Adds packet `count` (txPool `slot`, `len` bytes) to the batch being assembled; returns the new count. */
+  #addTx(count: number, slot: number, len: number): number {
+    this.#segs[3 * count] = this.rings.txPool.offset(slot);
+    this.#segs[3 * count + 1] = len;
+    this.#segs[3 * count + 2] = SEG_END;
+    this.#slots[count] = slot;
+    return count + 1;
   }
 
   // ---- RX ------------------------------------------------------------------
 
   /** A call eventfd woke up (already read). */
-  #onCall(which: 'rx' | 'tx'): void {
+  protected onCall(which: 'rx' | 'tx'): void {
     if (which === 'rx') this.#drainRx();
     else {
-      this.#rings.txq.disableCallbacks();
+      this.rings.txq.disableCallbacks();
       this.#flushTx();
     }
   }
 
   #drainRx(): void {
+    this.#receiving = true;
+    try {
+      this.#receiveAll();
+    } finally {
+      this.#receiving = false;
+    }
+    this.#flushTx();
+  }
+
+  /** Takes every used RX buffer to its connection and posts it again. */
+  #receiveAll(): void {
     const used = this.#rxUsed;
-    const { rxq, rxPool } = this.#rings;
+    const { rxq, rxPool } = this.rings;
+    const size = rxPool.slotSize;
     for (;;) {
-      if (this.#closed) return;
+      if (this.closed) return;
       const n = rxq.collectInto(used, this.queueSize);
-      for (let i = 0; i < n && !this.#closed; i++) {
-        const slot = this.#rings.takeRx(used[2 * i]);
-        const view = rxPool.view(slot);
-        const len = Math.min(used[2 * i + 1], view.length);
+      for (let i = 0; i < n && !this.closed; i++) {
+        const slot = this.rings.takeRx(used[2 * i]);
+        const len = Math.min(used[2 * i + 1], size);
         try {
-          if (len >= VSOCK_HDR_SIZE) this.#receive(view, slot * rxPool.slotSize, len);
+          if (len >= VSOCK_HDR_SIZE) this.#receive(this.#rxPkt.at(slot * size, len));
         } catch (e) {
           // A throwing user handler ('data', 'connect', a listener) must not
           // strand the rest of this batch's buffers: rethrow it afterwards.
@@ -531,144 +499,70 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
           rxPool.release(slot);
         }
       }
-      if (this.#closed) return;
-      this.#rings.refillRx();
-      if (n === 0 && !rxq.enableCallbacks(false)) break;
+      if (this.closed) return;
+      this.rings.refillRx();
+      if (n === 0 && !rxq.enableCallbacks(false)) return;
     }
-    this.#flushTx();
   }
 
-  /** One received packet: `view` is its RX slot, at `at` in #rxHdr. */
-  #receive(view: Uint8Array, at: number, len: number): void {
+  /**
+   * One received packet: to its connection, or a new one for a listener's
+   * REQUEST; anything else nobody takes gets an RST (never an RST itself, nor
+   * a credit packet), as virtio_transport_recv_pkt answers.
+   */
+  #receive(pkt: VsockPacketView): void {
     this.#stats.rxPackets++;
-    const dv = this.#rxHdr;
-    const srcCid = getVsockCid(dv, at);
-    const dstCid = getVsockCid(dv, at + 8);
-    const srcPort = dv.getUint32(at + 16, true);
-    const dstPort = dv.getUint32(at + 20, true);
-    const payloadLen = Math.min(dv.getUint32(at + 24, true), len - VSOCK_HDR_SIZE);
-    const type = dv.getUint16(at + 28, true);
-    const op = dv.getUint16(at + 30, true);
-    const flags = dv.getUint32(at + 32, true);
-    if (dstCid !== this.cid) return;
-    const conn = this.#conns.get(keyOf(dstPort, srcCid, srcPort));
+    if (pkt.dstCid !== this.cid) return;
+    const srcCid = pkt.srcCid;
+    const srcPort = pkt.srcPort;
+    const dstPort = pkt.dstPort;
+    const type = pkt.type;
+    const op = pkt.op;
+    const conn = this.#conns.get(connectionKey(dstPort, srcCid, srcPort));
     const validType = type === VSOCK_TYPE.STREAM || (type === VSOCK_TYPE.SEQPACKET && this.seqpacket);
-    // As virtio_transport_recv_pkt: an unknown type, or one other than the connection's, is refused (never an RST itself).
+    // An unknown type, or one other than the connection's, is refused.
     if (!validType || (conn && conn.wireType !== type)) {
       if (op !== VSOCK_OP.RST) this.#refuse(dstPort, srcCid, srcPort, type);
       return;
     }
     if (conn) {
-      conn.peerBufAlloc = dv.getUint32(at + 36, true);
-      conn.peerFwdCnt = dv.getUint32(at + 40, true);
-      if (conn.pending.length > 0 || conn.finalCb) this.#txWanted.add(conn);
+      if (!conn.onPacket(pkt)) this.#refuse(dstPort, srcCid, srcPort, type);
+      return;
     }
-    switch (op) {
-      case VSOCK_OP.REQUEST: {
-        const l = this.#listeners.get(dstPort);
-        if (conn || !l || (l.type === 'seqpacket' ? VSOCK_TYPE.SEQPACKET : VSOCK_TYPE.STREAM) !== type) {
-          this.#refuse(dstPort, srcCid, srcPort, type);
-          return;
-        }
-        const c = new VirtioVsockConnection(this.#link, { localPort: dstPort, peerCid: srcCid, peerPort: srcPort, state: 'connected', allowHalfOpen: l.allowHalfOpen, type: l.type });
-        c.peerBufAlloc = dv.getUint32(at + 36, true);
-        c.peerFwdCnt = dv.getUint32(at + 40, true);
-        this.#conns.set(keyOf(dstPort, srcCid, srcPort), c);
-        this.#control.push({ conn: c, op: VSOCK_OP.RESPONSE, flags: 0 });
-        l.cb(c);
+    if (op === VSOCK_OP.REQUEST) {
+      const l = this.#listeners.get(dstPort);
+      if (!l || (l.type === 'seqpacket' ? VSOCK_TYPE.SEQPACKET : VSOCK_TYPE.STREAM) !== type) {
+        this.#refuse(dstPort, srcCid, srcPort, type);
         return;
       }
-      case VSOCK_OP.RESPONSE:
-        if (conn?.state === 'connecting') conn.onResponse();
-        else this.#refuse(dstPort, srcCid, srcPort, type);
-        return;
-      case VSOCK_OP.RW:
-        if (!conn) {
-          this.#refuse(dstPort, srcCid, srcPort, type);
-          return;
-        }
-        conn.onData(Buffer.from(view.subarray(VSOCK_HDR_SIZE, VSOCK_HDR_SIZE + payloadLen)), flags);
-        return;
-      case VSOCK_OP.CREDIT_REQUEST:
-        if (conn) this.#control.push({ conn, op: VSOCK_OP.CREDIT_UPDATE, flags: 0 });
-        return;
-      case VSOCK_OP.CREDIT_UPDATE:
-        return; // the credit fields were taken above
-      case VSOCK_OP.SHUTDOWN:
-        if (conn) conn.onShutdown(flags);
-        else this.#refuse(dstPort, srcCid, srcPort, type);
-        return;
-      case VSOCK_OP.RST:
-        conn?.onReset(); // never answer a reset
-        return;
-      default:
-        if (!conn) this.#refuse(dstPort, srcCid, srcPort, type);
+      const c = new VirtioVsockConnection(this.#link, { localPort: dstPort, peerCid: srcCid, peerPort: srcPort, allowHalfOpen: l.allowHalfOpen, type: l.type });
+      c.acceptRequest(pkt);
+      this.#conns.set(c.key, c);
+      l.cb(c);
+      return;
     }
+    if (op !== VSOCK_OP.RST && op !== VSOCK_OP.CREDIT_REQUEST && op !== VSOCK_OP.CREDIT_UPDATE) this.#refuse(dstPort, srcCid, srcPort, type);
   }
 
   /** RST to a packet no connection takes, with the packet's type: the peer drops an RST of another type. */
   #refuse(localPort: number, peerCid: number, peerPort: number, type: number): void {
-    this.#control.push({ conn: null, op: VSOCK_OP.RST, flags: 0, addr: { localPort, peerCid, peerPort, type } });
+    this.#refusals.push({ localPort, peerCid, peerPort, type }); // sent by #drainRx's flush
   }
 
   // ---- lifecycle -------------------------------------------------------------
 
-  /** The call watchers keep the process alive (the default). */
-  ref(): void {
-    this.#rings.ref();
+  // ---- lifecycle (UserspaceGuest) ---------------------------------------------
+
+  /** resume(): the old device took every connection down with it. */
+  protected override onDeviceReleased(): void {
+    this.#refusals.length = 0; // answers to the old device's packets
+    // Every connection ends without a packet: the kernel reset the host sockets already.
+    for (const conn of new Set([...this.#conns.values(), ...this.#txWanted])) conn.onTransportReset();
+    this.#txWanted.clear();
   }
 
-  /** The guest no longer keeps the process alive on its own. */
-  unref(): void {
-    this.#rings.unref();
-  }
-
-  /** True between pause() and resume(). */
-  get paused(): boolean {
-    return this.#rings.paused;
-  }
-
-  /**
-   * Stops the device (VHOST_VSOCK_SET_RUNNING 0, then GET_VRING_BASE per
-   * ring) and returns each ring's saved base. Connections stay open but
-   * stalled: writes queue, the host's data waits in its sockets (the kernel
-   * keeps host sockets of a stopped device connected). Calling it again
-   * returns the same state. Throws ERR_VHOST_CLOSED after close().
-   */
-  pause(): DeviceState {
-    if (this.#closed) throw closedError('VirtioVsockGuest (pause)');
-    return this.#rings.device.stop();
-  }
-
-  /**
-   * Brings a paused guest back on a new vhost-vsock device with the same CID
-   * over the same memory, rings and eventfds, each ring resuming at its base
-   * from `state` (default: the one pause() returned). Closing the old device
-   * makes the kernel reset every host socket connected to this CID
-   * (ECONNRESET), so every connection here is destroyed with ECONNRESET too;
-   * listeners stay. If the new device cannot be built the guest closes and
-   * the error is thrown.
-   */
-  resume(state?: DeviceState): void {
-    if (this.#closed) throw closedError('VirtioVsockGuest (resume)');
-    const saved = this.#rings.releaseDevice(state); // releases the CID: vhost_vsock_dev_release resets the host sockets connected to it
-    this.#control.length = 0; // packets for the connections that are gone
-    for (const conn of [...this.#conns.values()]) conn.onTransportReset();
-    try {
-      this.#rings.restartDevice(saved); // same CID and features; kicks: the RX buffers posted, whatever is in the TX ring
-    } catch (err) {
-      this.close();
-      throw err;
-    }
-  }
-
-  /**
-   * Destroys every connection (RST to each peer, sent before the device
-   * stops), stops listening, then stops and closes the device, the eventfds
-   * and the guest memory. Emits 'close'. Idempotent.
-   */
-  close(): void {
-    if (this.#closed) return;
+  /** close(): every connection destroyed, its RST sent before the device stops; listening stops. */
+  protected override beforeClose(): void {
     for (const conn of [...this.#conns.values()]) conn.destroy();
     this.#listeners.clear();
     try {
@@ -676,26 +570,18 @@ export class VirtioVsockGuest extends EventEmitter implements Disposable {
     } catch {
       // best effort: the device close resets host sockets anyway
     }
-    this.#closed = true;
-    const error = this.#rings.close();
-    this.#control.length = 0;
+  }
+
+  protected override afterClose(): void {
+    this.#refusals.length = 0;
     this.#txWanted.clear();
-    this.emit('close');
-    if (error !== undefined) throw error;
-  }
-
-  /** Same as close(), for `using`. */
-  [Symbol.dispose](): void {
-    this.close();
+    this.#deferredCbs = [];
+    this.#deferredErrs = [];
   }
 }
 
-/** One DataView over all of a pool's slots. */
-function poolDataView(pool: BufferPool): DataView {
+/** One view over all of a pool's slots. */
+function poolBytes(pool: BufferPool): Uint8Array {
   const first = pool.view(0);
-  return new DataView(first.buffer, first.byteOffset, pool.slotSize * pool.count);
-}
-
-function keyOf(localPort: number, peerCid: number, peerPort: number): string {
-  return `${localPort}:${peerCid}:${peerPort}`;
+  return new Uint8Array(first.buffer, first.byteOffset, pool.slotSize * pool.count);
 }

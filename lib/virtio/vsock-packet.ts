@@ -48,6 +48,9 @@ export interface VsockHeader {
   fwdCnt: number;
 }
 
+/** Byte offset of each field: the one place the layout is written down. */
+const AT = { srcCid: 0, dstCid: 8, srcPort: 16, dstPort: 20, len: 24, type: 28, op: 30, flags: 32, bufAlloc: 36, fwdCnt: 40 } as const;
+
 const U32 = 0xffff_ffff;
 const U64 = (1n << 64n) - 1n;
 
@@ -71,8 +74,8 @@ export function checkVsockHeader(h: VsockHeader): void {
  */
 export function writeVsockHeader(out: Uint8Array, offset: number, h: VsockHeader): void {
   const dv = new DataView(out.buffer, out.byteOffset + offset, VSOCK_HDR_SIZE);
-  dv.setBigUint64(0, h.srcCid, true);
-  dv.setBigUint64(8, h.dstCid, true);
+  dv.setBigUint64(AT.srcCid, h.srcCid, true);
+  dv.setBigUint64(AT.dstCid, h.dstCid, true);
   putFields(dv, 0, h.srcPort, h.dstPort, h.len, h.type, h.op, h.flags, h.bufAlloc, h.fwdCnt);
 }
 
@@ -83,21 +86,21 @@ export function writeVsockHeader(out: Uint8Array, offset: number, h: VsockHeader
  * writeVsockHeader writes for BigInt(cid)).
  */
 export function putVsockHeader(dv: DataView, at: number, srcCid: number, dstCid: number, srcPort: number, dstPort: number, len: number, type: number, op: number, flags: number, bufAlloc: number, fwdCnt: number): void {
-  setCid(dv, at, srcCid);
-  setCid(dv, at + 8, dstCid);
+  setCid(dv, at + AT.srcCid, srcCid);
+  setCid(dv, at + AT.dstCid, dstCid);
   putFields(dv, at, srcPort, dstPort, len, type, op, flags, bufAlloc, fwdCnt);
 }
 
 /** The header after the two CIDs. */
 function putFields(dv: DataView, at: number, srcPort: number, dstPort: number, len: number, type: number, op: number, flags: number, bufAlloc: number, fwdCnt: number): void {
-  dv.setUint32(at + 16, srcPort, true);
-  dv.setUint32(at + 20, dstPort, true);
-  dv.setUint32(at + 24, len, true);
-  dv.setUint16(at + 28, type, true);
-  dv.setUint16(at + 30, op, true);
-  dv.setUint32(at + 32, flags, true);
-  dv.setUint32(at + 36, bufAlloc, true);
-  dv.setUint32(at + 40, fwdCnt, true);
+  dv.setUint32(at + AT.srcPort, srcPort, true);
+  dv.setUint32(at + AT.dstPort, dstPort, true);
+  dv.setUint32(at + AT.len, len, true);
+  dv.setUint16(at + AT.type, type, true);
+  dv.setUint16(at + AT.op, op, true);
+  dv.setUint32(at + AT.flags, flags, true);
+  dv.setUint32(at + AT.bufAlloc, bufAlloc, true);
+  dv.setUint32(at + AT.fwdCnt, fwdCnt, true);
 }
 
 const TWO_32 = 0x1_0000_0000;
@@ -113,6 +116,107 @@ function setCid(dv: DataView, at: number, cid: number): void {
  */
 export function getVsockCid(dv: DataView, at: number): number {
   return dv.getUint32(at, true) + dv.getUint32(at + 4, true) * TWO_32;
+}
+
+/**
+ * @internal Allocation-free access to the packets in one buffer (every slot
+ * of a buffer pool, say): at() points it at one packet, then the getters read
+ * the header, payloadLength / copyPayload() the payload, and writeHeader() /
+ * writePayload() fill the packet in. One view serves the whole buffer; no
+ * object is made per packet. CIDs are numbers, as in putVsockHeader.
+ */
+export class VsockPacketView {
+  readonly #dv: DataView;
+  readonly #bytes: Uint8Array;
+  #at = 0;
+  #size = VSOCK_HDR_SIZE;
+
+  constructor(buf: Uint8Array) {
+    if (!(buf instanceof Uint8Array) || buf.length < VSOCK_HDR_SIZE) throw invalidArg('buf', `must be a Uint8Array of at least ${VSOCK_HDR_SIZE} bytes`);
+    this.#bytes = buf;
+    this.#dv = new DataView(buf.buffer, buf.byteOffset, buf.length);
+  }
+
+  /**
+   * Points the view at the packet in bytes [offset, offset + size): the
+   * bytes a descriptor holds (received) or may hold (to send). Throws
+   * ERR_VHOST_OUT_OF_RANGE when that is outside the buffer or shorter than a header.
+   */
+  at(offset: number, size: number): this {
+    if (!(offset >= 0 && size >= VSOCK_HDR_SIZE && offset + size <= this.#bytes.length)) {
+      throw invalidArg('offset', `${offset} with size ${size} is not a packet inside the ${this.#bytes.length}-byte buffer`, 'ERR_VHOST_OUT_OF_RANGE');
+    }
+    this.#at = offset;
+    this.#size = size;
+    return this;
+  }
+
+  get srcCid(): number {
+    return getVsockCid(this.#dv, this.#at + AT.srcCid);
+  }
+
+  get dstCid(): number {
+    return getVsockCid(this.#dv, this.#at + AT.dstCid);
+  }
+
+  get srcPort(): number {
+    return this.#dv.getUint32(this.#at + AT.srcPort, true);
+  }
+
+  get dstPort(): number {
+    return this.#dv.getUint32(this.#at + AT.dstPort, true);
+  }
+
+  /** The header's len field, as the sender claims it (see payloadLength). */
+  get len(): number {
+    return this.#dv.getUint32(this.#at + AT.len, true);
+  }
+
+  get type(): number {
+    return this.#dv.getUint16(this.#at + AT.type, true);
+  }
+
+  get op(): number {
+    return this.#dv.getUint16(this.#at + AT.op, true);
+  }
+
+  get flags(): number {
+    return this.#dv.getUint32(this.#at + AT.flags, true);
+  }
+
+  get bufAlloc(): number {
+    return this.#dv.getUint32(this.#at + AT.bufAlloc, true);
+  }
+
+  get fwdCnt(): number {
+    return this.#dv.getUint32(this.#at + AT.fwdCnt, true);
+  }
+
+  /** Payload bytes present: len, bounded by what the buffer holds after the header (a peer may claim more). */
+  get payloadLength(): number {
+    return Math.min(this.len, this.#size - VSOCK_HDR_SIZE);
+  }
+
+  /** The payload (payloadLength bytes) copied out: the buffer is reused once the packet is handled. */
+  copyPayload(): Buffer {
+    const start = this.#at + VSOCK_HDR_SIZE;
+    return Buffer.from(this.#bytes.subarray(start, start + this.payloadLength));
+  }
+
+  /** Payload bytes the packet can hold: its size less the header. */
+  get payloadRoom(): number {
+    return this.#size - VSOCK_HDR_SIZE;
+  }
+
+  /** Writes the header (fields not range-checked, as putVsockHeader). */
+  writeHeader(srcCid: number, dstCid: number, srcPort: number, dstPort: number, len: number, type: number, op: number, flags: number, bufAlloc: number, fwdCnt: number): void {
+    putVsockHeader(this.#dv, this.#at, srcCid, dstCid, srcPort, dstPort, len, type, op, flags, bufAlloc, fwdCnt);
+  }
+
+  /** Copies src[start, end) in as the payload; the caller keeps it within payloadRoom. */
+  writePayload(src: Uint8Array, start: number, end: number): void {
+    this.#bytes.set(src.subarray(start, end), this.#at + VSOCK_HDR_SIZE);
+  }
 }
 
 /** Encodes a header (validated) into a new 44-byte Buffer. */
@@ -131,15 +235,15 @@ export function decodeVsockHeader(buf: Uint8Array, offset = 0): VsockHeader {
   }
   const dv = new DataView(buf.buffer, buf.byteOffset + offset, VSOCK_HDR_SIZE);
   return {
-    srcCid: dv.getBigUint64(0, true),
-    dstCid: dv.getBigUint64(8, true),
-    srcPort: dv.getUint32(16, true),
-    dstPort: dv.getUint32(20, true),
-    len: dv.getUint32(24, true),
-    type: dv.getUint16(28, true),
-    op: dv.getUint16(30, true),
-    flags: dv.getUint32(32, true),
-    bufAlloc: dv.getUint32(36, true),
-    fwdCnt: dv.getUint32(40, true),
+    srcCid: dv.getBigUint64(AT.srcCid, true),
+    dstCid: dv.getBigUint64(AT.dstCid, true),
+    srcPort: dv.getUint32(AT.srcPort, true),
+    dstPort: dv.getUint32(AT.dstPort, true),
+    len: dv.getUint32(AT.len, true),
+    type: dv.getUint16(AT.type, true),
+    op: dv.getUint16(AT.op, true),
+    flags: dv.getUint32(AT.flags, true),
+    bufAlloc: dv.getUint32(AT.bufAlloc, true),
+    fwdCnt: dv.getUint32(AT.fwdCnt, true),
   };
 }

@@ -1,10 +1,12 @@
 // virtio_vsock_hdr codec: round trips for every field value, the layout of
-// linux/virtio_vsock.h (offsets, little-endian), range errors; and the
+// linux/virtio_vsock.h (offsets, little-endian), range errors; the
+// allocation-free VsockPacketView against the codec (both ways, any offset,
+// payload bounded by the buffer); and the
 // VirtioVsockGuest option checks that run before any syscall (SEQPACKET
 // feature choice, connect options: type, timeout, signal).
 import fc from 'fast-check';
 import { features } from '../../../lib/core/features';
-import { decodeVsockHeader, encodeVsockHeader, getVsockCid, putVsockHeader, VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_SEQ, VSOCK_SHUTDOWN, VSOCK_TYPE, writeVsockHeader, type VsockHeader } from '../../../lib/virtio/vsock-packet';
+import { decodeVsockHeader, encodeVsockHeader, getVsockCid, putVsockHeader, VSOCK_HDR_SIZE, VSOCK_OP, VSOCK_SEQ, VSOCK_SHUTDOWN, VSOCK_TYPE, VsockPacketView, writeVsockHeader, type VsockHeader } from '../../../lib/virtio/vsock-packet';
 import { checkGuestConnectOptions, planVirtioVsockGuest, vsockGuestFeatures } from '../../../lib/guest/vsock';
 import { thrown } from '../../support/helpers';
 
@@ -116,6 +118,77 @@ describe('virtio_vsock_hdr codec', () => {
     expect(thrown(() => encodeVsockHeader({ ...ok, dstCid: 1n << 64n })).message).toMatch(/header\.dstCid/);
     expect(thrown(() => decodeVsockHeader(new Uint8Array(43))).code).toBe('ERR_VHOST_OUT_OF_RANGE');
     expect(thrown(() => decodeVsockHeader(new Uint8Array(50), 7)).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+  });
+});
+
+describe('VsockPacketView (the per-packet reader and writer)', () => {
+  // The view's CIDs are numbers: exact up to 2^53 (the kernel's are u32).
+  const safeCid = fc.oneof(u32.map(BigInt), fc.bigInt({ min: 0n, max: BigInt(Number.MAX_SAFE_INTEGER) }));
+  const safeHeader = fc.record({ h: header, srcCid: safeCid, dstCid: safeCid }).map(({ h, srcCid, dstCid }) => ({ ...h, srcCid, dstCid }));
+  const fields = (v: VsockPacketView) => ({
+    srcCid: BigInt(v.srcCid), dstCid: BigInt(v.dstCid), srcPort: v.srcPort, dstPort: v.dstPort, len: v.len,
+    type: v.type, op: v.op, flags: v.flags, bufAlloc: v.bufAlloc, fwdCnt: v.fwdCnt,
+  });
+
+  test('reads every field encodeVsockHeader wrote, at any offset of a larger buffer', () => {
+    fc.assert(fc.property(safeHeader, fc.nat(300), fc.nat(64), (h, at, tail) => {
+      const buf = new Uint8Array(at + VSOCK_HDR_SIZE + tail).fill(0x5a);
+      buf.set(encodeVsockHeader(h), at);
+      expect(fields(new VsockPacketView(buf).at(at, VSOCK_HDR_SIZE + tail))).toEqual(h);
+    }), { numRuns: 1000 });
+  });
+
+  test('reads above 2^53 what getVsockCid reads: Number() of the wire value', () => {
+    fc.assert(fc.property(header, (h) => {
+      const v = new VsockPacketView(encodeVsockHeader(h)).at(0, VSOCK_HDR_SIZE);
+      expect(v.srcCid).toBe(Number(h.srcCid));
+      expect(v.dstCid).toBe(Number(h.dstCid));
+    }));
+  });
+
+  test('writeHeader writes the bytes of encodeVsockHeader and nothing outside the header; the view reads them back', () => {
+    fc.assert(fc.property(safeHeader, fc.nat(300), (h, at) => {
+      const buf = new Uint8Array(at + VSOCK_HDR_SIZE + 9).fill(0xa5);
+      const v = new VsockPacketView(buf).at(at, VSOCK_HDR_SIZE + 9);
+      v.writeHeader(Number(h.srcCid), Number(h.dstCid), h.srcPort, h.dstPort, h.len, h.type, h.op, h.flags, h.bufAlloc, h.fwdCnt);
+      expect(Buffer.from(buf.subarray(at, at + VSOCK_HDR_SIZE)).equals(encodeVsockHeader(h))).toBe(true);
+      expect(buf.subarray(0, at).every((b) => b === 0xa5) && buf.subarray(at + VSOCK_HDR_SIZE).every((b) => b === 0xa5)).toBe(true);
+      expect(decodeVsockHeader(buf, at)).toEqual(h);
+      expect(fields(v)).toEqual(h);
+    }), { numRuns: 1000 });
+  });
+
+  test('the payload is len bytes when the buffer holds them, else what it holds; copyPayload() is a copy', () => {
+    fc.assert(fc.property(fc.uint8Array({ maxLength: 200 }), u32, fc.nat(40), (payload, len, at) => {
+      const buf = new Uint8Array(at + VSOCK_HDR_SIZE + payload.length + 3);
+      buf.set(payload, at + VSOCK_HDR_SIZE);
+      const v = new VsockPacketView(buf).at(at, VSOCK_HDR_SIZE + payload.length);
+      v.writeHeader(3, 2, 1, 2, len, VSOCK_TYPE.STREAM, VSOCK_OP.RW, 0, 0, 0);
+      const n = Math.min(len, payload.length);
+      expect(v.payloadLength).toBe(n);
+      expect(v.payloadRoom).toBe(payload.length);
+      const copy = v.copyPayload();
+      expect(copy.equals(Buffer.from(payload.subarray(0, n)))).toBe(true);
+      buf.fill(0xff, at + VSOCK_HDR_SIZE);
+      expect(copy.equals(Buffer.from(payload.subarray(0, n)))).toBe(true);
+    }));
+  });
+
+  test('writePayload copies a range of its source after the header', () => {
+    const buf = new Uint8Array(100);
+    const v = new VsockPacketView(buf).at(10, 60);
+    v.writePayload(Buffer.from('0123456789'), 3, 7);
+    expect(Buffer.from(buf.subarray(10 + VSOCK_HDR_SIZE, 10 + VSOCK_HDR_SIZE + 5)).toString('latin1')).toBe('3456\0');
+  });
+
+  test('at() refuses a packet outside the buffer or shorter than a header with ERR_VHOST_OUT_OF_RANGE', () => {
+    const v = new VsockPacketView(new Uint8Array(100));
+    expect(thrown(() => v.at(57, VSOCK_HDR_SIZE)).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(thrown(() => v.at(0, VSOCK_HDR_SIZE - 1)).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(thrown(() => v.at(-1, VSOCK_HDR_SIZE)).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(thrown(() => v.at(Number.NaN, VSOCK_HDR_SIZE)).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    expect(v.at(56, VSOCK_HDR_SIZE).payloadRoom).toBe(0);
+    expect(thrown(() => new VsockPacketView(new Uint8Array(43))).code).toBe('ERR_VHOST_INVALID_ARG');
   });
 });
 

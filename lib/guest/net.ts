@@ -15,6 +15,7 @@
 //   holds (or drops) the rest. 'frame' listeners are called synchronously.
 import { EventEmitter } from 'node:events';
 import { closedError, invalidArg, VhostError } from '../core/errors';
+import { plain } from '../core/check';
 import { features } from '../core/features';
 import type { GuestMemory } from '../core/memory';
 import { SEG_END } from '../core/native';
@@ -118,7 +119,7 @@ const OPTION_KEYS = new Set(['tap', 'queueSize', 'mergeableRx', 'mtu', 'rxBuffer
 
 function intOption(v: unknown, arg: string, min: number, max: number, dflt: number): number {
   if (v === undefined) return dflt;
-  if (typeof v !== 'number' || !Number.isInteger(v)) throw invalidArg(arg, `must be an integer, got ${String(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw invalidArg(arg, `must be an integer, got ${plain(v)}`);
   if (v < min || v > max) throw invalidArg(arg, `must be in ${min}..${max}, got ${v}`, 'ERR_VHOST_OUT_OF_RANGE');
   return v;
 }

@@ -21,7 +21,7 @@
 // per byte; a message larger than the peer's buf_alloc fails with EMSGSIZE.
 import { EventEmitter } from 'node:events';
 import type { DeviceState } from '../vhost/builder';
-import { abortError, checkBool, checkFunction, checkInt, checkObject, checkSignal } from '../core/check';
+import { abortError, checkBool, checkFunction, checkInt, checkObject, checkSignal, plain } from '../core/check';
 import { checkVsockType } from '../vsock/options';
 import { closedError, invalidArg, VhostError } from '../core/errors';
 import { features } from '../core/features';
@@ -107,7 +107,7 @@ interface Plan {
 
 const OPTION_KEYS = new Set(['cid', 'queueSize', 'bufferSize', 'bufAlloc', 'seqpacket']);
 
-const intIn = (v: unknown, arg: string, min: number, max: number): number => checkInt(v, arg, min, max, String);
+const intIn = (v: unknown, arg: string, min: number, max: number): number => checkInt(v, arg, min, max, plain);
 
 /** Checks VirtioVsockGuest options without any syscall. */
 export function planVirtioVsockGuest(options: VirtioVsockGuestOptions = {}): Plan {

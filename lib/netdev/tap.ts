@@ -4,6 +4,7 @@
 // mirrors the ioctls.
 import { FdOwner } from '../core/fd';
 import { invalidArg, VhostError, withDeviceHint } from '../core/errors';
+import { plain } from '../core/check';
 import { native, type OwnedFd } from '../core/native';
 
 /** TUNSETIFF / TUNGETIFF / TUNSETQUEUE flags (linux/if_tun.h). */
@@ -165,7 +166,7 @@ const MTU_MAX = 65535;
  */
 export function validateMtu(mtu: unknown, arg = 'mtu', wording: 'link' | 'config' = 'link'): number {
   if (isInt(mtu) && mtu >= MTU_MIN && mtu <= MTU_MAX) return mtu;
-  if (wording === 'config') throw invalidArg(arg, `must be an integer in ${MTU_MIN}..${MTU_MAX} (got ${String(mtu)})`, 'ERR_VHOST_OUT_OF_RANGE');
+  if (wording === 'config') throw invalidArg(arg, `must be an integer in ${MTU_MIN}..${MTU_MAX} (got ${plain(mtu)})`, 'ERR_VHOST_OUT_OF_RANGE');
   if (!isInt(mtu)) throw invalidArg(arg, 'must be an integer');
   throw invalidArg(arg, `must be in ${MTU_MIN}..${MTU_MAX} (got ${mtu})`, 'ERR_VHOST_OUT_OF_RANGE');
 }

@@ -3,6 +3,7 @@
 // the feature bits that make each field valid. A field exists for the guest
 // only when its feature is offered, so the bytes end after the last one.
 import { invalidArg } from '../core/errors';
+import { plain } from '../core/check';
 import { features } from '../core/features';
 import { checkAdvisedMtu, parseMac } from '../netdev/tap';
 
@@ -67,7 +68,7 @@ export function virtioNetConfig(opts: VirtioNetConfigOptions = {}): VirtioNetCon
   }
   const pairs = opts.maxQueuePairs;
   if (pairs !== undefined && (!Number.isInteger(pairs) || pairs < 1 || pairs > MAX_QUEUE_PAIRS))
-    throw invalidArg('maxQueuePairs', `must be an integer in 1..${MAX_QUEUE_PAIRS} (got ${pairs})`, 'ERR_VHOST_OUT_OF_RANGE');
+    throw invalidArg('maxQueuePairs', `must be an integer in 1..${MAX_QUEUE_PAIRS} (got ${plain(pairs)})`, 'ERR_VHOST_OUT_OF_RANGE');
   if (opts.mtu !== undefined) {
     checkAdvisedMtu(opts.mtu, opts.pathMtu ?? 65535);
   } else if (opts.pathMtu !== undefined) {

@@ -4,6 +4,7 @@
 // used collection with acquire, EVENT_IDX suppression, kicks) is native
 // (native/virtqueue.cc); this file validates, places, and gives it a typed face.
 import { closedError, invalidArg } from '../core/errors';
+import { plain } from '../core/check';
 import type { EventFd } from '../core/eventfd';
 import type { GuestMemory } from '../core/memory';
 import { native, SEG_END, SEG_WRITABLE, type NativeVirtqueue } from '../core/native';
@@ -50,7 +51,7 @@ export interface VirtqueueOptions {
  */
 export function placeVirtqueue(size: number, base: bigint, options: { indirect?: boolean } = {}): { desc: bigint; avail: bigint; used: bigint; end: bigint } {
   const ring = splitRingLayout(size, { eventIdx: true });
-  if (typeof base !== 'bigint' || base < 0n || base % ring.descAlign !== 0n) throw invalidArg('base', `must be a 16-aligned non-negative bigint, got ${String(base)}`);
+  if (typeof base !== 'bigint' || base < 0n || base % ring.descAlign !== 0n) throw invalidArg('base', `must be a 16-aligned non-negative bigint, got ${plain(base)}`);
   const avail = base + ring.descSize * (options.indirect ? 1n + BigInt(INDIRECT_MAX) : 1n);
   const used = (avail + ring.availSize + ring.usedAlign - 1n) & ~(ring.usedAlign - 1n);
   return { desc: base, avail, used, end: used + ring.usedSize };
@@ -76,18 +77,20 @@ export function encodeChains(chains: readonly (readonly VirtqueueSegment[])[], r
     let sawWritable = false;
     chain.forEach((seg, si) => {
       const arg = `chains[${ci}][${si}]`;
-      const gpa = typeof seg.gpa === 'bigint' ? seg.gpa : Number.isSafeInteger(seg.gpa) ? BigInt(seg.gpa) : -1n;
+      if (seg === null || typeof seg !== 'object') throw invalidArg(arg, `must be a segment { gpa, len, writable? }, got ${plain(seg)}`);
+      const { gpa: rawGpa, len } = seg; // each field read once
+      const gpa = typeof rawGpa === 'bigint' ? rawGpa : Number.isSafeInteger(rawGpa) ? BigInt(rawGpa) : -1n;
       if (gpa < 0n) throw invalidArg(`${arg}.gpa`, 'must be a non-negative bigint or safe integer');
-      if (!Number.isInteger(seg.len) || seg.len < 1 || seg.len > 0xffff_ffff) throw invalidArg(`${arg}.len`, `must be in 1..2^32-1, got ${seg.len}`, 'ERR_VHOST_OUT_OF_RANGE');
-      if (gpa < regionGpa || gpa + BigInt(seg.len) > regionGpa + regionSize) {
-        throw invalidArg(arg, `[0x${gpa.toString(16)}, +${seg.len}) is outside the queue's memory region`, 'ERR_VHOST_OUT_OF_RANGE');
+      if (typeof len !== 'number' || !Number.isInteger(len) || len < 1 || len > 0xffff_ffff) throw invalidArg(`${arg}.len`, `must be in 1..2^32-1, got ${plain(len)}`, 'ERR_VHOST_OUT_OF_RANGE');
+      if (gpa < regionGpa || gpa + BigInt(len) > regionGpa + regionSize) {
+        throw invalidArg(arg, `[0x${gpa.toString(16)}, +${len}) is outside the queue's memory region`, 'ERR_VHOST_OUT_OF_RANGE');
       }
       const writable = seg.writable ?? false;
       // virtio 2.7.4.2: device-readable descriptors come before device-writable ones.
       if (sawWritable && !writable) throw invalidArg(arg, 'is device-readable after a device-writable segment (readable ones must come first)');
       sawWritable ||= writable;
       out[k++] = Number(gpa - regionGpa);
-      out[k++] = seg.len;
+      out[k++] = len;
       out[k++] = (writable ? SEG_WRITABLE : 0) | (si === chain.length - 1 ? SEG_END : 0);
     });
   });
@@ -280,8 +283,8 @@ export class BufferPool {
   readonly #free: number[];
 
   constructor(memory: GuestMemory, regionGpa: bigint, gpa: bigint, slotSize: number, count: number) {
-    if (!Number.isInteger(slotSize) || slotSize < 1) throw invalidArg('slotSize', `must be a positive integer, got ${slotSize}`);
-    if (!Number.isInteger(count) || count < 1) throw invalidArg('count', `must be a positive integer, got ${count}`);
+    if (!Number.isInteger(slotSize) || slotSize < 1) throw invalidArg('slotSize', `must be a positive integer, got ${plain(slotSize)}`);
+    if (!Number.isInteger(count) || count < 1) throw invalidArg('count', `must be a positive integer, got ${plain(count)}`);
     this.gpa = gpa;
     this.slotSize = slotSize;
     this.count = count;

@@ -98,6 +98,17 @@ export function checkObject<T extends object = Record<string, unknown>>(value: u
   return value as T;
 }
 
+/**
+ * A plain copy of a caller's options holding the own enumerable keys among
+ * `keys`, each read once: a getter on the caller's object runs once, and later
+ * checks read the copy. `value` must already be an object.
+ */
+export function readOptions<T extends object>(value: T, keys: Iterable<string>): T {
+  const copy = {} as Record<string, unknown>;
+  for (const key of keys) if (Object.prototype.propertyIsEnumerable.call(value, key)) copy[key] = (value as Record<string, unknown>)[key];
+  return copy as T;
+}
+
 /** A non-empty array (its elements still unchecked). */
 export function checkNonEmptyArray<T = unknown>(value: unknown, arg: string): T[] {
   if (!Array.isArray(value) || value.length === 0) throw invalidArg(arg, 'must be a non-empty array');

@@ -32,6 +32,7 @@ export type VhostErrorCode =
 
 /** A validation error thrown before any syscall. `arg` names the argument at fault. */
 export function invalidArg(arg: string, reason: string, code: VhostErrorCode = 'ERR_VHOST_INVALID_ARG'): VhostError {
+  if (typeof arg !== 'string') arg = typeof arg; // a caller's label that is not a string is never stringified
   const err = new VhostError(`${code}: ${arg} ${reason}`, { code });
   (err as VhostError & { argument: string }).argument = arg;
   return err;

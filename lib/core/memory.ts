@@ -7,7 +7,7 @@
 // A region larger than the runtime's largest ArrayBuffer (4 GiB on Node 20)
 // can be created, translated and given to vhost, but view() on it throws
 // ERR_VHOST_OUT_OF_RANGE (see native/guest_memory.cc).
-import { checkBool, checkObject, checkOneOf, toU64 } from './check';
+import { checkBool, checkObject, checkOneOf, readOptions, toU64 } from './check';
 import { closedError, invalidArg } from './errors';
 import { native, type Mapping, type OwnedFd } from './native';
 
@@ -78,6 +78,7 @@ const hex = (v: bigint): string => `0x${v.toString(16)}`;
 /** Checks GuestMemory options without making any syscall; throws ERR_VHOST_* naming the argument. */
 export function validateGuestMemoryOptions(options: GuestMemoryOptions): GuestMemoryPlan {
   checkObject(options, 'options');
+  options = readOptions(options, ['backing', 'hugetlb', 'hugePageSize', 'seal', 'name', 'regions']);
   const backing = checkOneOf(options.backing ?? 'memfd', 'options.backing', ['memfd', 'anonymous']);
   const hugetlb = checkBool(options.hugetlb ?? false, 'options.hugetlb', null);
   let pageSize = PAGE_SIZE;

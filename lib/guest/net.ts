@@ -15,7 +15,7 @@
 //   holds (or drops) the rest. 'frame' listeners are called synchronously.
 import { EventEmitter } from 'node:events';
 import { closedError, invalidArg, VhostError } from '../core/errors';
-import { plain } from '../core/check';
+import { plain, readOptions } from '../core/check';
 import { features } from '../core/features';
 import type { GuestMemory } from '../core/memory';
 import { SEG_END } from '../core/native';
@@ -134,6 +134,7 @@ function boolOption(v: unknown, arg: string, dflt: boolean): boolean {
 export function planVirtioNetGuest(options: VirtioNetGuestOptions): GuestPlan {
   if (options === null || typeof options !== 'object') throw invalidArg('options', 'must be an object');
   for (const k of Object.keys(options)) if (!OPTION_KEYS.has(k)) throw invalidArg(`options.${k}`, 'is not a VirtioNetGuest option');
+  options = readOptions(options, OPTION_KEYS);
   if (!(options.tap instanceof Tap || options.tap instanceof TapQueue || options.tap instanceof Macvtap)) throw invalidArg('options.tap', 'must be a Tap, a TapQueue or a Macvtap');
   if (options.tap.closed) throw closedError('Tap (options.tap)', options.tap.path);
   const queueSize = validateQueueSize(options.queueSize ?? 256, 'options.queueSize');

@@ -21,7 +21,7 @@
 // per byte; a message larger than the peer's buf_alloc fails with EMSGSIZE.
 import { EventEmitter } from 'node:events';
 import type { DeviceState } from '../vhost/builder';
-import { abortError, checkBool, checkFunction, checkInt, checkObject, checkSignal, plain } from '../core/check';
+import { abortError, checkBool, checkFunction, checkInt, checkObject, checkSignal, plain, readOptions } from '../core/check';
 import { checkVsockType } from '../vsock/options';
 import { closedError, invalidArg, VhostError } from '../core/errors';
 import { features } from '../core/features';
@@ -113,6 +113,7 @@ const intIn = (v: unknown, arg: string, min: number, max: number): number => che
 export function planVirtioVsockGuest(options: VirtioVsockGuestOptions = {}): Plan {
   checkObject(options, 'options');
   for (const k of Object.keys(options)) if (!OPTION_KEYS.has(k)) throw invalidArg(`options.${k}`, 'is not a VirtioVsockGuest option');
+  options = readOptions(options, OPTION_KEYS);
   const cid = options.cid === undefined || options.cid === 'auto' ? 'auto' : intIn(options.cid, 'options.cid', 3, 0xffff_fffe);
   const queueSize = validateQueueSize(options.queueSize ?? 128, 'options.queueSize');
   const bufferSize = intIn(options.bufferSize ?? 32768, 'options.bufferSize', 256, 65536);

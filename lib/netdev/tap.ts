@@ -149,6 +149,7 @@ export function parseMac(mac: unknown, arg = 'mac'): Uint8Array {
 
 /** Formats 6 bytes as 'aa:bb:cc:dd:ee:ff'. */
 export function formatMac(bytes: Uint8Array): string {
+  if (!(bytes instanceof Uint8Array)) throw invalidArg('bytes', `must be a Uint8Array, got ${plain(bytes)}`);
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(':');
 }
 

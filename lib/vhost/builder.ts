@@ -170,7 +170,13 @@ export function checkMemoryArg(mem: unknown): MemoryLike {
  * seam). Input need not be sorted; output is sorted by gpa.
  */
 export function mergeMemoryRegions(regions: readonly CheckedRegion[]): CheckedRegion[] {
-  const sorted = [...regions].sort((a, b) => (a.gpa < b.gpa ? -1 : a.gpa > b.gpa ? 1 : 0));
+  if (!Array.isArray(regions)) throw invalidArg('regions', `must be an array, got ${describeValue(regions)}`);
+  const copies = regions.map((r: unknown, i): CheckedRegion => {
+    const arg = `regions[${i}]`;
+    const { gpa, size, hva } = checkObject<Record<string, unknown>>(r, arg, 'an object { gpa, size, hva }');
+    return { gpa: toU64(gpa, `${arg}.gpa`, describeValue), size: toU64(size, `${arg}.size`, describeValue), hva: toU64(hva, `${arg}.hva`, describeValue) };
+  });
+  const sorted = copies.sort((a, b) => (a.gpa < b.gpa ? -1 : a.gpa > b.gpa ? 1 : 0));
   const out: CheckedRegion[] = [];
   for (const r of sorted) {
     const last = out[out.length - 1];

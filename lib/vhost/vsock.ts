@@ -101,6 +101,8 @@ export interface VsockNegotiation {
 
 /** Bits for VHOST_SET_FEATURES: what vhost-vsock implements, offers and the guest acked (never LOG_ALL, ACCESS_PLATFORM). */
 export function negotiateVsockFeatures(offered: bigint, acked: bigint): VsockNegotiation {
+  if (typeof offered !== 'bigint') throw invalidArg('offered', `must be a bigint, got ${describeValue(offered)}`);
+  if (typeof acked !== 'bigint') throw invalidArg('acked', `must be a bigint, got ${describeValue(acked)}`);
   const wanted = acked & VSOCK_VHOST_BITS;
   return { vhostFeatures: wanted & offered, unsupported: wanted & ~offered };
 }

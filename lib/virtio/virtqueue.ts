@@ -4,11 +4,18 @@
 // used collection with acquire, EVENT_IDX suppression, kicks) is native
 // (native/virtqueue.cc); this file validates, places, and gives it a typed face.
 import { closedError, invalidArg } from '../core/errors';
-import { plain } from '../core/check';
+import { checkBool, checkInt, plain } from '../core/check';
 import type { EventFd } from '../core/eventfd';
 import type { GuestMemory } from '../core/memory';
 import { native, SEG_END, SEG_WRITABLE, type NativeVirtqueue } from '../core/native';
 import { splitRingLayout, validateQueueSize } from './vring';
+
+/** Chains in encoded segments: one SEG_END each. */
+function countChains(segs: Uint32Array): number {
+  let n = 0;
+  for (let i = 2; i < segs.length; i += 3) if (segs[i] & SEG_END) n++;
+  return n;
+}
 
 /** Descriptors per indirect table (native kIndirectMax). */
 export const INDIRECT_MAX = 16;
@@ -67,7 +74,12 @@ export function virtqueueFootprint(size: number, options: { indirect?: boolean }
  * takes. Pure; offsets are relative to `regionGpa`. Throws ERR_VHOST_* for
  * empty chains, empty or out-of-region segments, and readable-after-writable.
  */
-export function encodeChains(chains: readonly (readonly VirtqueueSegment[])[], regionGpa: bigint, regionSize: bigint): Uint32Array {
+export function encodeChains(given: readonly (readonly VirtqueueSegment[])[], regionGpa: bigint, regionSize: bigint): Uint32Array {
+  // Copies first: each chain and segment of the caller's arrays is read once.
+  const chains = Array.from(given, (chain, ci) => {
+    if (!Array.isArray(chain) || chain.length === 0) throw invalidArg(`chains[${ci}]`, 'must be a non-empty array of segments');
+    return Array.from(chain as readonly VirtqueueSegment[]);
+  });
   let n = 0;
   for (const c of chains) n += c.length;
   const out = new Uint32Array(3 * n);
@@ -205,9 +217,11 @@ export class Virtqueue implements Disposable {
   post(chains: readonly (readonly VirtqueueSegment[])[], notify = true): number[] {
     const vq = this.#live('post');
     if (!Array.isArray(chains)) throw invalidArg('chains', 'must be an array of chains');
+    const kick = checkBool(notify, 'notify');
     const segs = encodeChains(chains, this.regionGpa, this.regionSize);
-    if (chains.length > this.#heads.length) this.#heads = new Uint32Array(chains.length);
-    const n = vq.post(segs, segs.length / 3, this.#heads, notify);
+    const count = countChains(segs);
+    if (count > this.#heads.length) this.#heads = new Uint32Array(count);
+    const n = vq.post(segs, segs.length / 3, this.#heads, kick);
     return Array.from(this.#heads.subarray(0, n));
   }
 
@@ -222,7 +236,7 @@ export class Virtqueue implements Disposable {
   /** Used buffers, oldest first, at most `max`; their descriptors are free again. */
   collect(max = this.size): UsedBuffer[] {
     const vq = this.#live('collect');
-    const n = vq.collect(this.#used, Math.min(max, this.size));
+    const n = vq.collect(this.#used, Math.min(checkInt(max, 'max', 0, Number.MAX_SAFE_INTEGER, plain), this.size));
     const out: UsedBuffer[] = [];
     for (let i = 0; i < n; i++) out.push({ head: this.#used[2 * i], len: this.#used[2 * i + 1] });
     return out;

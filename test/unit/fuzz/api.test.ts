@@ -6,12 +6,13 @@
 // nothing crashes, every error has a string `code`, no coercion hook of the
 // caller runs and no option is read twice, and once everything is closed (or
 // collected) the process has the fds it started with.
-// LINUX_VHOST_FUZZ_RUNS=N raises the runs; LINUX_VHOST_FUZZ_SEED=random varies the seed.
+// LINUX_VHOST_FUZZ_RUNS=N raises the runs; LINUX_VHOST_FUZZ_SEED=random varies the seed;
+// LINUX_VHOST_FUZZ_SURVEY=1 lists every distinct failure (and each call's outcomes) instead of stopping at the first.
 import fc from 'fast-check';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
 import * as lib from '../../../lib';
-import { hostileValue, trapLog, violations, fuzzParams } from '../../support/hostile';
+import { hostileOptions, hostileValue, trapLog, violations, fuzzParams } from '../../support/hostile';
 import { openFdCount } from '../../support/helpers';
 
 v8.setFlagsFromString('--expose-gc');
@@ -116,12 +117,35 @@ const ACTIONS: Record<string, Action> = {
 };
 const NAMES = Object.keys(ACTIONS);
 
-const step = fc.record({ name: fc.constantFrom(...NAMES, 'drop', 'gc'), target: fc.nat(7), args: fc.array(arg, { maxLength: 3 }) });
+/** The option keys of the calls that take an options object first: their first argument is often an object of only those keys. */
+const OPTION_KEYS: Record<string, readonly string[]> = {
+  'EventFd.create': ['initval', 'semaphore'],
+  'GuestMemory.create': ['backing', 'hugetlb', 'hugePageSize', 'seal', 'name', 'regions'],
+  'VirtioVsockGuest.create': ['cid', 'queueSize', 'bufferSize', 'bufAlloc', 'seqpacket'],
+  'VirtioNetGuest.create': ['tap', 'queueSize', 'mergeableRx', 'mtu', 'rxBufferSize', 'eventIdx', 'highWaterMark', 'mac', 'responder', 'linkCheckIntervalMs'],
+  virtioNetConfig: ['mac', 'status', 'maxQueuePairs', 'mtu', 'pathMtu', 'speed', 'duplex'],
+  encodeVsockHeader: ['srcCid', 'dstCid', 'srcPort', 'dstPort', 'len', 'type', 'op', 'flags', 'bufAlloc', 'fwdCnt'],
+  checkVsockHeader: ['srcCid', 'dstCid', 'srcPort', 'dstPort', 'len', 'type', 'op', 'flags', 'bufAlloc', 'fwdCnt'],
+  'netlink.encodeMessage': ['type', 'flags', 'seq', 'pid', 'body', 'attrs'],
+  'netlink.encodeIfInfoMsg': ['family', 'type', 'index', 'flags', 'change'],
+  'builder#queue': ['size', 'desc', 'avail', 'used', 'kick', 'call', 'err', 'base', 'busyloopTimeout', 'endian'],
+  'Virtqueue.create': ['size', 'desc', 'avail', 'used', 'kick', 'eventIdx', 'indirect'],
+};
+const optionValue = fc.oneof(hostileValue, useful);
+const step = fc.constantFrom(...NAMES, 'drop', 'gc').chain((name) => {
+  const keys = OPTION_KEYS[name];
+  const first = keys ? fc.oneof(arg, hostileOptions(keys, optionValue).map((hostile): Arg => ({ hostile }))) : arg;
+  // builder#queue takes (index, spec): the options go second.
+  const args = name === 'builder#queue' ? fc.tuple(arg, first) : fc.tuple(first, arg, arg);
+  return fc.record({ name: fc.constant(name), target: fc.nat(7), args: args.map((a): Arg[] => a) });
+});
 
 /** One failed check, with what the call was. */
 function describeFailure(name: string, why: string): Error {
   return new Error(`${name}: ${why}`);
 }
+const survey = process.env.LINUX_VHOST_FUZZ_SURVEY ? new Map<string, string>() : null;
+const stats = survey ? new Map<string, { ok: number; codes: Set<string> }>() : null;
 
 /** Runs one step; returns what was wrong, or null. */
 function run(pool: Pool, s: { name: string; target: number; args: Arg[] }): void {
@@ -140,12 +164,32 @@ function run(pool: Pool, s: { name: string; target: number; args: Arg[] }): void
   } catch (err) {
     thrown = err;
   }
-  const bad = violations(trapLog);
-  if (bad.length) throw describeFailure(s.name, bad.join('; '));
-  if (thrown !== undefined) {
-    const code = (thrown as { code?: unknown } | null)?.code;
-    if (typeof code !== 'string') throw describeFailure(s.name, `threw without a string code: ${(thrown as Error)?.stack ?? typeof thrown}`);
+  if (stats) {
+    const st = stats.get(s.name) ?? { ok: 0, codes: new Set<string>() };
+    if (thrown === undefined) st.ok++;
+    else st.codes.add(String((thrown as { code?: unknown })?.code));
+    stats.set(s.name, st);
   }
+  const bad = violations(trapLog);
+  const code = (thrown as { code?: unknown } | null)?.code;
+  const failure = bad.length ? bad.join('; ') : thrown !== undefined && typeof code !== 'string' ? `threw without a string code: ${(thrown as Error)?.stack ?? typeof thrown}` : null;
+  if (failure && survey) {
+    const at = /\n\s+at .*\((.*lib\/[^)]*)\)/.exec(failure)?.[1] ?? (thrown as Error)?.stack?.split('\n').find((l) => l.includes('/lib/')) ?? '';
+    survey.set(`${s.name} ${failure.split('\n')[0].replace(/#\d+/g, '#')} ${at}`, '');
+    return;
+  }
+  if (failure) throw describeFailure(s.name, failure);
+}
+
+/** A pool that starts with one valid object of each kind, so hostile calls reach real objects (and their use after close). */
+function seededPool(): Pool {
+  const memory = lib.GuestMemory.create({ regions: [{ gpa: 0n, size: 0x10000n }] });
+  const kick = lib.EventFd.create();
+  const q = { size: 16, desc: 0x1000n, avail: 0x2000n, used: 0x3000n, kick, call: lib.EventFd.create() };
+  const net = lib.VhostNet.builder().memory(memory).features(lib.features.ring.VERSION_1).queue(0, q).queue(1, { ...q, desc: 0x4000n, avail: 0x5000n, used: 0x6000n });
+  const vsock = lib.VhostVsock.builder().memory(memory).cid(3).queue(0, q).queue(1, { ...q, desc: 0x4000n, avail: 0x5000n, used: 0x6000n });
+  const virtqueue = lib.Virtqueue.create({ memory, size: 16, desc: 0x8000n, avail: 0x9000n, used: 0xa000n, kick });
+  return { eventfds: [kick, q.call], memories: [memory], builders: [net, vsock], virtqueues: [virtqueue], logs: [lib.DirtyLog.create([{ gpa: 0n, size: 0x10000n }])] };
 }
 
 function closeAll(pool: Pool): void {
@@ -168,15 +212,16 @@ describe('fuzz: random sequences of public calls with hostile arguments', () => 
     const fdsAtStart = openFdCount();
     fc.assert(
       fc.property(fc.array(step, { minLength: 1, maxLength: 40 }), (steps) => {
-        const pool: Pool = { eventfds: [], memories: [], builders: [], virtqueues: [], logs: [] };
+        const pool = seededPool();
         try {
           for (const s of steps) run(pool, s);
         } finally {
           closeAll(pool);
         }
       }),
-      fuzzParams(300),
+      fuzzParams(1000),
     );
+    if (survey) console.log([...survey.keys()].sort().join('\n'), [...stats!].map(([k, v]) => `${k} ok ${v.ok} ${[...v.codes].join(',')}`).join('\n'));
     // Dropped objects are closed by the collector: force it and let the finalizers run.
     for (let i = 0; i < 3; i++) {
       gc();

@@ -8,6 +8,7 @@
 // can be created, translated and given to vhost, but view() on it throws
 // ERR_VHOST_OUT_OF_RANGE (see native/guest_memory.cc).
 import { checkBool, checkObject, checkOneOf, readOptions, toU64 } from './check';
+import { unwatchForGc, watchForGc, type GcRecord } from './gc-warning';
 import { closedError, invalidArg } from './errors';
 import { native, type Mapping, type OwnedFd } from './native';
 
@@ -132,6 +133,14 @@ function log2(v: bigint): number {
   return v.toString(2).length - 1;
 }
 
+/** Unmaps (detaching every view) and closes each region. Idempotent. */
+function closeRegions(regions: readonly RegionState[]): void {
+  for (const { handle, mapping } of regions) {
+    mapping.unmap();
+    handle?.close();
+  }
+}
+
 interface RegionState {
   info: GuestMemoryRegion;
   handle: OwnedFd | null;
@@ -145,9 +154,17 @@ interface RegionState {
  */
 export class GuestMemory implements Disposable {
   #regions: RegionState[] | null;
+  readonly #gc: GcRecord;
 
   private constructor(regions: RegionState[]) {
     this.#regions = regions;
+    // Collected while mapped: unmap and close with a LINUX_VHOST_GC_CLOSE warning (never silently).
+    // The record holds the regions, never this object.
+    this.#gc = watchForGc(this, {
+      describe: () => `${regions.length} region(s): ${regions.map((r) => `gpa ${hex(r.info.gpa)} size ${hex(r.info.size)}${r.handle ? ` fd ${r.handle.fd}` : ''}`).join(', ')}`,
+      isOpen: () => !regions[0].mapping.unmapped,
+      close: () => closeRegions(regions),
+    }, GuestMemory);
   }
 
   /**
@@ -228,10 +245,8 @@ export class GuestMemory implements Disposable {
     const regions = this.#regions;
     if (regions === null) return;
     this.#regions = null;
-    for (const { handle, mapping } of regions) {
-      mapping.unmap();
-      handle?.close();
-    }
+    closeRegions(regions);
+    unwatchForGc(this.#gc);
   }
 
   [Symbol.dispose](): void {

@@ -64,6 +64,7 @@ export class VhostVsock extends VhostDevice {
   setGuestCid(cid: number | bigint): void {
     const v = VhostDevice.checkU64(cid, 'cid');
     native.vhostVsockSetGuestCid(this.handle, v);
+    this.noteForGc(`CID ${v}`); // a collected device frees its CID: the warning names it
   }
 
   /**

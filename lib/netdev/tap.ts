@@ -209,11 +209,14 @@ export function planTap(opts: TapOptions = {}): TapPlan {
   };
 }
 
+/** /dev/net/tun: the tun module's node; creating or configuring a tap needs CAP_NET_ADMIN. */
+const TUN_NODE = { module: 'tun', node: '/dev/net/tun', capability: 'CAP_NET_ADMIN' } as const;
+
 /** Marks an error with the Tap.create step that failed and adds a device hint. */
 function atStep(err: unknown, step: string): unknown {
   if (err instanceof VhostError) {
     err.step ??= step;
-    withDeviceHint(err);
+    withDeviceHint(err, TUN_NODE);
   }
   return err;
 }

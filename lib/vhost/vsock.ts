@@ -35,7 +35,7 @@ export class VhostVsock extends VhostDevice {
 
   /** Opens /dev/vhost-vsock (or `path`) O_RDWR | O_CLOEXEC. ENOENT says to load vhost_vsock. */
   static open(path: string = VhostVsock.defaultPath): VhostVsock {
-    return new VhostVsock(VhostDevice.openPath(path));
+    return new VhostVsock(VhostDevice.openPath(path, { module: 'vhost_vsock', node: VhostVsock.defaultPath }));
   }
 
   /**

@@ -46,11 +46,15 @@ function errnoError(errno: number, syscall: string, path: string): VhostError {
   return new VhostError(`${code}: ${description}, ${syscall} '${path}'`, { code, errno: -errno, syscall, path });
 }
 
-/** Adds what the user can do about the errors a vsock user meets. */
-function withHint(err: unknown, peer?: VsockAddress, timeout?: number): unknown {
+/** The kernel modules behind AF_VSOCK, named in hints. */
+const VSOCK_TRANSPORTS = 'vhost_vsock (host side, for guests), vsock_loopback (CID 1, this machine), vmw_vsock_virtio_transport (inside a guest)';
+
+/** @internal Adds what the user can do about the errors a vsock user meets (exported for the unit tests). */
+export function withVsockHint(err: unknown, peer?: VsockAddress, timeout?: number): unknown {
   if (!(err instanceof VhostError)) return err;
   let hint: string | undefined;
-  if (err.code === 'EAFNOSUPPORT') hint = 'AF_VSOCK is unavailable: load the vsock module (modprobe vsock, or a transport that pulls it in)';
+  if (err.code === 'EAFNOSUPPORT') hint = `AF_VSOCK is unavailable: load a vsock transport module: ${VSOCK_TRANSPORTS}`;
+  else if (err.code === 'ENODEV' && err.syscall !== 'connect') hint = `no vsock transport serves this address: load ${VSOCK_TRANSPORTS}`;
   else if (err.code === 'ENOENT' && err.path === '/dev/vsock') hint = 'the vsock module is not loaded: modprobe vsock';
   else if (peer && err.syscall === 'connect') {
     if (err.code === 'ENODEV') {
@@ -154,7 +158,7 @@ export class VsockSocket extends Duplex {
       if (native.vsockConnect(handle, peer.cid, peer.port)) process.nextTick(() => this.#onConnectReady());
       else this.#updatePoll();
     } catch (err) {
-      process.nextTick(() => this.destroy(withHint(err, peer) as Error));
+      process.nextTick(() => this.destroy(withVsockHint(err, peer) as Error));
     }
   }
 
@@ -264,7 +268,7 @@ export class VsockSocket extends Duplex {
     }
     if (errno === 0) errno = -status;
     const syscall = this.#connecting ? 'connect' : this.#wantRead ? 'read' : 'write';
-    this.destroy(withHint(errnoError(errno, syscall, this.#label), this.#remote, this.#connectTimeout) as Error);
+    this.destroy(withVsockHint(errnoError(errno, syscall, this.#label), this.#remote, this.#connectTimeout) as Error);
   }
 
   #onConnectReady(): void {
@@ -274,7 +278,7 @@ export class VsockSocket extends Duplex {
     try {
       const errno = native.vsockGetSocketError(handle);
       if (errno !== 0) {
-        this.destroy(withHint(errnoError(errno, 'connect', this.#label), peer, this.#connectTimeout) as Error);
+        this.destroy(withVsockHint(errnoError(errno, 'connect', this.#label), peer, this.#connectTimeout) as Error);
         return;
       }
       this.#local = native.vsockGetSockName(handle);
@@ -474,7 +478,7 @@ export class VsockServer extends EventEmitter {
       handle.watch(POLL_READABLE, this.#onPoll);
     } catch (err) {
       handle?.close();
-      process.nextTick(() => this.emit('error', withHint(err)));
+      process.nextTick(() => this.emit('error', withVsockHint(err)));
       return this;
     }
     this.#handle = handle;
@@ -617,7 +621,7 @@ export function localCid(): number {
   try {
     dev = native.openPath('/dev/vsock', 0);
   } catch (err) {
-    throw withHint(err);
+    throw withVsockHint(err);
   }
   try {
     return native.vsockGetLocalCid(dev);

@@ -4,7 +4,7 @@
 // itself (ring size a power of two, queue index < nvqs, region count) are left
 // to the kernel so its errno (EINVAL, ENOBUFS, E2BIG) reaches the caller.
 import { checkInt, checkNonEmptyString, checkObject, checkOneOf, describe, toU64 } from '../../core/check';
-import { invalidArg, VhostError, withDeviceHint } from '../../core/errors';
+import { invalidArg, VhostError, withDeviceHint, type DeviceNode } from '../../core/errors';
 import { FdOwner } from '../../core/fd';
 import { native, type FdArg, type NativeIotlbMsg, type OwnedFd } from '../../core/native';
 
@@ -148,13 +148,13 @@ export abstract class VhostDevice extends FdOwner {
     super(handle);
   }
 
-  /** Opens a device node O_RDWR | O_CLOEXEC; ENOENT / EACCES / EPERM carry a hint. */
-  protected static openPath(path: string): OwnedFd {
+  /** Opens a device node O_RDWR | O_CLOEXEC; ENOENT / EACCES / EPERM carry the hint of `device` (its module, usual node). */
+  protected static openPath(path: string, device: DeviceNode): OwnedFd {
     checkNonEmptyString(path, 'path', describe);
     try {
       return native.openPath(path);
     } catch (err) {
-      throw withDeviceHint(err);
+      throw withDeviceHint(err, device);
     }
   }
 

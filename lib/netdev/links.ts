@@ -94,7 +94,7 @@ export interface CreateLinkOptions {
  * network namespace or (Rtnl.open(netns)) in another one. Owns its fd.
  */
 /** What rtnetlink's refusals mean: changing links needs CAP_NET_ADMIN (in the namespace's user namespace); a kind the kernel lacks is a module not loaded. */
-export const NETLINK_HINTS: Hints = {
+const NETLINK_HINTS: Hints = {
   EPERM: (err) => `${err.syscall ?? 'netlink'} needs CAP_NET_ADMIN: run as root or grant the process CAP_NET_ADMIN`,
   EOPNOTSUPP: 'the kernel lacks this link type: load its module (bridge, veth, macvtap, tun), or check CONFIG_* of your kernel',
 };

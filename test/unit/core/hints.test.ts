@@ -14,7 +14,7 @@ import { Kvm } from '../../../lib/vmm/kvm';
 import { VhostNet } from '../../../lib/vhost/net';
 import { VhostVsock } from '../../../lib/vhost/vsock';
 import { NetNs } from '../../../lib/netdev/netns';
-import { withVsockHint } from '../../../lib/vsock/socket';
+import { withVsockHint } from '../../../lib/vsock/hints';
 import { thrown, tsPrelude } from '../../support/helpers';
 
 const ROOT = path.resolve(__dirname, '../../..');

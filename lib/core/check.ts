@@ -68,7 +68,7 @@ export function toBigInt(value: unknown, arg: string, show: Show = numberOrType)
 const U64_MAX = (1n << 64n) - 1n;
 
 /** toBigInt() within 0..2^64-1, else ERR_VHOST_OUT_OF_RANGE with `outOfRange`'s reason. */
-export function toU64(value: unknown, arg: string, show: Show = numberOrType, outOfRange = (v: bigint) => `must be in 0..2^64-1, got ${v}`): bigint {
+export function toU64(value: unknown, arg: string, show: Show = numberOrType, outOfRange = (v: bigint) => `must be in 0..2^64-1, got ${plain(v)}`): bigint {
   const v = toBigInt(value, arg, show);
   if (v < 0n || v > U64_MAX) throw invalidArg(arg, outOfRange(v), 'ERR_VHOST_OUT_OF_RANGE');
   return v;

@@ -356,7 +356,7 @@ export function planQueues(
 /** Checks a feature word argument. */
 export function checkFeatureBits(bits: unknown, arg: string): bigint {
   if (typeof bits !== 'bigint') throw invalidArg(arg, `must be a bigint, got ${describeValue(bits)}`);
-  if (bits < 0n || bits >= U64_LIMIT) throw invalidArg(arg, `must fit in 64 bits, got ${bits}`, 'ERR_VHOST_OUT_OF_RANGE');
+  if (bits < 0n || bits >= U64_LIMIT) throw invalidArg(arg, `must fit in 64 bits, got ${describeValue(bits)}`, 'ERR_VHOST_OUT_OF_RANGE');
   return bits;
 }
 

@@ -121,7 +121,7 @@ type CidPlan = { auto: false; cid: number } | { auto: true; from: number; attemp
 function checkCid(value: unknown, arg: string): number {
   let n: number;
   if (typeof value === 'bigint') {
-    if (value < 0n || value > 0xffff_ffffn) throw invalidArg(arg, `must be in ${VSOCK_CID_MIN}..${VSOCK_CID_MAX}, got ${value}`, 'ERR_VHOST_OUT_OF_RANGE');
+    if (value < 0n || value > 0xffff_ffffn) throw invalidArg(arg, `must be in ${VSOCK_CID_MIN}..${VSOCK_CID_MAX}, got ${describeValue(value)}`, 'ERR_VHOST_OUT_OF_RANGE');
     n = Number(value);
   } else if (typeof value === 'number' && Number.isInteger(value)) {
     n = value;

@@ -88,7 +88,7 @@ function checkFd(value: unknown, arg: string): FdArg {
 
 function checkBits(value: unknown, arg: string): bigint {
   if (typeof value !== 'bigint') throw invalidArg(arg, `must be a bigint, got ${describe(value)}`);
-  return toU64(value, arg, describe, (v) => `must fit in 64 bits, got ${v}`);
+  return toU64(value, arg, describe, (v) => `must fit in 64 bits, got ${describe(v)}`);
 }
 
 function toMemTable(mem: unknown): { guestPhysAddr: bigint; memorySize: bigint; userspaceAddr: bigint }[] {

@@ -9,7 +9,7 @@
 // ERR_VHOST_OUT_OF_RANGE (see native/guest_memory.cc).
 import { checkBool, checkObject, checkOneOf, readOptions, toU64 } from './check';
 import { unwatchForGc, watchForGc, type GcRecord } from './gc-warning';
-import { closedError, invalidArg } from './errors';
+import { closedError, invalidArg, withHint, type Hints } from './errors';
 import { native, type Mapping, type OwnedFd } from './native';
 
 /** File seals (fcntl F_ADD_SEALS / F_GET_SEALS). */
@@ -141,6 +141,15 @@ function closeRegions(regions: readonly RegionState[]): void {
   }
 }
 
+/** mmap of huge pages fails ENOMEM when none of that size is reserved (vm.nr_hugepages is 0 by default). */
+function hugePageHints(pageSize: bigint): Hints {
+  const kb = pageSize / 1024n;
+  return {
+    ENOMEM: `not enough free ${kb} kB huge pages: reserve them first, e.g. echo N > /sys/kernel/mm/hugepages/hugepages-${kb}kB/nr_hugepages (N pages of ${kb} kB)`,
+    EINVAL: `this kernel or CPU has no ${kb} kB huge pages (see /sys/kernel/mm/hugepages/)`,
+  };
+}
+
 interface RegionState {
   info: GuestMemoryRegion;
   handle: OwnedFd | null;
@@ -198,7 +207,7 @@ export class GuestMemory implements Disposable {
         mapping?.unmap();
         handle?.close();
       }
-      throw err;
+      throw plan.hugetlb ? withHint(err, hugePageHints(plan.pageSize)) : err;
     }
     return new GuestMemory(
       made.map(({ handle, mapping }, i) => ({

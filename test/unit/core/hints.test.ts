@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { deviceNodeHints, VhostError, withDeviceHint, withHint } from '../../../lib/core/errors';
+import { GuestMemory } from '../../../lib/core/memory';
 import { Kvm } from '../../../lib/vmm/kvm';
 import { VhostNet } from '../../../lib/vhost/net';
 import { VhostVsock } from '../../../lib/vhost/vsock';
@@ -153,5 +154,16 @@ describe('withHint', () => {
     const err = new VhostError('x', { code: 'toString' });
     expect(() => withHint(err, {})).not.toThrow();
     expect(err.hint).toBeUndefined();
+  });
+});
+
+describe('huge pages', () => {
+  const reserved = (kb: number): number => Number(fs.readFileSync(`/sys/kernel/mm/hugepages/hugepages-${kb}kB/free_hugepages`, 'utf8'));
+  const noneFree = fs.existsSync('/sys/kernel/mm/hugepages/hugepages-2048kB') && reserved(2048) === 0;
+
+  (noneFree ? test : test.skip)('GuestMemory with hugetlb and no free 2 MiB pages: ENOMEM from mmap says how to reserve them', () => {
+    const err = thrown(() => GuestMemory.create({ hugetlb: true, regions: [{ gpa: 0n, size: 2n << 20n }] }));
+    expect(err).toMatchObject({ code: 'ENOMEM', syscall: 'mmap' });
+    expect(err.hint).toBe('not enough free 2048 kB huge pages: reserve them first, e.g. echo N > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages (N pages of 2048 kB)');
   });
 });

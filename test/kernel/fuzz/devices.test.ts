@@ -81,7 +81,7 @@ const ACTIONS: Record<string, (p: Pool, a: unknown[], i: number) => unknown> = {
     const memory = pick(p.memories, 0) ?? lib.GuestMemory.create({ regions: [{ gpa: 0n, size: 0x10000n }] });
     if (!p.memories.includes(memory)) p.memories.push(memory);
     const q = (i: number) => ({ size: 16, desc: 0x1000n + 0x3000n * BigInt(i), avail: 0x2000n + 0x3000n * BigInt(i), used: 0x3000n + 0x3000n * BigInt(i), kick: pick(p.eventfds, i), call: pick(p.eventfds, i + 1) });
-    p.running.push(lib.VhostVsock.builder().memory(memory).cid((a === 0 ? (nextCid += 3) : a) as Any).queue(0, q(0) as Any).queue(1, q(1) as Any).start());
+    p.running.push(lib.VhostVsock.builder().memory(memory).features(lib.features.ring.VERSION_1).cid((a === 0 ? (nextCid += 3) : a) as Any).queue(0, q(0) as Any).queue(1, q(1) as Any).start());
   },
   stopRunning: (p, _a, i) => pick(p.running, i)?.stop(),
   closeRunning: (p, _a, i) => pick(p.running, i)?.close(),

@@ -27,7 +27,7 @@ const memory = lib.GuestMemory.create({ regions: [{ gpa: 0n, size: 1n << 20n }] 
 const q = (i) => ({ size: 64, desc: 0x10000n * BigInt(i + 1), avail: 0x10000n * BigInt(i + 1) + 0x1000n, used: 0x10000n * BigInt(i + 1) + 0x2000n, kick: lib.EventFd.create(), call: lib.EventFd.create() });
 const queues = [q(0), q(1)];
 (function startAndForget() {
-  lib.VhostVsock.builder().memory(memory).cid(${CID}).queue(0, queues[0]).queue(1, queues[1]).start();
+  lib.VhostVsock.builder().memory(memory).features(lib.features.ring.VERSION_1).cid(${CID}).queue(0, queues[0]).queue(1, queues[1]).start();
 })();
 gc();
 setImmediate(() => { gc(); setImmediate(() => {
@@ -38,7 +38,7 @@ setImmediate(() => { gc(); setImmediate(() => {
   for (const x of queues) { x.kick.close(); x.call.close(); }
 }); });`;
     const r = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8', timeout: 120_000 });
-    expect(r.status).toBe(0);
+    expect({ status: r.status, stderr: r.stderr }).toEqual({ status: 0, stderr: expect.any(String) });
     const out = JSON.parse(r.stdout) as { warnings: { code: string; message: string; detail: string }[]; retaken: string };
     expect(out.warnings).toHaveLength(1);
     const [w] = out.warnings;

@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 // What the garbage-collection watch of every fd owner costs (issue 13 item 8):
-// each FdOwner / GuestMemory captures where it was created (Error.captureStackTrace
-// on a small object, 6 frames, formatted only if a warning is emitted) and
-// registers with a FinalizationRegistry; close() unregisters. Measured here in
-// one run, in interleaved blocks, against the syscalls the object wraps:
+// each FdOwner / GuestMemory records where it was created (Error.captureStackTrace
+// on a small object, 6 frames, formatted to text at once: left unformatted, V8's
+// captured frames would keep their receivers alive) and registers with a
+// FinalizationRegistry; close() unregisters. Measured here in one run, in
+// interleaved blocks, against the syscalls the object wraps:
 //   eventfd   EventFd.create().close()                   (eventfd(2) + close(2) + the watch)
-//   watch     the watch alone: capture + register + unregister
-//   capture   Error.captureStackTrace alone
+//   watch     the watch alone: capture + format + register + unregister
+//   capture   capture + format alone
+//   lazy      capture without formatting (what it would cost if it were safe)
 // Prints ns per operation and the watch's share of an EventFd's life.
 //   node bench/gc-warning.js [--iterations N]   (needs dist/: npm run build:ts)
 'use strict';
@@ -18,14 +20,15 @@ const N = arg > 0 ? Number(process.argv[arg + 1]) : 200_000;
 const BLOCK = 10_000;
 
 const registry = new FinalizationRegistry(() => {});
-function capture() {
+function lazy() {
   const site = {};
   const limit = Error.stackTraceLimit;
   Error.stackTraceLimit = 6;
-  Error.captureStackTrace(site, capture);
+  Error.captureStackTrace(site, lazy);
   Error.stackTraceLimit = limit;
   return site;
 }
+const capture = () => ({ stack: lazy().stack });
 const variants = {
   eventfd: () => EventFd.create().close(),
   watch: () => {
@@ -35,6 +38,7 @@ const variants = {
     registry.unregister(record);
   },
   capture: () => capture(),
+  lazy: () => lazy(),
 };
 const total = Object.fromEntries(Object.keys(variants).map((k) => [k, 0n]));
 for (const f of Object.values(variants)) for (let i = 0; i < 1000; i++) f(); // warm up

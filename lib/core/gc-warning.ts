@@ -28,7 +28,7 @@ export interface GcRecord {
   isOpen(): boolean;
   /** Closes the resource. */
   close(): void;
-  /** Where the first owner was created: a captured stack, formatted only if a warning is emitted. */
+  /** Where the first owner was created: its first STACK_FRAMES frames, as text. */
   readonly site: { stack?: string };
   /** Extra words a module adds once it knows them (a vsock device's CID). */
   note?: string;
@@ -47,14 +47,20 @@ const registry = new FinalizationRegistry<GcRecord>((record) => {
   }
 });
 
-/** Captures where `owner` is being created: V8 keeps the frames and formats them only if .stack is read. */
+/**
+ * Where an owner is being created, as text. Formatted at once, not left to
+ * V8's lazy .stack: an unformatted captured stack keeps every frame's receiver
+ * alive, and a builder's start() frame keeps the builder and so the device it
+ * holds: the device would never be collected (and never warned about). This
+ * formatting is most of what watching an object costs (bench/gc-warning.js).
+ */
 function captureSite(constructorOpt: Function): { stack?: string } {
   const site: { stack?: string } = {};
   const limit = Error.stackTraceLimit;
   Error.stackTraceLimit = STACK_FRAMES;
   Error.captureStackTrace(site, constructorOpt);
   Error.stackTraceLimit = limit;
-  return site;
+  return { stack: site.stack };
 }
 
 /**

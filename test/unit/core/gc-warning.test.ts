@@ -87,6 +87,21 @@ describe('closing on garbage collection', () => {
     expect(r.fdsAfter).toBe(r.fdsBefore + 1);
   });
 
+  test('an object created inside a method of an object that keeps it (a builder) is still collected and warned about', () => {
+    // The creation site must not hold the frames' receivers: a captured, unformatted stack
+    // keeps each frame's `this` (here the builder, which keeps the device) alive.
+    const r = inChild(`
+      const { FdOwner } = require(${JSON.stringify(path.join(ROOT, 'lib/core/fd.ts'))});
+      const { native } = require(${JSON.stringify(path.join(ROOT, 'lib/core/native.ts'))});
+      class Device extends FdOwner { constructor(h) { super(h); } }
+      class Builder { start() { this.device = new Device(native.eventfdCreate(0, false)); return this.device; } }
+      new Builder().start();`);
+    expect(r.warnings).toHaveLength(1);
+    expect(r.warnings[0].message).toMatch(/^Closing Device \(fd \d+, 'eventfd'\) on garbage collection/);
+    expect(r.warnings[0].detail).toMatch(/at Builder\.start .*\n\s+at createInAFunctionNamedForTheStack /);
+    expect(r.fdsAfter).toBe(r.fdsBefore);
+  });
+
   test('two objects over one fd: collecting one leaves the fd open for the other, one warning once both are gone', () => {
     // A Tap shares its first queue's fd the way a running device shares its device's: modelled
     // here with the FdOwner base over one native handle.

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // What the garbage-collection watch of every fd owner costs (issue 13 item 8):
 // each FdOwner / GuestMemory records where it was created (Error.captureStackTrace
-// on a small object, 6 frames, formatted to text at once: left unformatted, V8's
+// on a small object, 10 frames, formatted to text at once: left unformatted, V8's
 // captured frames would keep their receivers alive) and registers with a
 // FinalizationRegistry; close() unregisters. Measured here in one run, in
 // interleaved blocks, against the syscalls the object wraps:
@@ -23,7 +23,7 @@ const registry = new FinalizationRegistry(() => {});
 function lazy() {
   const site = {};
   const limit = Error.stackTraceLimit;
-  Error.stackTraceLimit = 6;
+  Error.stackTraceLimit = 10;
   Error.captureStackTrace(site, lazy);
   Error.stackTraceLimit = limit;
   return site;

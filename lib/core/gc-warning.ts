@@ -14,8 +14,8 @@
 /** The process warning code of a close by the garbage collector. */
 export const GC_CLOSE_WARNING = 'LINUX_VHOST_GC_CLOSE';
 
-/** Frames kept of where an object was created: enough to reach the caller past the library's own frames (a guest's devices are ~4 deep); each frame costs (bench/gc-warning.js). */
-const STACK_FRAMES = 6;
+/** Frames kept of where an object was created: enough to reach the caller past the library's own frames (a builder opens its device 6 frames below start(), a guest one more); each frame costs (bench/gc-warning.js). */
+const STACK_FRAMES = 10;
 
 export interface GcRecord {
   /** Class names of the objects over the resource, first created first. */

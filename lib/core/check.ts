@@ -9,17 +9,37 @@ export type Show = ((value: unknown) => string) | null;
 
 const got = (show: Show, value: unknown): string => (show ? `, got ${show(value)}` : '');
 
+/** Strings and bigints longer than this are cut in messages (a 1 MiB name must not make a 1 MiB message). */
+export const SHOWN_MAX = 64;
+
+const cut = (text: string): string => (text.length > SHOWN_MAX ? `${text.slice(0, SHOWN_MAX)}... (${text.length} chars)` : text);
+
+// Every Show below is safe on any JS value: it looks at typeof first and
+// stringifies primitives only (String() of a primitive, JSON.stringify of a
+// string), so no toString / valueOf / Symbol.toPrimitive / getter / proxy trap
+// of the caller's runs, and prototype-less objects, symbols and revoked proxies
+// are words ('object', 'symbol') rather than a TypeError. Messages elsewhere in
+// lib/ must show a rejected value through one of them, never String(v) or `${v}`.
+
 /** Shows the value's typeof. */
 export const typeOf = (value: unknown): string => typeof value;
 /** Shows a number as itself, anything else as its typeof. */
 export const numberOrType = (value: unknown): string => (typeof value === 'number' ? String(value) : typeof value);
-/** Shows the value as written in source where that is short: 1n, "s", null; typeof for objects and functions. */
-export function describe(value: unknown): string {
+/** Shows a primitive as String() would (strings unquoted, cut at SHOWN_MAX), null as null, anything else as its typeof. */
+export function plain(value: unknown): string {
   if (value === null) return 'null';
-  if (typeof value === 'bigint') return `${value}n`;
-  if (typeof value === 'string') return JSON.stringify(value);
-  if (typeof value === 'number' || typeof value === 'boolean' || value === undefined) return String(value);
-  return typeof value;
+  switch (typeof value) {
+    case 'string': return cut(value);
+    case 'bigint': return cut(String(value));
+    case 'number': case 'boolean': case 'undefined': return String(value);
+    default: return typeof value; // object (arrays, proxies, null-prototype objects), function, symbol
+  }
+}
+/** Shows the value as written in source where that is short: 1n, "s", null; typeof for objects, functions and symbols. */
+export function describe(value: unknown): string {
+  if (typeof value === 'string') return value.length > SHOWN_MAX ? `${JSON.stringify(value.slice(0, SHOWN_MAX))}... (${value.length} chars)` : JSON.stringify(value);
+  if (typeof value === 'bigint') return `${cut(String(value))}n`;
+  return plain(value);
 }
 
 /** An integer in min..max: ERR_VHOST_INVALID_ARG if not an integer, ERR_VHOST_OUT_OF_RANGE outside the range. */
@@ -30,7 +50,7 @@ export function checkInt(value: unknown, arg: string, min: number, max: number, 
 }
 
 /** An integer (a bigint when `max` is one) in 0..max; else one ERR_VHOST_OUT_OF_RANGE, whatever was wrong, naming `range`. */
-export function checkUint<T extends number | bigint>(value: unknown, arg: string, max: T, range = `0..${max}`, show: Show = String): T {
+export function checkUint<T extends number | bigint>(value: unknown, arg: string, max: T, range = `0..${max}`, show: Show = plain): T {
   const isBig = typeof max === 'bigint';
   if (typeof value !== typeof max || (!isBig && !Number.isInteger(value)) || (value as T) < 0 || (value as T) > max) {
     throw invalidArg(arg, `must be ${isBig ? 'a bigint' : 'an integer'} in ${range}${got(show, value)}`, 'ERR_VHOST_OUT_OF_RANGE');
@@ -48,7 +68,7 @@ export function toBigInt(value: unknown, arg: string, show: Show = numberOrType)
 const U64_MAX = (1n << 64n) - 1n;
 
 /** toBigInt() within 0..2^64-1, else ERR_VHOST_OUT_OF_RANGE with `outOfRange`'s reason. */
-export function toU64(value: unknown, arg: string, show: Show = numberOrType, outOfRange = (v: bigint) => `must be in 0..2^64-1, got ${v}`): bigint {
+export function toU64(value: unknown, arg: string, show: Show = numberOrType, outOfRange = (v: bigint) => `must be in 0..2^64-1, got ${plain(v)}`): bigint {
   const v = toBigInt(value, arg, show);
   if (v < 0n || v > U64_MAX) throw invalidArg(arg, outOfRange(v), 'ERR_VHOST_OUT_OF_RANGE');
   return v;
@@ -67,7 +87,7 @@ const quotedOr = (choices: readonly string[]): string => choices.map((c) => `'${
 export const oneOfList = (choices: readonly string[]): string => `one of ${choices.join(', ')}`;
 
 /** One of two or more strings: "must be 'a' or 'b'" (or as `words` puts the choices). */
-export function checkOneOf<T extends string>(value: unknown, arg: string, choices: readonly T[], show: Show = String, words = quotedOr): T {
+export function checkOneOf<T extends string>(value: unknown, arg: string, choices: readonly T[], show: Show = plain, words = quotedOr): T {
   if (!choices.includes(value as T)) throw invalidArg(arg, `must be ${words(choices)}${got(show, value)}`);
   return value as T;
 }
@@ -76,6 +96,17 @@ export function checkOneOf<T extends string>(value: unknown, arg: string, choice
 export function checkObject<T extends object = Record<string, unknown>>(value: unknown, arg: string, expected = 'an object', show: Show = null): T {
   if (value === null || typeof value !== 'object') throw invalidArg(arg, `must be ${expected}${got(show, value)}`);
   return value as T;
+}
+
+/**
+ * A plain copy of a caller's options holding the own enumerable keys among
+ * `keys`, each read once: a getter on the caller's object runs once, and later
+ * checks read the copy. `value` must already be an object.
+ */
+export function readOptions<T extends object>(value: T, keys: Iterable<string>): T {
+  const copy = {} as Record<string, unknown>;
+  for (const key of keys) if (Object.prototype.propertyIsEnumerable.call(value, key)) copy[key] = (value as Record<string, unknown>)[key];
+  return copy as T;
 }
 
 /** A non-empty array (its elements still unchecked). */

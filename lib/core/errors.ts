@@ -39,6 +39,7 @@ export type VhostErrorCode =
 
 /** A validation error thrown before any syscall. `arg` names the argument at fault. */
 export function invalidArg(arg: string, reason: string, code: VhostErrorCode = 'ERR_VHOST_INVALID_ARG'): VhostError {
+  if (typeof arg !== 'string') arg = typeof arg; // a caller's label that is not a string is never stringified
   return new VhostError(`${code}: ${arg} ${reason}`, { code, argument: arg });
 }
 
@@ -47,30 +48,55 @@ export function closedError(what: string, path?: string): VhostError {
   return new VhostError(`ERR_VHOST_CLOSED: ${what} is closed${path ? ` '${path}'` : ''}`, { code: 'ERR_VHOST_CLOSED', path });
 }
 
-function moduleFor(path: string): string | undefined {
-  if (path.startsWith('/dev/vhost-vsock')) return 'vhost_vsock';
-  if (path.startsWith('/dev/vhost-net')) return 'vhost_net';
-  if (path === '/dev/net/tun') return 'tun';
-  return undefined;
-}
+/**
+ * What a module tells its users about an error code it knows: a hint, or a
+ * function of the error giving one (undefined: nothing to say). Each module
+ * declares its own (which kernel module, device node, capability); core/ knows
+ * no devices.
+ */
+export type Hints = Readonly<Record<string, string | ((err: VhostError) => string | undefined)>>;
 
-const DEVICE_HINTS: Record<string, (path: string) => string | undefined> = {
-  ENOENT: (p) => {
-    const mod = moduleFor(p);
-    return mod ? `the ${mod} module is not loaded: modprobe ${mod}` : undefined;
-  },
-  EACCES: (p) => `no permission on ${p}: run as root, or give your user access (e.g. a udev rule and group for ${p})`,
-  EPERM: (p) => (p === '/dev/net/tun' ? 'creating or configuring a tap needs CAP_NET_ADMIN' : `operation on ${p} not permitted: run as root or grant CAP_NET_ADMIN`),
-};
-
-/** Adds a hint to errors a user meets when opening devices (module missing, permissions). */
-export function withDeviceHint(err: unknown): unknown {
-  if (err instanceof VhostError && err.path && err.code in DEVICE_HINTS) {
-    const hint = DEVICE_HINTS[err.code](err.path);
+/** Adds the hint `hints` gives for err.code to err.hint and the message (an error that has a hint keeps it). Returns err. */
+export function withHint(err: unknown, hints: Hints): unknown {
+  if (err instanceof VhostError && err.hint === undefined && typeof err.code === 'string' && Object.hasOwn(hints, err.code)) {
+    const h = hints[err.code];
+    const hint = typeof h === 'function' ? h(err) : h;
     if (hint) {
       err.hint = hint;
       err.message += ` (${hint})`;
     }
   }
   return err;
+}
+
+/** A device node a kernel module provides, as the module that opens it describes it. */
+export interface DeviceNode {
+  /** The kernel module(s) that create the node: 'vhost_net', or 'kvm_intel or kvm_amd'. */
+  module: string;
+  /** The node's usual path: '/dev/vhost-net'. */
+  node: string;
+  /** The group that usually owns the node (e.g. 'kvm'), when distributions set one. */
+  group?: string;
+  /** The capability EPERM means is missing (e.g. 'CAP_NET_ADMIN' for a tap). */
+  capability?: string;
+}
+
+/** modprobe words for 'a or b': 'modprobe a (or b)'. */
+const modprobe = (module: string): string => `modprobe ${module.split(' or ').join(' (or ')}${module.includes(' or ') ? ')' : ''}`;
+
+/** Hints for opening (and then configuring) a device node: ENOENT → which module, EACCES → permissions, EPERM → the capability. */
+export function deviceNodeHints(device: DeviceNode): Hints {
+  const { module, node, group, capability } = device;
+  return {
+    ENOENT: (err) => (err.path === undefined || err.path === node
+      ? `${node} is missing: the ${module} module is not loaded: ${modprobe(module)}`
+      : `no such device node; ${node} comes from the ${module} module (${modprobe(module)})`),
+    EACCES: (err) => `no permission on ${err.path ?? node}: run as root, or give your user read/write access${group ? ` (add it to the ${group} group)` : ` (e.g. a udev rule and a group for ${node})`}`,
+    EPERM: (err) => (capability ? `${err.syscall ?? 'this operation'} needs ${capability}: run as root or grant the process ${capability}` : `operation on ${err.path ?? node} not permitted: run as root`),
+  };
+}
+
+/** Adds the hint of a device node to errors a user meets opening or configuring it (module missing, permissions). */
+export function withDeviceHint(err: unknown, device: DeviceNode): unknown {
+  return withHint(err, deviceNodeHints(device));
 }

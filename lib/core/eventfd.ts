@@ -3,7 +3,7 @@
 // O_CLOEXEC | O_NONBLOCK; readability is watched with uv_poll on this
 // thread's own loop (native OwnedFd.watch).
 import { getSystemErrorName } from 'node:util';
-import { checkBool, checkFunction, checkObject, toBigInt } from './check';
+import { checkBool, checkFunction, checkObject, plain, toBigInt } from './check';
 import { invalidArg, VhostError } from './errors';
 import { FdOwner } from './fd';
 import { native, POLL_READABLE } from './native';
@@ -33,7 +33,7 @@ export class EventFd extends FdOwner {
     const semaphore = checkBool(options.semaphore ?? false, 'options.semaphore', null);
     const initval = toBigInt(options.initval ?? 0, 'options.initval');
     if (initval < 0n || initval > 0xffff_ffffn) {
-      throw invalidArg('options.initval', `must be in 0..0xffffffff, got ${initval}`, 'ERR_VHOST_OUT_OF_RANGE');
+      throw invalidArg('options.initval', `must be in 0..0xffffffff, got ${plain(initval)}`, 'ERR_VHOST_OUT_OF_RANGE');
     }
     return new EventFd(native.eventfdCreate(Number(initval), semaphore));
   }
@@ -57,7 +57,7 @@ export class EventFd extends FdOwner {
   write(value: bigint | number = 1n): boolean {
     const v = toBigInt(value, 'value');
     if (v < 1n || v > EVENTFD_MAX) {
-      throw invalidArg('value', `must be in 1..0xfffffffffffffffe, got ${v}`, 'ERR_VHOST_OUT_OF_RANGE');
+      throw invalidArg('value', `must be in 1..0xfffffffffffffffe, got ${plain(v)}`, 'ERR_VHOST_OUT_OF_RANGE');
     }
     return native.eventfdWrite(this.handle, v);
   }

@@ -7,8 +7,9 @@
 // A region larger than the runtime's largest ArrayBuffer (4 GiB on Node 20)
 // can be created, translated and given to vhost, but view() on it throws
 // ERR_VHOST_OUT_OF_RANGE (see native/guest_memory.cc).
-import { checkBool, checkObject, checkOneOf, toU64 } from './check';
-import { closedError, invalidArg } from './errors';
+import { checkBool, checkObject, checkOneOf, readOptions, toU64 } from './check';
+import { unwatchForGc, watchForGc, type GcRecord } from './gc-warning';
+import { closedError, invalidArg, withHint, type Hints } from './errors';
 import { native, type Mapping, type OwnedFd } from './native';
 
 /** File seals (fcntl F_ADD_SEALS / F_GET_SEALS). */
@@ -97,6 +98,7 @@ const hex = (v: bigint): string => `0x${v.toString(16)}`;
 /** Checks GuestMemory options without making any syscall; throws ERR_VHOST_* naming the argument. */
 export function validateGuestMemoryOptions(options: GuestMemoryOptions): GuestMemoryPlan {
   checkObject(options, 'options');
+  options = readOptions(options, ['backing', 'hugetlb', 'hugePageSize', 'seal', 'name', 'regions']);
   const backing = checkOneOf(options.backing ?? 'memfd', 'options.backing', ['memfd', 'anonymous']);
   const hugetlb = checkBool(options.hugetlb ?? false, 'options.hugetlb', null);
   let pageSize = PAGE_SIZE;
@@ -150,6 +152,23 @@ function log2(v: bigint): number {
   return v.toString(2).length - 1;
 }
 
+/** Unmaps (detaching every view) and closes each region. Idempotent. */
+function closeRegions(regions: readonly RegionState[]): void {
+  for (const { handle, mapping } of regions) {
+    mapping.unmap();
+    handle?.close();
+  }
+}
+
+/** mmap of huge pages fails ENOMEM when none of that size is reserved (vm.nr_hugepages is 0 by default). */
+function hugePageHints(pageSize: bigint): Hints {
+  const kb = pageSize / 1024n;
+  return {
+    ENOMEM: `not enough free ${kb} kB huge pages: reserve them first, e.g. echo N > /sys/kernel/mm/hugepages/hugepages-${kb}kB/nr_hugepages (N pages of ${kb} kB)`,
+    EINVAL: `this kernel or CPU has no ${kb} kB huge pages (see /sys/kernel/mm/hugepages/)`,
+  };
+}
+
 interface RegionState {
   info: GuestMemoryRegion;
   handle: OwnedFd | null;
@@ -163,9 +182,17 @@ interface RegionState {
  */
 export class GuestMemory implements Disposable {
   #regions: RegionState[] | null;
+  readonly #gc: GcRecord;
 
   private constructor(regions: RegionState[]) {
     this.#regions = regions;
+    // Collected while mapped: unmap and close with a LINUX_VHOST_GC_CLOSE warning (never silently).
+    // The record holds the regions, never this object.
+    this.#gc = watchForGc(this, {
+      describe: () => `${regions.length} region(s): ${regions.map((r) => `gpa ${hex(r.info.gpa)} size ${hex(r.info.size)}${r.handle ? ` fd ${r.handle.fd}` : ''}`).join(', ')}`,
+      isOpen: () => !regions[0].mapping.unmapped,
+      close: () => closeRegions(regions),
+    }, GuestMemory);
   }
 
   /**
@@ -199,7 +226,7 @@ export class GuestMemory implements Disposable {
         mapping?.unmap();
         handle?.close();
       }
-      throw err;
+      throw plan.hugetlb ? withHint(err, hugePageHints(plan.pageSize)) : err;
     }
     return new GuestMemory(
       made.map(({ handle, mapping }, i) => ({
@@ -246,10 +273,8 @@ export class GuestMemory implements Disposable {
     const regions = this.#regions;
     if (regions === null) return;
     this.#regions = null;
-    for (const { handle, mapping } of regions) {
-      mapping.unmap();
-      handle?.close();
-    }
+    closeRegions(regions);
+    unwatchForGc(this.#gc);
   }
 
   /** Same as close(), for `using`. */

@@ -2,6 +2,7 @@
 // holds no policy; every public API in lib/ is built on these signatures.
 // node-gyp-build loads build/Release (a local build) or prebuilds/.
 import * as path from 'node:path';
+import { debuglog } from 'node:util';
 import { VhostError } from './errors';
 
 /** The single owner of a kernel fd. All native calls take it, never a bare number. */
@@ -291,7 +292,85 @@ function load(): NativeBinding {
   const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
   const binding = nodeGypBuild(path.join(__dirname, '..', '..')) as NativeBinding;
   binding.setErrorClass(VhostError);
-  return binding;
+  // NODE_DEBUG=linux-vhost: every call through this door is traced. Decided once
+  // at load, so when it is off the binding is used as is: no wrapper, no cost.
+  return debug.enabled ? traced(binding) : binding;
+}
+
+const debug = debuglog('linux-vhost');
+
+/** How a traced argument or result reads: fds by number and path, bigints in hex, bytes by length and first bytes. */
+function show(v: unknown): string {
+  if (v === null || v === undefined) return String(v);
+  if (typeof v === 'bigint') return `0x${v.toString(16)}`;
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v !== 'object') return String(v);
+  if (v instanceof Uint8Array) {
+    const head = Buffer.from(v.buffer, v.byteOffset, Math.min(v.byteLength, 32)).toString('hex');
+    return `<${v.byteLength} bytes ${head}${v.byteLength > 32 ? '…' : ''}>`;
+  }
+  if (v instanceof ArrayBuffer) return `<ArrayBuffer ${v.byteLength}>`;
+  if (isOwnedFd(v)) return v.closed ? `fd(closed '${v.path}')` : `fd ${v.fd} '${v.path}'`;
+  if (Array.isArray(v)) return `[${v.map(show).join(', ')}]`;
+  if (isMapping(v)) return `mapping ${show(v.address)}+${show(v.size)}`;
+  return `{ ${Object.entries(v).map(([k, x]) => `${k}: ${show(x)}`).join(', ')} }`;
+}
+let ownedFdClass: { prototype: object } | undefined;
+const isOwnedFd = (v: object): v is OwnedFd => ownedFdClass !== undefined && v instanceof (ownedFdClass as unknown as new () => object);
+const isMapping = (v: object): v is Mapping => 'address' in v && 'unmap' in v;
+
+/** One line per call: `name(args) -> result`, or `name(args) !! CODE message`. */
+function traceCall<A extends unknown[], R>(name: string, fn: (...args: A) => R, self: unknown): (...args: A) => R {
+  return (...args: A): R => {
+    const call = `${name}(${args.map(show).join(', ')})`;
+    try {
+      const result = fn.apply(self, args);
+      debug('%s -> %s', call, result === undefined ? 'ok' : show(result));
+      return result;
+    } catch (err) {
+      debug('%s !! %s', call, (err as Error).message);
+      throw err;
+    }
+  };
+}
+
+/**
+ * Traces the close of fds and unmaps of mappings the addon hands out: the
+ * class methods are read-only, so each object returned gets its own traced
+ * method (an own property shadows the prototype's).
+ */
+function instrument(v: unknown): void {
+  if (v === null || typeof v !== 'object') return;
+  if (isOwnedFd(v)) {
+    for (const m of ['close', 'watch', 'unwatch'] as const) {
+      const fn = (v as unknown as Record<string, (...a: unknown[]) => unknown>)[m];
+      Object.defineProperty(v, m, { value: (...args: unknown[]) => traceCall(`${show(v)}.${m}`, fn, v)(...args), enumerable: false });
+    }
+  } else if (isMapping(v)) {
+    const unmap = v.unmap;
+    Object.defineProperty(v, 'unmap', { value: () => traceCall(`${show(v)}.unmap`, unmap, v)(), enumerable: false });
+  } else if ('fd' in v) {
+    instrument((v).fd); // tapOpen, vsockAccept results
+  }
+}
+
+/** The binding with every function traced through debuglog (NODE_DEBUG=linux-vhost). */
+function traced(binding: NativeBinding): NativeBinding {
+  ownedFdClass = binding.OwnedFd;
+  const out: Record<string, unknown> = {};
+  for (const [name, value] of Object.entries(binding)) {
+    if (typeof value !== 'function' || name === 'OwnedFd' || name === 'setErrorClass') {
+      out[name] = value;
+      continue;
+    }
+    const call = traceCall(name, value as (...a: unknown[]) => unknown, binding);
+    out[name] = (...args: unknown[]): unknown => {
+      const result = call(...args);
+      instrument(result);
+      return result;
+    };
+  }
+  return out as unknown as NativeBinding;
 }
 
 export const native: NativeBinding = load();

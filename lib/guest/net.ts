@@ -14,6 +14,7 @@
 //   refilling, vhost runs out of buffers and the tap's own bounded queue
 //   holds (or drops) the rest. 'frame' listeners are called synchronously.
 import { closedError, invalidArg, VhostError } from '../core/errors';
+import { plain, readOptions } from '../core/check';
 import { features } from '../core/features';
 import type { GuestMemory } from '../core/memory';
 import { SEG_END } from '../core/native';
@@ -118,7 +119,7 @@ const OPTION_KEYS = new Set(['tap', 'queueSize', 'mergeableRx', 'mtu', 'rxBuffer
 
 function intOption(v: unknown, arg: string, min: number, max: number, dflt: number): number {
   if (v === undefined) return dflt;
-  if (typeof v !== 'number' || !Number.isInteger(v)) throw invalidArg(arg, `must be an integer, got ${String(v)}`);
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw invalidArg(arg, `must be an integer, got ${plain(v)}`);
   if (v < min || v > max) throw invalidArg(arg, `must be in ${min}..${max}, got ${v}`, 'ERR_VHOST_OUT_OF_RANGE');
   return v;
 }
@@ -133,6 +134,7 @@ function boolOption(v: unknown, arg: string, dflt: boolean): boolean {
 export function planVirtioNetGuest(options: VirtioNetGuestOptions): GuestPlan {
   if (options === null || typeof options !== 'object') throw invalidArg('options', 'must be an object');
   for (const k of Object.keys(options)) if (!OPTION_KEYS.has(k)) throw invalidArg(`options.${k}`, 'is not a VirtioNetGuest option');
+  options = readOptions(options, OPTION_KEYS);
   if (!(options.tap instanceof Tap || options.tap instanceof TapQueue || options.tap instanceof Macvtap)) throw invalidArg('options.tap', 'must be a Tap, a TapQueue or a Macvtap');
   if (options.tap.closed) throw closedError('Tap (options.tap)', options.tap.path);
   const queueSize = validateQueueSize(options.queueSize ?? 256, 'options.queueSize');

@@ -3,6 +3,7 @@
 // own `ping` and a UDP client can talk to a VirtioNetGuest. Pure functions over
 // Ethernet frames (no VLAN tags, no IP options beyond skipping them, no fragments).
 import { invalidArg } from '../core/errors';
+import { describe, plain } from '../core/check';
 import { parseMac } from '../netdev/tap';
 
 /** Ethernet type of IPv4 frames. */
@@ -29,7 +30,7 @@ export interface NetResponderOptions {
 export function parseIpv4(ip: unknown, arg = 'ipv4'): Uint8Array {
   if (typeof ip !== 'string') throw invalidArg(arg, 'must be a dotted-quad string');
   const parts = ip.split('.');
-  if (parts.length !== 4 || parts.some((p) => !/^\d{1,3}$/.test(p) || Number(p) > 255)) throw invalidArg(arg, `must be a dotted-quad IPv4 address, got '${ip}'`);
+  if (parts.length !== 4 || parts.some((p) => !/^\d{1,3}$/.test(p) || Number(p) > 255)) throw invalidArg(arg, `must be a dotted-quad IPv4 address, got ${describe(ip)}`);
   return Uint8Array.from(parts.map(Number));
 }
 
@@ -149,7 +150,7 @@ export class NetResponder {
     this.mac = parseMac(options.mac, 'responder.mac');
     this.ipv4 = parseIpv4(options.ipv4, 'responder.ipv4');
     const port = options.udpEchoPort === undefined ? 7 : options.udpEchoPort;
-    if (port !== null && (!Number.isInteger(port) || port < 0 || port > 65535)) throw invalidArg('responder.udpEchoPort', `must be a port 0..65535 or null, got ${String(port)}`);
+    if (port !== null && (!Number.isInteger(port) || port < 0 || port > 65535)) throw invalidArg('responder.udpEchoPort', `must be a port 0..65535 or null, got ${plain(port)}`);
     this.udpEchoPort = port;
   }
 

@@ -23,7 +23,7 @@
 // as net/vmw_vsock/virtio_transport_common.c does. The credit rules apply
 // per byte; a message larger than the peer's buf_alloc fails with EMSGSIZE.
 import type { DeviceState } from '../vhost/plan';
-import { abortError, checkBool, checkFunction, checkInt, checkObject, checkSignal } from '../core/check';
+import { abortError, checkBool, checkFunction, checkInt, checkObject, checkSignal, plain, readOptions } from '../core/check';
 import { checkVsockType } from '../vsock/options';
 import { invalidArg, VhostError } from '../core/errors';
 import { features } from '../core/features';
@@ -118,12 +118,13 @@ interface Plan {
 
 const OPTION_KEYS = new Set(['cid', 'queueSize', 'bufferSize', 'bufAlloc', 'seqpacket']);
 
-const intIn = (v: unknown, arg: string, min: number, max: number): number => checkInt(v, arg, min, max, String);
+const intIn = (v: unknown, arg: string, min: number, max: number): number => checkInt(v, arg, min, max, plain);
 
 /** Checks VirtioVsockGuest options without any syscall. */
 export function planVirtioVsockGuest(options: VirtioVsockGuestOptions = {}): Plan {
   checkObject(options, 'options');
   for (const k of Object.keys(options)) if (!OPTION_KEYS.has(k)) throw invalidArg(`options.${k}`, 'is not a VirtioVsockGuest option');
+  options = readOptions(options, OPTION_KEYS);
   const cid = options.cid === undefined || options.cid === 'auto' ? 'auto' : intIn(options.cid, 'options.cid', 3, 0xffff_fffe);
   const queueSize = validateQueueSize(options.queueSize ?? 128, 'options.queueSize');
   const bufferSize = intIn(options.bufferSize ?? 32768, 'options.bufferSize', 256, 65536);

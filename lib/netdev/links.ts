@@ -5,7 +5,7 @@
 // EOPNOTSUPP) and carry the link name as `.path`.
 import '../core/dispose';
 import { checkOneOf, oneOfList } from '../core/check';
-import { invalidArg, VhostError } from '../core/errors';
+import { invalidArg, VhostError, withHint, type Hints } from '../core/errors';
 import { FdOwner } from '../core/fd';
 import { native, type OwnedFd } from '../core/native';
 import {
@@ -93,6 +93,16 @@ export interface CreateLinkOptions {
  * A NETLINK_ROUTE socket: the door to link configuration, in this process's
  * network namespace or (Rtnl.open(netns)) in another one. Owns its fd.
  */
+/** What rtnetlink's refusals mean: changing links needs CAP_NET_ADMIN (in the namespace's user namespace); a kind the kernel lacks is a module not loaded. */
+const NETLINK_HINTS: Hints = {
+  EPERM: (err) => `${err.syscall ?? 'netlink'} needs CAP_NET_ADMIN: run as root or grant the process CAP_NET_ADMIN`,
+  EOPNOTSUPP: 'the kernel lacks this link type: load its module (bridge, veth, macvtap, tun), or check CONFIG_* of your kernel',
+};
+/** Opening a socket inside another network namespace (setns) needs CAP_SYS_ADMIN. */
+const SETNS_HINTS: Hints = {
+  EPERM: 'entering another network namespace (setns) needs CAP_SYS_ADMIN: run as root',
+};
+
 export class Rtnl extends FdOwner {
   #seq = 1;
 
@@ -103,7 +113,11 @@ export class Rtnl extends FdOwner {
   /** Opens a route socket; with `netns` (a NetNs or its fd owner) the socket lives in that namespace. */
   static open(netns?: FdOwner): Rtnl {
     if (netns !== undefined && !(netns instanceof FdOwner)) throw invalidArg('netns', 'must be a NetNs (an FdOwner) or undefined');
-    return new Rtnl(native.netlinkOpen(netns ? netns.nativeHandle : null));
+    try {
+      return new Rtnl(native.netlinkOpen(netns ? netns.nativeHandle : null));
+    } catch (err) {
+      throw withHint(err, netns ? SETNS_HINTS : NETLINK_HINTS);
+    }
   }
 
   /** Sends one request; returns the decoded link messages of the reply. `path` names the link in errors. */
@@ -111,7 +125,13 @@ export class Rtnl extends FdOwner {
     const seq = this.#seq;
     this.#seq = (this.#seq % 0xffffffff) + 1;
     const msg = encodeMessage({ type, flags: flags | nlmsgFlags.NLM_F_REQUEST, seq, body: encodeIfInfoMsg(ifi), attrs });
-    return native.netlinkRequest(this.handle, msg, path)
+    let replies: Buffer[];
+    try {
+      replies = native.netlinkRequest(this.handle, msg, path);
+    } catch (err) {
+      throw withHint(err, NETLINK_HINTS);
+    }
+    return replies
       .filter((b) => b.readUInt16LE(4) === nlmsgType.RTM_NEWLINK)
       .map((b) => parseLink(b.subarray(16)));
   }

@@ -4,7 +4,7 @@
 // way to dedicate a NIC to exactly one VM.
 import '../core/dispose';
 import { checkBool, checkObject, checkOneOf, oneOfList } from '../core/check';
-import { invalidArg, VhostError } from '../core/errors';
+import { deviceNodeHints, invalidArg, VhostError, withHint } from '../core/errors';
 import { FdOwner } from '../core/fd';
 import { Rtnl, type LinkInfo, type LinkRef, type MacvtapMode } from './links';
 import { native, type OwnedFd } from '../core/native';
@@ -38,7 +38,7 @@ function openTapDevice(path: string, timeoutMs: number): OwnedFd {
     try {
       return native.tapOpen(path, '', tunFlags.IFF_TAP | tunFlags.IFF_NO_PI | tunFlags.IFF_VNET_HDR).fd;
     } catch (err) {
-      if ((err as VhostError).code !== 'ENOENT' || Date.now() >= deadline) throw err;
+      if ((err as VhostError).code !== 'ENOENT' || Date.now() >= deadline) throw withHint(err, { EACCES: deviceNodeHints({ module: 'macvtap', node: path }).EACCES });
       Atomics.wait(sleeper, 0, 0, 10); // the node normally exists at once; this bounds a slow udev
     }
   }

@@ -5,7 +5,7 @@
  * alignment. Pure functions: no fds, no syscalls.
  * @module
  */
-import { checkUint } from '../core/check';
+import { checkObject, checkUint, plain } from '../core/check';
 import { invalidArg } from '../core/errors';
 
 /** Message types (linux/netlink.h, linux/rtnetlink.h). */
@@ -137,7 +137,12 @@ function attrSize(a: NlAttr): number {
 }
 
 function attrsSize(attrs: readonly NlAttr[]): number {
-  return attrs.reduce((n, a) => n + attrSize(a), 0);
+  if (!Array.isArray(attrs)) throw invalidArg('attrs', `must be an array of attributes, got ${plain(attrs)}`);
+  return attrs.reduce((n, a) => {
+    if (a === null || typeof a !== 'object') throw invalidArg('attr', `must be an attribute { type, data } or { type, attrs, nested: true }, got ${plain(a)}`);
+    if (!a.nested && !(a.data instanceof Uint8Array)) throw invalidArg('attr.data', 'must be a Uint8Array');
+    return n + attrSize(a);
+  }, 0);
 }
 
 function writeAttrs(attrs: readonly NlAttr[], out: Uint8Array, offset: number): number {
@@ -170,12 +175,13 @@ export function encodeAttrs(attrs: readonly NlAttr[]): Uint8Array {
 
 /** Encodes a struct ifinfomsg (16 bytes). */
 export function encodeIfInfoMsg(m: Partial<IfInfoMsg> = {}): Uint8Array {
+  checkObject(m, 'ifinfomsg');
   const out = new Uint8Array(IFINFOMSG_LEN);
   const view = new DataView(out.buffer);
   view.setUint8(0, checkU(m.family ?? AF_UNSPEC, 8, 'family'));
   view.setUint16(2, checkU(m.type ?? 0, 16, 'type'), true);
   const index = m.index ?? 0;
-  if (!Number.isInteger(index) || index < -(2 ** 31) || index >= 2 ** 31) throw invalidArg('index', 'must be a 32-bit integer', 'ERR_VHOST_OUT_OF_RANGE');
+  if (typeof index !== 'number' || !Number.isInteger(index) || index < -(2 ** 31) || index >= 2 ** 31) throw invalidArg('index', 'must be a 32-bit integer', 'ERR_VHOST_OUT_OF_RANGE');
   view.setInt32(4, index, true);
   view.setUint32(8, checkU(m.flags ?? 0, 32, 'flags'), true);
   view.setUint32(12, checkU(m.change ?? 0, 32, 'change'), true);
@@ -184,21 +190,28 @@ export function encodeIfInfoMsg(m: Partial<IfInfoMsg> = {}): Uint8Array {
 
 /** Encodes one message: nlmsghdr, then `body` (e.g. an ifinfomsg) padded to 4, then attributes. */
 export function encodeMessage(m: { type: number; flags: number; seq: number; pid?: number; body: Uint8Array; attrs?: readonly NlAttr[] }): Uint8Array {
+  checkObject(m, 'message');
+  const { type, flags, seq, pid, body } = m;
   const attrs = m.attrs ?? [];
-  const bodyLen = align4(m.body.length);
+  if (!(body instanceof Uint8Array)) throw invalidArg('message.body', 'must be a Uint8Array');
+  const bodyLen = align4(body.length);
   const out = new Uint8Array(NLMSG_HDRLEN + bodyLen + attrsSize(attrs));
   const view = new DataView(out.buffer);
   view.setUint32(0, out.length, true);
-  view.setUint16(4, checkU(m.type, 16, 'type'), true);
-  view.setUint16(6, checkU(m.flags, 16, 'flags'), true);
-  view.setUint32(8, checkU(m.seq, 32, 'seq'), true);
-  view.setUint32(12, checkU(m.pid ?? 0, 32, 'pid'), true);
-  out.set(m.body, NLMSG_HDRLEN);
+  view.setUint16(4, checkU(type, 16, 'type'), true);
+  view.setUint16(6, checkU(flags, 16, 'flags'), true);
+  view.setUint32(8, checkU(seq, 32, 'seq'), true);
+  view.setUint32(12, checkU(pid ?? 0, 32, 'pid'), true);
+  out.set(body, NLMSG_HDRLEN);
   writeAttrs(attrs, out, NLMSG_HDRLEN + bodyLen);
   return out;
 }
 
 // ---- decoding --------------------------------------------------------------
+
+function checkBytes(bytes: unknown): void {
+  if (!(bytes instanceof Uint8Array)) throw invalidArg('message', `must be a Uint8Array, got ${plain(bytes)}`);
+}
 
 function malformed(what: string): Error {
   return invalidArg('message', `is malformed: ${what}`);
@@ -206,6 +219,7 @@ function malformed(what: string): Error {
 
 /** Decodes back-to-back attributes. Throws ERR_VHOST_INVALID_ARG on a length that does not fit. */
 export function decodeAttrs(bytes: Uint8Array): DecodedAttr[] {
+  checkBytes(bytes);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out: DecodedAttr[] = [];
   let off = 0;
@@ -221,6 +235,7 @@ export function decodeAttrs(bytes: Uint8Array): DecodedAttr[] {
 
 /** Decodes a struct ifinfomsg from the start of `bytes`. */
 export function decodeIfInfoMsg(bytes: Uint8Array): IfInfoMsg {
+  checkBytes(bytes);
   if (bytes.length < IFINFOMSG_LEN) throw malformed(`ifinfomsg needs ${IFINFOMSG_LEN} bytes, got ${bytes.length}`);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   return { family: view.getUint8(0), type: view.getUint16(2, true), index: view.getInt32(4, true), flags: view.getUint32(8, true), change: view.getUint32(12, true) };
@@ -228,6 +243,7 @@ export function decodeIfInfoMsg(bytes: Uint8Array): IfInfoMsg {
 
 /** Decodes every message in a buffer (one datagram may hold several). */
 export function decodeMessages(bytes: Uint8Array): NlMessage[] {
+  checkBytes(bytes);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const out: NlMessage[] = [];
   let off = 0;

@@ -5,7 +5,7 @@
 import * as fs from 'node:fs';
 import '../core/dispose';
 import { checkNonEmptyString } from '../core/check';
-import { invalidArg } from '../core/errors';
+import { invalidArg, withHint, type Hints } from '../core/errors';
 import { FdOwner } from '../core/fd';
 import { Rtnl } from './links';
 import { native, type OwnedFd } from '../core/native';
@@ -18,6 +18,13 @@ function checkName(value: unknown): string {
   if (Buffer.byteLength(name) > 255) throw invalidArg('name', 'must be at most 255 bytes');
   return name;
 }
+
+/** What the kernel's refusals mean for named namespaces (unshare, the bind mount on /run/netns, umount). */
+const NETNS_HINTS: Hints = {
+  EPERM: 'creating, entering or deleting a named network namespace needs CAP_SYS_ADMIN (unshare, mount on /run/netns): run as root',
+  EACCES: `no permission on ${NETNS_DIR}: named network namespaces need root (CAP_SYS_ADMIN and write access to ${NETNS_DIR})`,
+  ENOENT: (err) => `no network namespace ${err.path ?? ''} (\`ip netns list\` shows the named ones)`,
+};
 
 /** A named network namespace. Dispose closes its fd and, if this object created it, deletes it. */
 export class NetNs extends FdOwner {
@@ -33,7 +40,11 @@ export class NetNs extends FdOwner {
   /** Like `ip netns add <name>`: EEXIST when the name is taken, EPERM without CAP_SYS_ADMIN. */
   static create(name: string): NetNs {
     checkName(name);
-    native.netnsCreate(name);
+    try {
+      native.netnsCreate(name);
+    } catch (err) {
+      throw withHint(err, NETNS_HINTS);
+    }
     try {
       return new NetNs(native.netnsOpen(`${NETNS_DIR}/${name}`), name, true);
     } catch (err) {
@@ -45,12 +56,20 @@ export class NetNs extends FdOwner {
   /** Opens an existing namespace by name (ENOENT if none); dispose only closes the fd. */
   static open(name: string): NetNs {
     checkName(name);
-    return new NetNs(native.netnsOpen(`${NETNS_DIR}/${name}`), name, false);
+    try {
+      return new NetNs(native.netnsOpen(`${NETNS_DIR}/${name}`), name, false);
+    } catch (err) {
+      throw withHint(err, NETNS_HINTS);
+    }
   }
 
   /** Like `ip netns delete <name>`. */
   static delete(name: string): void {
-    native.netnsDelete(checkName(name));
+    try {
+      native.netnsDelete(checkName(name));
+    } catch (err) {
+      throw withHint(err, NETNS_HINTS);
+    }
   }
 
   /** Names under /run/netns (like `ip netns list`). */

@@ -4,6 +4,7 @@
 // mirrors the ioctls.
 import { FdOwner } from '../core/fd';
 import { invalidArg, VhostError, withDeviceHint } from '../core/errors';
+import { plain } from '../core/check';
 import { native, type OwnedFd } from '../core/native';
 
 /** TUNSETIFF / TUNGETIFF / TUNSETQUEUE flags (linux/if_tun.h). */
@@ -149,6 +150,7 @@ export function parseMac(mac: unknown, arg = 'mac'): Uint8Array {
 
 /** Formats 6 bytes as 'aa:bb:cc:dd:ee:ff'. */
 export function formatMac(bytes: Uint8Array): string {
+  if (!(bytes instanceof Uint8Array)) throw invalidArg('bytes', `must be a Uint8Array, got ${plain(bytes)}`);
   return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(':');
 }
 
@@ -166,7 +168,7 @@ const MTU_MAX = 65535;
  */
 export function validateMtu(mtu: unknown, arg = 'mtu', wording: 'link' | 'config' = 'link'): number {
   if (isInt(mtu) && mtu >= MTU_MIN && mtu <= MTU_MAX) return mtu;
-  if (wording === 'config') throw invalidArg(arg, `must be an integer in ${MTU_MIN}..${MTU_MAX} (got ${String(mtu)})`, 'ERR_VHOST_OUT_OF_RANGE');
+  if (wording === 'config') throw invalidArg(arg, `must be an integer in ${MTU_MIN}..${MTU_MAX} (got ${plain(mtu)})`, 'ERR_VHOST_OUT_OF_RANGE');
   if (!isInt(mtu)) throw invalidArg(arg, 'must be an integer');
   throw invalidArg(arg, `must be in ${MTU_MIN}..${MTU_MAX} (got ${mtu})`, 'ERR_VHOST_OUT_OF_RANGE');
 }
@@ -208,11 +210,14 @@ export function planTap(opts: TapOptions = {}): TapPlan {
   };
 }
 
+/** /dev/net/tun: the tun module's node; creating or configuring a tap needs CAP_NET_ADMIN. */
+const TUN_NODE = { module: 'tun', node: '/dev/net/tun', capability: 'CAP_NET_ADMIN' } as const;
+
 /** Marks an error with the Tap.create step that failed and adds a device hint. */
 function atStep(err: unknown, step: string): unknown {
   if (err instanceof VhostError) {
     err.step ??= step;
-    withDeviceHint(err);
+    withDeviceHint(err, TUN_NODE);
   }
   return err;
 }

@@ -4,7 +4,7 @@
 // bit (page % 8) of byte (page / 8) (drivers/vhost/vhost.c, log_write), so on
 // a little-endian host bit b of 64-bit word w is page w * 64 + b.
 import * as os from 'node:os';
-import { checkNonEmptyArray } from '../core/check';
+import { checkNonEmptyArray, checkObject, toU64 } from '../core/check';
 import { features } from '../core/features';
 import { native, type Mapping } from '../core/native';
 import { VRING_ADDR_F_LOG, type VhostBackend } from './backend';
@@ -19,7 +19,12 @@ const HOST_LE = os.endianness() === 'LE';
 export function dirtyLogSize(regions: readonly { gpa: bigint; size: bigint }[]): bigint {
   checkNonEmptyArray(regions, 'regions');
   let end = 0n;
-  for (const r of regions) if (r.gpa + r.size > end) end = r.gpa + r.size;
+  regions.forEach((r, i) => {
+    checkObject(r, `regions[${i}]`, 'an object { gpa, size }');
+    const { gpa, size } = r;
+    const e = toU64(gpa, `regions[${i}].gpa`) + toU64(size, `regions[${i}].size`);
+    if (e > end) end = e;
+  });
   const pages = (end + DIRTY_LOG_PAGE_SIZE - 1n) / DIRTY_LOG_PAGE_SIZE;
   const words = (pages + BITS_PER_WORD - 1n) / BITS_PER_WORD;
   return words * 8n;

@@ -46,7 +46,7 @@ export class VhostNet extends VhostDevice implements VhostNetBackend {
 
   /** Opens /dev/vhost-net (or `path`) O_RDWR | O_CLOEXEC. ENOENT says to load vhost_net. */
   static open(path: string = VhostNet.defaultPath): VhostNet {
-    return new VhostNet(VhostDevice.openPath(path));
+    return new VhostNet(VhostDevice.openPath(path, { module: 'vhost_net', node: VhostNet.defaultPath }));
   }
 
   /**

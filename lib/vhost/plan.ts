@@ -95,6 +95,21 @@ function continues(a: CheckedRegion, b: CheckedRegion): boolean {
  * not be sorted; output is sorted by gpa.
  */
 export function mergeMemoryRegions(regions: readonly CheckedRegion[]): CheckedRegion[] {
+  if (!Array.isArray(regions)) throw invalidArg('regions', `must be an array, got ${describeValue(regions)}`);
+  return mergeChecked(
+    regions.map((r: unknown, i): CheckedRegion => {
+      const arg = `regions[${i}]`;
+      const { gpa, size, hva, fd, offset } = checkObject<Partial<MemoryRegion>>(r, arg, 'an object { gpa, size, hva }');
+      const u64 = (v: unknown, field: string): bigint => toU64(v, `${arg}.${field}`, describeValue);
+      const region: CheckedRegion = { gpa: u64(gpa, 'gpa'), size: u64(size, 'size'), hva: u64(hva, 'hva') };
+      if (fd === undefined) return region;
+      return { ...region, fd: checkInt(fd, `${arg}.fd`, -1, 0x7fff_ffff, describeValue), offset: offset === undefined ? 0n : u64(offset, 'offset') };
+    }),
+  );
+}
+
+/** mergeMemoryRegions() over regions checkMemory() already checked (copies them; sorts the copies). */
+function mergeChecked(regions: readonly CheckedRegion[]): CheckedRegion[] {
   const sorted = [...regions].sort((a, b) => (a.gpa < b.gpa ? -1 : a.gpa > b.gpa ? 1 : 0));
   const out: CheckedRegion[] = [];
   for (const r of sorted) {
@@ -135,7 +150,7 @@ export function checkMemory(mem: MemoryLike, limits: MemoryLimits): CheckedRegio
       throw invalidArg(`memory.regions[${next.i}]`, `overlaps memory.regions[${prev.i}] in guest-physical space`);
     }
   }
-  const merged = mergeMemoryRegions(regions);
+  const merged = mergeChecked(regions);
   // Every transport takes one region: only a longer table needs the limit (the kernel's is read from sysfs).
   if (merged.length > 1 && merged.length > limits.maxRegions) {
     throw invalidArg(
@@ -277,7 +292,7 @@ export function planQueues(
 /** Checks a feature word argument. */
 export function checkFeatureBits(bits: unknown, arg: string): bigint {
   if (typeof bits !== 'bigint') throw invalidArg(arg, `must be a bigint, got ${describeValue(bits)}`);
-  if (bits < 0n || bits >= U64_LIMIT) throw invalidArg(arg, `must fit in 64 bits, got ${bits}`, 'ERR_VHOST_OUT_OF_RANGE');
+  if (bits < 0n || bits >= U64_LIMIT) throw invalidArg(arg, `must fit in 64 bits, got ${describeValue(bits)}`, 'ERR_VHOST_OUT_OF_RANGE');
   return bits;
 }
 

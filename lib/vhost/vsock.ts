@@ -44,7 +44,7 @@ export class VhostVsock extends VhostDevice implements VhostVsockBackend {
 
   /** Opens /dev/vhost-vsock (or `path`) O_RDWR | O_CLOEXEC. ENOENT says to load vhost_vsock. */
   static open(path: string = VhostVsock.defaultPath): VhostVsock {
-    return new VhostVsock(VhostDevice.openPath(path));
+    return new VhostVsock(VhostDevice.openPath(path, { module: 'vhost_vsock', node: VhostVsock.defaultPath }));
   }
 
   /**
@@ -81,6 +81,7 @@ export class VhostVsock extends VhostDevice implements VhostVsockBackend {
   setGuestCid(cid: number | bigint): void {
     const v = VhostDevice.checkU64(cid, 'cid');
     native.vhostVsockSetGuestCid(this.handle, v);
+    this.noteForGc(`CID ${v}`); // a collected device frees its CID: the warning names it
   }
 
   /**
@@ -118,6 +119,8 @@ export interface VsockNegotiation {
 
 /** Bits for VHOST_SET_FEATURES: what vhost-vsock implements, offers and the guest acked (never LOG_ALL, ACCESS_PLATFORM). */
 export function negotiateVsockFeatures(offered: bigint, acked: bigint): VsockNegotiation {
+  if (typeof offered !== 'bigint') throw invalidArg('offered', `must be a bigint, got ${describeValue(offered)}`);
+  if (typeof acked !== 'bigint') throw invalidArg('acked', `must be a bigint, got ${describeValue(acked)}`);
   const wanted = acked & VSOCK_VHOST_BITS;
   return { vhostFeatures: wanted & offered, unsupported: wanted & ~offered };
 }
@@ -135,7 +138,7 @@ type CidPlan = { auto: false; cid: number } | { auto: true; from: number; attemp
 function checkCid(value: unknown, arg: string): number {
   let n: number;
   if (typeof value === 'bigint') {
-    if (value < 0n || value > 0xffff_ffffn) throw invalidArg(arg, `must be in ${VSOCK_CID_MIN}..${VSOCK_CID_MAX}, got ${value}`, 'ERR_VHOST_OUT_OF_RANGE');
+    if (value < 0n || value > 0xffff_ffffn) throw invalidArg(arg, `must be in ${VSOCK_CID_MIN}..${VSOCK_CID_MAX}, got ${describeValue(value)}`, 'ERR_VHOST_OUT_OF_RANGE');
     n = Number(value);
   } else if (typeof value === 'number' && Number.isInteger(value)) {
     n = value;

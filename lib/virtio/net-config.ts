@@ -3,6 +3,7 @@
 // the feature bits that make each field valid. A field exists for the guest
 // only when its feature is offered, so the bytes end after the last one.
 import { invalidArg } from '../core/errors';
+import { plain, readOptions } from '../core/check';
 import { features } from '../core/features';
 import { checkAdvisedMtu, parseMac } from '../netdev/tap';
 
@@ -58,6 +59,7 @@ export function virtioNetConfig(opts: VirtioNetConfigOptions = {}): VirtioNetCon
   if (typeof opts !== 'object' || opts === null) throw invalidArg('options', 'must be an object');
   const known = new Set(['mac', 'status', 'maxQueuePairs', 'mtu', 'pathMtu', 'speed', 'duplex']);
   for (const key of Object.keys(opts)) if (!known.has(key)) throw invalidArg(key, 'is not a virtioNetConfig option');
+  opts = readOptions(opts, known);
 
   const mac = opts.mac === undefined ? undefined : parseMac(opts.mac);
   let status: number | undefined;
@@ -68,8 +70,8 @@ export function virtioNetConfig(opts: VirtioNetConfigOptions = {}): VirtioNetCon
     status = (s.linkUp ? virtioNetStatus.LINK_UP : 0) | (s.announce ? virtioNetStatus.ANNOUNCE : 0);
   }
   const pairs = opts.maxQueuePairs;
-  if (pairs !== undefined && (!Number.isInteger(pairs) || pairs < 1 || pairs > MAX_QUEUE_PAIRS))
-    throw invalidArg('maxQueuePairs', `must be an integer in 1..${MAX_QUEUE_PAIRS} (got ${pairs})`, 'ERR_VHOST_OUT_OF_RANGE');
+  if (pairs !== undefined && (typeof pairs !== 'number' || !Number.isInteger(pairs) || pairs < 1 || pairs > MAX_QUEUE_PAIRS))
+    throw invalidArg('maxQueuePairs', `must be an integer in 1..${MAX_QUEUE_PAIRS} (got ${plain(pairs)})`, 'ERR_VHOST_OUT_OF_RANGE');
   if (opts.mtu !== undefined) {
     checkAdvisedMtu(opts.mtu, opts.pathMtu ?? 65535);
   } else if (opts.pathMtu !== undefined) {

@@ -4,10 +4,18 @@
 // used collection with acquire, EVENT_IDX suppression, kicks) is native
 // (native/virtqueue.cc); this file validates, places, and gives it a typed face.
 import { closedError, invalidArg } from '../core/errors';
+import { checkBool, checkInt, plain } from '../core/check';
 import type { EventFd } from '../core/eventfd';
 import type { GuestMemory } from '../core/memory';
 import { native, SEG_END, SEG_WRITABLE, type NativeVirtqueue } from '../core/native';
 import { splitRingLayout, validateQueueSize } from './vring';
+
+/** Chains in encoded segments: one SEG_END each. */
+function countChains(segs: Uint32Array): number {
+  let n = 0;
+  for (let i = 2; i < segs.length; i += 3) if (segs[i] & SEG_END) n++;
+  return n;
+}
 
 /** Descriptors per indirect table (native kIndirectMax). */
 export const INDIRECT_MAX = 16;
@@ -51,7 +59,7 @@ export interface VirtqueueOptions {
  */
 export function placeVirtqueue(size: number, base: bigint, options: { indirect?: boolean } = {}): { desc: bigint; avail: bigint; used: bigint; end: bigint } {
   const ring = splitRingLayout(size, { eventIdx: true });
-  if (typeof base !== 'bigint' || base < 0n || base % ring.descAlign !== 0n) throw invalidArg('base', `must be a 16-aligned non-negative bigint, got ${String(base)}`);
+  if (typeof base !== 'bigint' || base < 0n || base % ring.descAlign !== 0n) throw invalidArg('base', `must be a 16-aligned non-negative bigint, got ${plain(base)}`);
   const avail = base + ring.descSize * (options.indirect ? 1n + BigInt(INDIRECT_MAX) : 1n);
   const used = (avail + ring.availSize + ring.usedAlign - 1n) & ~(ring.usedAlign - 1n);
   return { desc: base, avail, used, end: used + ring.usedSize };
@@ -67,7 +75,12 @@ export function virtqueueFootprint(size: number, options: { indirect?: boolean }
  * takes. Pure; offsets are relative to `regionGpa`. Throws ERR_VHOST_* for
  * empty chains, empty or out-of-region segments, and readable-after-writable.
  */
-export function encodeChains(chains: readonly (readonly VirtqueueSegment[])[], regionGpa: bigint, regionSize: bigint): Uint32Array {
+export function encodeChains(given: readonly (readonly VirtqueueSegment[])[], regionGpa: bigint, regionSize: bigint): Uint32Array {
+  // Copies first: each chain and segment of the caller's arrays is read once.
+  const chains = Array.from(given, (chain, ci) => {
+    if (!Array.isArray(chain) || chain.length === 0) throw invalidArg(`chains[${ci}]`, 'must be a non-empty array of segments');
+    return Array.from(chain as readonly VirtqueueSegment[]);
+  });
   let n = 0;
   for (const c of chains) n += c.length;
   const out = new Uint32Array(3 * n);
@@ -77,18 +90,20 @@ export function encodeChains(chains: readonly (readonly VirtqueueSegment[])[], r
     let sawWritable = false;
     chain.forEach((seg, si) => {
       const arg = `chains[${ci}][${si}]`;
-      const gpa = typeof seg.gpa === 'bigint' ? seg.gpa : Number.isSafeInteger(seg.gpa) ? BigInt(seg.gpa) : -1n;
+      if (seg === null || typeof seg !== 'object') throw invalidArg(arg, `must be a segment { gpa, len, writable? }, got ${plain(seg)}`);
+      const { gpa: rawGpa, len } = seg; // each field read once
+      const gpa = typeof rawGpa === 'bigint' ? rawGpa : Number.isSafeInteger(rawGpa) ? BigInt(rawGpa) : -1n;
       if (gpa < 0n) throw invalidArg(`${arg}.gpa`, 'must be a non-negative bigint or safe integer');
-      if (!Number.isInteger(seg.len) || seg.len < 1 || seg.len > 0xffff_ffff) throw invalidArg(`${arg}.len`, `must be in 1..2^32-1, got ${seg.len}`, 'ERR_VHOST_OUT_OF_RANGE');
-      if (gpa < regionGpa || gpa + BigInt(seg.len) > regionGpa + regionSize) {
-        throw invalidArg(arg, `[0x${gpa.toString(16)}, +${seg.len}) is outside the queue's memory region`, 'ERR_VHOST_OUT_OF_RANGE');
+      if (typeof len !== 'number' || !Number.isInteger(len) || len < 1 || len > 0xffff_ffff) throw invalidArg(`${arg}.len`, `must be in 1..2^32-1, got ${plain(len)}`, 'ERR_VHOST_OUT_OF_RANGE');
+      if (gpa < regionGpa || gpa + BigInt(len) > regionGpa + regionSize) {
+        throw invalidArg(arg, `[0x${gpa.toString(16)}, +${len}) is outside the queue's memory region`, 'ERR_VHOST_OUT_OF_RANGE');
       }
       const writable = seg.writable ?? false;
       // virtio 2.7.4.2: device-readable descriptors come before device-writable ones.
       if (sawWritable && !writable) throw invalidArg(arg, 'is device-readable after a device-writable segment (readable ones must come first)');
       sawWritable ||= writable;
       out[k++] = Number(gpa - regionGpa);
-      out[k++] = seg.len;
+      out[k++] = len;
       out[k++] = (writable ? SEG_WRITABLE : 0) | (si === chain.length - 1 ? SEG_END : 0);
     });
   });
@@ -205,9 +220,11 @@ export class Virtqueue implements Disposable {
   post(chains: readonly (readonly VirtqueueSegment[])[], notify = true): number[] {
     const vq = this.#live('post');
     if (!Array.isArray(chains)) throw invalidArg('chains', 'must be an array of chains');
+    const kick = checkBool(notify, 'notify');
     const segs = encodeChains(chains, this.regionGpa, this.regionSize);
-    if (chains.length > this.#heads.length) this.#heads = new Uint32Array(chains.length);
-    const n = vq.post(segs, segs.length / 3, this.#heads, notify);
+    const count = countChains(segs);
+    if (count > this.#heads.length) this.#heads = new Uint32Array(count);
+    const n = vq.post(segs, segs.length / 3, this.#heads, kick);
     return Array.from(this.#heads.subarray(0, n));
   }
 
@@ -222,7 +239,7 @@ export class Virtqueue implements Disposable {
   /** Used buffers, oldest first, at most `max`; their descriptors are free again. */
   collect(max = this.size): UsedBuffer[] {
     const vq = this.#live('collect');
-    const n = vq.collect(this.#used, Math.min(max, this.size));
+    const n = vq.collect(this.#used, Math.min(checkInt(max, 'max', 0, Number.MAX_SAFE_INTEGER, plain), this.size));
     const out: UsedBuffer[] = [];
     for (let i = 0; i < n; i++) out.push({ head: this.#used[2 * i], len: this.#used[2 * i + 1] });
     return out;
@@ -284,8 +301,8 @@ export class BufferPool {
   readonly #free: number[];
 
   constructor(memory: GuestMemory, regionGpa: bigint, gpa: bigint, slotSize: number, count: number) {
-    if (!Number.isInteger(slotSize) || slotSize < 1) throw invalidArg('slotSize', `must be a positive integer, got ${slotSize}`);
-    if (!Number.isInteger(count) || count < 1) throw invalidArg('count', `must be a positive integer, got ${count}`);
+    if (!Number.isInteger(slotSize) || slotSize < 1) throw invalidArg('slotSize', `must be a positive integer, got ${plain(slotSize)}`);
+    if (!Number.isInteger(count) || count < 1) throw invalidArg('count', `must be a positive integer, got ${plain(count)}`);
     this.gpa = gpa;
     this.slotSize = slotSize;
     this.count = count;

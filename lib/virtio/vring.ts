@@ -69,6 +69,7 @@ export function validateQueueSize(size: number | bigint, arg = 'size'): number {
 }
 
 function eventIdxOf(options: SplitRingOptions): boolean {
+  if (options === null || typeof options !== 'object') throw invalidArg('options', 'must be an object');
   const eventIdx = options.eventIdx ?? true;
   if (typeof eventIdx !== 'boolean') throw invalidArg('options.eventIdx', 'must be a boolean');
   return eventIdx;

@@ -1,6 +1,6 @@
 // struct virtio_vsock_hdr (linux/virtio_vsock.h): the 44-byte little-endian
 // header in front of every virtio-vsock packet, both directions.
-import { checkObject, checkUint } from '../core/check';
+import { checkObject, checkUint, plain } from '../core/check';
 import { invalidArg } from '../core/errors';
 
 /** sizeof(struct virtio_vsock_hdr). */
@@ -58,25 +58,40 @@ const checkU32 = (v: unknown, arg: string): number => checkUint(v, arg, U32, '0.
 const checkU16 = (v: unknown, arg: string): number => checkUint(v, arg, 0xffff);
 const checkU64 = (v: unknown, arg: string): bigint => checkUint(v, arg, U64, '0..2^64-1');
 
-/** Checks every field's range (what encodeVsockHeader would otherwise truncate). */
-export function checkVsockHeader(h: VsockHeader): void {
+/** Checks every field's range and returns a plain copy (each field of `h` read once). */
+function checkedHeader(h: VsockHeader): VsockHeader {
   checkObject(h, 'header');
-  checkU64(h.srcCid, 'header.srcCid');
-  checkU64(h.dstCid, 'header.dstCid');
-  for (const k of ['srcPort', 'dstPort', 'len', 'flags', 'bufAlloc', 'fwdCnt'] as const) checkU32(h[k], `header.${k}`);
-  checkU16(h.type, 'header.type');
-  checkU16(h.op, 'header.op');
+  const { srcCid, dstCid, srcPort, dstPort, len, type, op, flags, bufAlloc, fwdCnt } = h;
+  return {
+    srcCid: checkU64(srcCid, 'header.srcCid'),
+    dstCid: checkU64(dstCid, 'header.dstCid'),
+    srcPort: checkU32(srcPort, 'header.srcPort'),
+    dstPort: checkU32(dstPort, 'header.dstPort'),
+    len: checkU32(len, 'header.len'),
+    type: checkU16(type, 'header.type'),
+    op: checkU16(op, 'header.op'),
+    flags: checkU32(flags, 'header.flags'),
+    bufAlloc: checkU32(bufAlloc, 'header.bufAlloc'),
+    fwdCnt: checkU32(fwdCnt, 'header.fwdCnt'),
+  };
 }
 
-/**
- * Writes `h` into `out` at `offset` (44 bytes). Fields are not range-checked
- * here (see checkVsockHeader); `out` must have room.
- */
+/** Checks every field's range (what a DataView would otherwise truncate). */
+export function checkVsockHeader(h: VsockHeader): void {
+  checkedHeader(h);
+}
+
+/** Writes `h` (checked like checkVsockHeader) into `out` at `offset` (44 bytes); `out` must have room. */
 export function writeVsockHeader(out: Uint8Array, offset: number, h: VsockHeader): void {
+  if (!(out instanceof Uint8Array)) throw invalidArg('out', 'must be a Uint8Array');
+  if (typeof offset !== 'number' || !Number.isInteger(offset) || offset < 0 || offset + VSOCK_HDR_SIZE > out.length) {
+    throw invalidArg('out', `has no room for a ${VSOCK_HDR_SIZE}-byte header at offset ${plain(offset)} (length ${out.length})`, 'ERR_VHOST_OUT_OF_RANGE');
+  }
+  const c = checkedHeader(h);
   const dv = new DataView(out.buffer, out.byteOffset + offset, VSOCK_HDR_SIZE);
-  dv.setBigUint64(AT.srcCid, h.srcCid, true);
-  dv.setBigUint64(AT.dstCid, h.dstCid, true);
-  putFields(dv, 0, h.srcPort, h.dstPort, h.len, h.type, h.op, h.flags, h.bufAlloc, h.fwdCnt);
+  dv.setBigUint64(AT.srcCid, c.srcCid, true);
+  dv.setBigUint64(AT.dstCid, c.dstCid, true);
+  putFields(dv, 0, c.srcPort, c.dstPort, c.len, c.type, c.op, c.flags, c.bufAlloc, c.fwdCnt);
 }
 
 /**
@@ -221,7 +236,6 @@ export class VsockPacketView {
 
 /** Encodes a header (validated) into a new 44-byte Buffer. */
 export function encodeVsockHeader(h: VsockHeader): Buffer {
-  checkVsockHeader(h);
   const out = Buffer.alloc(VSOCK_HDR_SIZE);
   writeVsockHeader(out, 0, h);
   return out;
@@ -230,8 +244,8 @@ export function encodeVsockHeader(h: VsockHeader): Buffer {
 /** Decodes the header at `offset`; throws ERR_VHOST_OUT_OF_RANGE when fewer than 44 bytes remain. */
 export function decodeVsockHeader(buf: Uint8Array, offset = 0): VsockHeader {
   if (!(buf instanceof Uint8Array)) throw invalidArg('buf', 'must be a Uint8Array');
-  if (!Number.isInteger(offset) || offset < 0 || offset + VSOCK_HDR_SIZE > buf.length) {
-    throw invalidArg('buf', `has no ${VSOCK_HDR_SIZE}-byte header at offset ${offset} (length ${buf.length})`, 'ERR_VHOST_OUT_OF_RANGE');
+  if (typeof offset !== 'number' || !Number.isInteger(offset) || offset < 0 || offset + VSOCK_HDR_SIZE > buf.length) {
+    throw invalidArg('buf', `has no ${VSOCK_HDR_SIZE}-byte header at offset ${plain(offset)} (length ${buf.length})`, 'ERR_VHOST_OUT_OF_RANGE');
   }
   const dv = new DataView(buf.buffer, buf.byteOffset + offset, VSOCK_HDR_SIZE);
   return {

@@ -6,6 +6,7 @@
 import { spawn, type ChildProcess, type SpawnOptions, type StdioNull, type StdioPipe } from 'node:child_process';
 import '../core/dispose';
 import { invalidArg, VhostError } from '../core/errors';
+import { plain } from '../core/check';
 import { formatMac, parseMac, Tap, tunFlags, validateLinkName, validateMtu } from '../netdev/tap';
 import { VhostNet } from '../vhost/net';
 import { VhostVsock } from '../vhost/vsock';
@@ -261,7 +262,7 @@ export interface VmmHandoff {
 const QEMU_ID = /^[A-Za-z][A-Za-z0-9_.-]{0,127}$/;
 
 function checkFdNumber(v: unknown, arg: string): number {
-  if (!isInt(v) || v < 0 || v > 0x7fff_ffff) throw invalidArg(arg, `must be an fd number (integer in 0..2147483647), got ${String(v)}`);
+  if (!isInt(v) || v < 0 || v > 0x7fff_ffff) throw invalidArg(arg, `must be an fd number (integer in 0..2147483647), got ${plain(v)}`);
   return v;
 }
 
@@ -315,7 +316,7 @@ export function qemuArgs(input: VmmHandoffInput): VmmHandoff {
     const v = input.vsock;
     if (typeof v !== 'object' || v === null) throw invalidArg('vsock', 'must be an object');
     if (!isInt(v.cid) || v.cid < CID_FIRST || v.cid > CID_LAST) {
-      throw invalidArg('vsock.cid', `must be in ${CID_FIRST}..${CID_LAST} (got ${String(v.cid)})`, 'ERR_VHOST_OUT_OF_RANGE');
+      throw invalidArg('vsock.cid', `must be in ${CID_FIRST}..${CID_LAST} (got ${plain(v.cid)})`, 'ERR_VHOST_OUT_OF_RANGE');
     }
     const child = pass(checkFdNumber(v.vhostFd, 'vsock.vhostFd'));
     args.push('-device', `vhost-vsock-pci,guest-cid=${v.cid},vhostfd=${child}`);

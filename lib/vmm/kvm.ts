@@ -5,7 +5,7 @@
 // ranges KVM enforces itself (ioeventfd length, slot numbers, alignment) are
 // left to it so its errno reaches the caller.
 import { checkInt, checkNonEmptyString, checkObject, checkOneOf, toU64, typeOf } from '../core/check';
-import { invalidArg } from '../core/errors';
+import { invalidArg, withDeviceHint, type DeviceNode } from '../core/errors';
 import { FdOwner, type FdLike } from '../core/fd';
 import { native, type OwnedFd } from '../core/native';
 import type { MemoryLike } from '../core/memory';
@@ -171,6 +171,9 @@ export class KvmVm extends FdOwner {
   }
 }
 
+/** /dev/kvm: created by kvm_intel or kvm_amd (with virtualization on in the firmware); distributions give it to the kvm group. */
+const KVM_NODE: DeviceNode = { module: 'kvm_intel or kvm_amd', node: '/dev/kvm', group: 'kvm' };
+
 /** /dev/kvm. Owns the fd: close() or `using`. */
 export class Kvm extends FdOwner {
   static readonly defaultPath = '/dev/kvm';
@@ -182,7 +185,11 @@ export class Kvm extends FdOwner {
   /** Opens /dev/kvm O_RDWR | O_CLOEXEC. */
   static open(path: string = Kvm.defaultPath): Kvm {
     checkNonEmptyString(path, 'path');
-    return new Kvm(native.openPath(path));
+    try {
+      return new Kvm(native.openPath(path));
+    } catch (err) {
+      throw withDeviceHint(err, KVM_NODE);
+    }
   }
 
   /** KVM_GET_API_VERSION (12). */

@@ -14,6 +14,7 @@ import { getSystemErrorMap } from 'node:util';
 import '../core/dispose';
 import { abortError, checkFunction } from '../core/check';
 import { closedError, invalidArg, VhostError } from '../core/errors';
+import { withVsockHint } from './hints';
 import { native, POLL_READABLE, POLL_WRITABLE, type OwnedFd } from '../core/native';
 import {
   checkConnectOptions, checkListenOptions, checkServerOptions,
@@ -48,28 +49,6 @@ const addressPath = (a: VsockAddress): string => `vsock:${a.cid}:${a.port}`;
 function errnoError(errno: number, syscall: string, path: string): VhostError {
   const [code, description] = getSystemErrorMap().get(-errno) ?? [`Unknown system error ${errno}`, 'unknown error'];
   return new VhostError(`${code}: ${description}, ${syscall} '${path}'`, { code, errno: -errno, syscall, path });
-}
-
-/** Adds what the user can do about the errors a vsock user meets. */
-function withHint(err: unknown, peer?: VsockAddress, timeout?: number): unknown {
-  if (!(err instanceof VhostError)) return err;
-  let hint: string | undefined;
-  if (err.code === 'EAFNOSUPPORT') hint = 'AF_VSOCK is unavailable: load the vsock module (modprobe vsock, or a transport that pulls it in)';
-  else if (err.code === 'ENOENT' && err.path === '/dev/vsock') hint = 'the vsock module is not loaded: modprobe vsock';
-  else if (peer && err.syscall === 'connect') {
-    if (err.code === 'ENODEV') {
-      hint = `no vsock transport reaches CID ${peer.cid}: CID 1 needs vsock_loopback; a guest CID needs vhost_vsock and a running guest with that CID; the host (CID 2) from a guest needs the guest's virtio vsock transport`;
-    } else if (err.code === 'ECONNRESET') {
-      hint = `nothing listens on port ${peer.port} at CID ${peer.cid} (virtio vsock transports refuse a connection with a reset)`;
-    } else if (err.code === 'ETIMEDOUT') {
-      hint = `CID ${peer.cid} did not answer within ${timeout ?? 2000} ms`;
-    }
-  }
-  if (hint) {
-    err.hint = hint;
-    err.message += ` (${hint})`;
-  }
-  return err;
 }
 
 // ---- the stream ------------------------------------------------------------
@@ -158,7 +137,7 @@ export class VsockSocket extends Duplex {
       if (native.vsockConnect(handle, peer.cid, peer.port)) process.nextTick(() => this.#onConnectReady());
       else this.#updatePoll();
     } catch (err) {
-      process.nextTick(() => this.destroy(withHint(err, peer) as Error));
+      process.nextTick(() => this.destroy(withVsockHint(err, peer) as Error));
     }
   }
 
@@ -271,7 +250,7 @@ export class VsockSocket extends Duplex {
     }
     if (errno === 0) errno = -status;
     const syscall = this.#connecting ? 'connect' : this.#wantRead ? 'read' : 'write';
-    this.destroy(withHint(errnoError(errno, syscall, this.#label), this.#remote, this.#connectTimeout) as Error);
+    this.destroy(withVsockHint(errnoError(errno, syscall, this.#label), this.#remote, this.#connectTimeout) as Error);
   }
 
   #onConnectReady(): void {
@@ -281,7 +260,7 @@ export class VsockSocket extends Duplex {
     try {
       const errno = native.vsockGetSocketError(handle);
       if (errno !== 0) {
-        this.destroy(withHint(errnoError(errno, 'connect', this.#label), peer, this.#connectTimeout) as Error);
+        this.destroy(withVsockHint(errnoError(errno, 'connect', this.#label), peer, this.#connectTimeout) as Error);
         return;
       }
       this.#local = native.vsockGetSockName(handle);
@@ -486,7 +465,7 @@ export class VsockServer extends EventEmitter {
       handle.watch(POLL_READABLE, this.#onPoll);
     } catch (err) {
       handle?.close();
-      process.nextTick(() => this.emit('error', withHint(err)));
+      process.nextTick(() => this.emit('error', withVsockHint(err)));
       return this;
     }
     this.#handle = handle;
@@ -630,7 +609,7 @@ export function localCid(): number {
   try {
     dev = native.openPath('/dev/vsock', 0);
   } catch (err) {
-    throw withHint(err);
+    throw withVsockHint(err);
   }
   try {
     return native.vsockGetLocalCid(dev);

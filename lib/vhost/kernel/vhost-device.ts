@@ -4,7 +4,7 @@
 // itself (ring size a power of two, queue index < nvqs, region count) are left
 // to the kernel so its errno (EINVAL, ENOBUFS, E2BIG) reaches the caller.
 import { checkInt, checkNonEmptyString, checkObject, checkOneOf, describe, toU64 } from '../../core/check';
-import { invalidArg, VhostError, withDeviceHint } from '../../core/errors';
+import { invalidArg, VhostError, withDeviceHint, type DeviceNode } from '../../core/errors';
 import { FdOwner, type FdLike } from '../../core/fd';
 import type { MemoryLike, MemoryRegion } from '../../core/memory';
 import { native, type FdArg, type NativeIotlbMsg, type NativeMemRegion, type OwnedFd } from '../../core/native';
@@ -96,7 +96,7 @@ function checkFd(value: unknown, arg: string): FdArg {
 
 function checkBits(value: unknown, arg: string): bigint {
   if (typeof value !== 'bigint') throw invalidArg(arg, `must be a bigint, got ${describe(value)}`);
-  return toU64(value, arg, describe, (v) => `must fit in 64 bits, got ${v}`);
+  return toU64(value, arg, describe, (v) => `must fit in 64 bits, got ${describe(v)}`);
 }
 
 function toMemTable(mem: unknown): NativeMemRegion[] {
@@ -198,13 +198,14 @@ export abstract class VhostDevice extends FdOwner implements VhostBackend {
     };
   }
 
-  /** Opens a device node O_RDWR | O_CLOEXEC; ENOENT / EACCES / EPERM carry a hint. */
-  protected static openPath(path: string): OwnedFd {
+  /** Opens a device node O_RDWR | O_CLOEXEC; ENOENT / EACCES / EPERM carry the hint of `device` (its module, usual node). */
+  protected static openPath(path: string, device: DeviceNode): OwnedFd {
+
     checkNonEmptyString(path, 'path', describe);
     try {
       return native.openPath(path);
     } catch (err) {
-      throw withDeviceHint(err);
+      throw withDeviceHint(err, device);
     }
   }
 

@@ -256,7 +256,7 @@ describeKernel('Tap (real /dev/net/tun)', ['/dev/net/tun', '/dev/vhost-net'], ()
     test('without CAP_NET_ADMIN: EPERM from TUNSETIFF, with the CAP_NET_ADMIN hint', () => {
       const r = createInChild(['setpriv', '--inh-caps=-net_admin', '--bounding-set=-net_admin'], { name: linkName() });
       expect(r).toMatchObject({ code: 'EPERM', syscall: 'ioctl(TUNSETIFF)', path: '/dev/net/tun', step: 'TUNSETIFF' });
-      expect(r.hint).toBe('creating or configuring a tap needs CAP_NET_ADMIN');
+      expect(r.hint).toBe('ioctl(TUNSETIFF) needs CAP_NET_ADMIN: run as root or grant the process CAP_NET_ADMIN');
       expect(r.message).toContain('CAP_NET_ADMIN');
     });
 
@@ -264,7 +264,7 @@ describeKernel('Tap (real /dev/net/tun)', ['/dev/net/tun', '/dev/vhost-net'], ()
       // A private mount namespace hides /dev/net under an empty tmpfs for the child only.
       const r = createInChild(['unshare', '--mount', '--propagation', 'private', 'sh', '-c', 'mount -t tmpfs none /dev/net && exec "$@"', 'sh'], {});
       expect(r).toMatchObject({ code: 'ENOENT', syscall: 'open', path: '/dev/net/tun' });
-      expect(r.hint).toBe('the tun module is not loaded: modprobe tun');
+      expect(r.hint).toBe('/dev/net/tun is missing: the tun module is not loaded: modprobe tun');
     });
   });
 

@@ -3,7 +3,7 @@
 // exact messages each wording produces.
 import {
   abortError, checkBool, checkFunction, checkInt, checkNonEmptyArray, checkNonEmptyString, checkObject, checkOneOf, checkSignal, checkUint,
-  describe as describeValue, numberOrType, oneOfList, toBigInt, toU64, typeOf,
+  describe as describeValue, numberOrType, oneOfList, plain, readOptions, SHOWN_MAX, toBigInt, toU64, typeOf,
 } from '../../../lib/core/check';
 import { VhostError } from '../../../lib/core/errors';
 import { checkVsockType } from '../../../lib/vsock/options';
@@ -146,5 +146,58 @@ describe('checkObject, checkNonEmptyArray, checkNonEmptyString, checkFunction, c
     ac.abort('why');
     const err = abortError(ac.signal) as Error & { code?: string };
     expect([err.name, err.code, err.message, err.cause]).toEqual(['AbortError', 'ABORT_ERR', 'The operation was aborted', 'why']);
+  });
+});
+
+describe('a rejected value never runs the caller code (issue 13)', () => {
+  /** An object whose every coercion hook records and throws. */
+  function hostile(calls: string[]): object {
+    const hook = (name: string) => () => {
+      calls.push(name);
+      throw new Error(`${name} ran`);
+    };
+    return { toString: hook('toString'), valueOf: hook('valueOf'), [Symbol.toPrimitive]: hook('toPrimitive'), toJSON: hook('toJSON') };
+  }
+  const nullProto = Object.create(null) as object;
+  const revoked = Proxy.revocable({}, {});
+  revoked.revoke();
+
+  test('plain() and describe() show objects, functions, symbols and proxies by type, and cut long strings and bigints', () => {
+    const calls: string[] = [];
+    const values = [hostile(calls), nullProto, () => 1, Symbol('s'), revoked.proxy, new Proxy({}, { get: () => { calls.push('get'); return 1; } })];
+    expect(values.map(plain)).toEqual(['object', 'object', 'function', 'symbol', 'object', 'object']);
+    expect(values.map(describeValue)).toEqual(['object', 'object', 'function', 'symbol', 'object', 'object']);
+    expect(calls).toEqual([]);
+    expect(plain('x'.repeat(1 << 20))).toBe(`${'x'.repeat(SHOWN_MAX)}... (1048576 chars)`);
+    expect(describeValue('y'.repeat(100))).toBe(`"${'y'.repeat(SHOWN_MAX)}"... (100 chars)`);
+    expect(plain(10n ** 100n)).toBe(`1${'0'.repeat(SHOWN_MAX - 1)}... (101 chars)`);
+    expect([null, undefined, -0, NaN, 1.5, true, 2n, 's'].map(plain)).toEqual(['null', 'undefined', '0', 'NaN', '1.5', 'true', '2', 's']);
+  });
+
+  test.each([
+    ['checkUint', (v: unknown) => checkUint(v, 'v', 10), 'ERR_VHOST_OUT_OF_RANGE', 'v must be an integer in 0..10, got object'],
+    ['checkOneOf', (v: unknown) => checkOneOf(v, 'v', ['a', 'b']), 'ERR_VHOST_INVALID_ARG', "v must be 'a' or 'b', got object"],
+    ['checkInt', (v: unknown) => checkInt(v, 'v', 0, 1), 'ERR_VHOST_INVALID_ARG', 'v must be an integer, got object'],
+    ['toU64', (v: unknown) => toU64(v, 'v'), 'ERR_VHOST_INVALID_ARG', 'v must be a bigint or a safe integer, got object'],
+  ])('%s: a hostile or prototype-less object gives its ERR_VHOST_* error, never its own', (_name, check, code, message) => {
+    const calls: string[] = [];
+    for (const value of [hostile(calls), nullProto]) rejects(() => check(value), code, message, 'v');
+    expect(calls).toEqual([]);
+  });
+
+  test('a symbol is rejected with a code, not the TypeError a template literal would throw', () => {
+    rejects(() => checkOneOf(Symbol('x'), 'v', ['a']), 'ERR_VHOST_INVALID_ARG', "v must be 'a', got symbol", 'v');
+  });
+
+  test('readOptions reads each listed key once, own enumerable ones only', () => {
+    const reads: string[] = [];
+    const options = Object.create({ inherited: 1 }) as Record<string, unknown>;
+    Object.defineProperty(options, 'size', { enumerable: true, get: () => (reads.push('size'), 16) });
+    Object.defineProperty(options, 'hidden', { enumerable: false, value: 2 });
+    const copy = readOptions(options, ['size', 'inherited', 'hidden', 'missing']);
+    expect(copy).toEqual({ size: 16 });
+    void copy.size;
+    void copy.size;
+    expect(reads).toEqual(['size']);
   });
 });

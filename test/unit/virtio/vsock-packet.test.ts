@@ -55,7 +55,7 @@ describe('virtio_vsock_hdr codec', () => {
     // Above 2^53 a number CID is what Number() made of the bigint: the bytes writeVsockHeader writes for BigInt(Number(cid)), 2^64 wrapping to 0.
     fc.assert(fc.property(header, (h) => {
       const rounded = Buffer.alloc(VSOCK_HDR_SIZE);
-      writeVsockHeader(rounded, 0, { ...h, srcCid: BigInt(Number(h.srcCid)), dstCid: BigInt(Number(h.dstCid)) });
+      writeVsockHeader(rounded, 0, { ...h, srcCid: BigInt.asUintN(64, BigInt(Number(h.srcCid))), dstCid: BigInt.asUintN(64, BigInt(Number(h.dstCid))) });
       expect(putInPool(h, Number(h.srcCid), Number(h.dstCid), 44).equals(rounded)).toBe(true);
     }), { numRuns: 1000 });
     const h0: VsockHeader = { srcCid: 0n, dstCid: 0n, srcPort: 1, dstPort: 2, len: 0, type: 1, op: 1, flags: 0, bufAlloc: 0, fwdCnt: 0 };

@@ -25,6 +25,8 @@ export * from './netdev/links';
 export * from './netdev/netns';
 export * from './netdev/bridge';
 export * from './netdev/macvtap';
+export { type CreatorMark, type CreatorState, setCreatorLabel, formatMark, parseMark } from './netdev/creator';
+export * from './netdev/orphans';
 export * from './virtio/net-config';
 export { INDIRECT_MAX, type VirtqueueSegment, type UsedBuffer, type VirtqueueOptions, placeVirtqueue, virtqueueFootprint, Virtqueue, BufferPool } from './virtio/virtqueue';
 export { VIRTIO_NET_HDR_SIZE, type VirtioNetGuestOptions, type VirtioNetGuestBackend, type VirtioNetGuestStats, VirtioNetGuest } from './guest/net';

@@ -5,6 +5,7 @@
 import { FdOwner } from '../core/fd';
 import { invalidArg, VhostError, withDeviceHint } from '../core/errors';
 import { native, type OwnedFd } from '../core/native';
+import { currentMark, formatMark } from './creator';
 
 /** TUNSETIFF / TUNGETIFF / TUNSETQUEUE flags (linux/if_tun.h). */
 export const tunFlags = {
@@ -207,6 +208,22 @@ export function planTap(opts: TapOptions = {}): TapPlan {
   };
 }
 
+/**
+ * A persistent tap outlives this process: mark it with its creator (its
+ * alias, see netdev/creator.ts) so cleanupOrphans() finds it after a crash.
+ * links.ts is loaded here only when needed: it imports this file.
+ */
+function markPersistentTap(name: string): void {
+  // eslint-disable-next-line @typescript-eslint/no-var-requires
+  const { Rtnl } = require('./links') as typeof import('./links');
+  const rtnl = Rtnl.open();
+  try {
+    rtnl.setAlias(name, formatMark(currentMark()));
+  } finally {
+    rtnl.close();
+  }
+}
+
 /** Marks an error with the Tap.create step that failed and adds a device hint. */
 function atStep(err: unknown, step: string): unknown {
   if (err instanceof VhostError) {
@@ -305,6 +322,8 @@ export class Tap extends FdOwner {
         step = 'TUNSETPERSIST';
         native.tapSetPersist(fd, true);
         persisted = true;
+        step = 'IFLA_IFALIAS';
+        markPersistentTap(name);
       }
       if (plan.mtu !== undefined) {
         step = 'SIOCSIFMTU';
@@ -421,6 +440,7 @@ export class Tap extends FdOwner {
   setPersist(persist: boolean): void {
     if (typeof persist !== 'boolean') throw invalidArg('persist', 'must be a boolean');
     native.tapSetPersist(this.handle, persist);
+    if (persist) markPersistentTap(this.name);
   }
 
   /** Closes every queue fd. Idempotent. */

@@ -45,13 +45,16 @@ libasan=$(${CC:-gcc} -print-file-name=libasan.so)
 out=$root/build-asan
 mkdir -p "$out"
 ln -sfn ../native "$out/native"
+# make rebuilds only what changed; a changed binding.gyp (or none built yet) means a full rebuild.
+action=build
+if [ ! -f "$out/build/Makefile" ] || ! cmp -s binding.gyp "$out/binding.gyp"; then action=rebuild; fi
 cp binding.gyp "$out/binding.gyp"
 san='-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g'
 log "building the addon with ASan + UBSan in build-asan/"
 start=$SECONDS
 # node-gyp run by hand does not see npm's config: pass its nodedir (headers) on.
 nodedir=$(npm config get nodedir 2>/dev/null || true)
-gyp_args=(rebuild --directory "$out" --loglevel=warn)
+gyp_args=("$action" --directory "$out" --loglevel=warn)
 case $nodedir in ''|undefined|null) ;; *) gyp_args+=(--nodedir "$nodedir") ;; esac
 CFLAGS="$san" CXXFLAGS="$san" LDFLAGS="-fsanitize=address,undefined" \
 	node node_modules/node-gyp/bin/node-gyp.js "${gyp_args[@]}" >&2

@@ -8,10 +8,12 @@
 //   vsock:   VirtioVsockGuest create (CID auto), listen, a host AF_VSOCK
 //            client's 64-byte echo round trip, close.
 // Each checkpoint: open fds, RSS, RssAnon (/proc/self/status: heap memory,
-// not file mappings), V8 heap used, external and ArrayBuffer memory. Then
-// per phase the growth per 1,000 cycles over the first and the second half:
-// a leak grows the same in both, a plateau (allocator caches, V8 code and
-// inline caches warming up) grows in the first and not the second.
+// not file mappings), V8 heap committed (heapTotal) and used, external and
+// ArrayBuffer memory. Then
+// per phase the growth per 1,000 cycles over the first and the second half
+// and the highest RssAnon of each half: a leak keeps raising it, a plateau
+// (allocator caches, V8's young generation and code warming up) rises in the
+// first cycles and then moves up and down under the same ceiling.
 // Not a test: it prints figures and fails only when fds do not come back.
 //
 //   node bench/soak.js [--builder N] [--net N] [--vsock N] [--checkpoints N]
@@ -68,18 +70,18 @@ async function sample(cycle) {
     await new Promise((r) => setImmediate(r));
   }
   const m = process.memoryUsage();
-  return { cycle, fds: fdCount(), rss: m.rss / KiB, rssAnon: statusKiB('RssAnon'), heap: m.heapUsed / KiB, external: m.external / KiB, arrayBuffers: m.arrayBuffers / KiB };
+  return { cycle, fds: fdCount(), rss: m.rss / KiB, rssAnon: statusKiB('RssAnon'), heapTotal: m.heapTotal / KiB, heap: m.heapUsed / KiB, external: m.external / KiB, arrayBuffers: m.arrayBuffers / KiB };
 }
 
 const col = (v, w = 9) => String(v).padStart(w);
 function printSample(s) {
-  console.log(`${col(s.cycle, 7)} ${col(s.fds, 5)} ${col(Math.round(s.rss))} ${col(Math.round(s.rssAnon))} ${col(Math.round(s.heap))} ${col(Math.round(s.external))} ${col(Math.round(s.arrayBuffers))}`);
+  console.log(`${col(s.cycle, 7)} ${col(s.fds, 5)} ${col(Math.round(s.rss))} ${col(Math.round(s.rssAnon))} ${col(Math.round(s.heapTotal))} ${col(Math.round(s.heap))} ${col(Math.round(s.external))} ${col(Math.round(s.arrayBuffers))}`);
 }
 
 /** Runs `cycles` of `one(i)`, sampling at evenly spaced checkpoints; returns the samples. */
 async function phase(name, cycles, checkpoints, one) {
   console.log(`\n== ${name}: ${cycles} cycles`);
-  console.log(' cycles   fds   rss KiB anon KiB  heap KiB  ext KiB   ab KiB');
+  console.log(' cycles   fds   rss KiB anon KiB hpTot KiB  heap KiB  ext KiB   ab KiB');
   const marks = new Set(Array.from({ length: checkpoints + 1 }, (_, k) => Math.round((cycles * k) / checkpoints)));
   const samples = [];
   const started = Date.now();
@@ -95,9 +97,14 @@ async function phase(name, cycles, checkpoints, one) {
   const [first, mid, last] = [samples[0], samples[Math.floor(samples.length / 2)], samples.at(-1)];
   const per1k = (a, b, key) => (((b[key] - a[key]) / Math.max(1, b.cycle - a.cycle)) * 1000).toFixed(0);
   console.log(`${name}: ${secs.toFixed(1)} s (${((secs / Math.max(1, cycles)) * 1000).toFixed(2)} ms/cycle); fds ${first.fds} -> ${last.fds}`);
-  for (const key of ['rss', 'rssAnon', 'heap', 'external']) {
+  for (const key of ['rss', 'rssAnon', 'heapTotal', 'heap', 'external']) {
     console.log(`${name}: ${key.padEnd(8)} KiB per 1000 cycles: first half ${per1k(first, mid, key).padStart(6)}, second half ${per1k(mid, last, key).padStart(6)}`);
   }
+  // Memory after GC moves up and down with the allocator's and V8's caches: a leak raises the
+  // ceiling, so compare the highest RssAnon of each half (checkpoint 0 left out).
+  const peak = (from, to) => Math.max(...samples.slice(from, to).map((s) => s.rssAnon));
+  const half = Math.floor(samples.length / 2);
+  console.log(`${name}: RssAnon peak KiB: first half ${peak(1, half + 1)}, second half ${peak(half + 1, samples.length)} (start ${first.rssAnon}, end ${last.rssAnon})`);
   return { name, cycles, secs, samples, fdsBack: last.fds === first.fds };
 }
 

@@ -80,7 +80,7 @@ status=0
 if [ "$which" != kernel ]; then
 	log "unit suite under ASan + UBSan"
 	start=$SECONDS
-	LD_PRELOAD=$libasan node node_modules/jest/bin/jest.js --selectProjects unit test/unit || status=1
+	LD_PRELOAD=$libasan node node_modules/jest/bin/jest.js test/unit --selectProjects unit || status=1
 	log "unit suite: $((SECONDS - start)) s, exit $status"
 fi
 if [ "$which" != unit ]; then

@@ -39,6 +39,8 @@ export { setActiveQueuePairs, type MacvtapMode, type LinkInfo, type LinkRef, typ
 export * from './netdev/netns';
 export { bridge, type BridgeOptions, type AttachOptions, Bridge } from './netdev/bridge';
 export * from './netdev/macvtap';
+export { type CreatorMark, type CreatorState, setCreatorLabel, formatMark, parseMark } from './netdev/creator';
+export * from './netdev/orphans';
 export { virtioNetConfig, virtioNetStatus, virtioNetConfigLayout, MAX_QUEUE_PAIRS, type VirtioNetConfigOptions, type VirtioNetConfig } from './virtio/net-config';
 export { INDIRECT_MAX, type VirtqueueSegment, type UsedBuffer, type VirtqueueOptions, placeVirtqueue, virtqueueFootprint, Virtqueue, BufferPool } from './virtio/virtqueue';
 export { VIRTIO_NET_HDR_SIZE, type VirtioNetGuestOptions, type VirtioNetGuestBackend, type VirtioNetGuestStats, VirtioNetGuest } from './guest/net';

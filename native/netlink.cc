@@ -230,6 +230,17 @@ static void NetnsCreate(const Napi::CallbackInfo& info) {
   std::string name = NetnsName(info[0]);
   std::string path = std::string(kNetnsDir) + "/" + name;
   if (::mkdir(kNetnsDir, 0755) < 0 && errno != EEXIST) throw ErrnoError(env, errno, "mkdir", kNetnsDir);
+  // /run/netns is made a shared mount point of its own, as `ip netns add`
+  // makes it: otherwise the first `ip netns add` after us binds /run/netns
+  // onto itself with our namespace mounts copied, and deleting ours then
+  // fails EBUSY (the copy still sits on the file).
+  if (::mount("", kNetnsDir, "none", MS_SHARED | MS_REC, nullptr) < 0) {
+    if (errno != EINVAL) throw ErrnoError(env, errno, "mount(MS_SHARED)", kNetnsDir);
+    if (::mount(kNetnsDir, kNetnsDir, "none", MS_BIND | MS_REC, nullptr) < 0)
+      throw ErrnoError(env, errno, "mount(MS_BIND)", kNetnsDir);
+    if (::mount("", kNetnsDir, "none", MS_SHARED | MS_REC, nullptr) < 0)
+      throw ErrnoError(env, errno, "mount(MS_SHARED)", kNetnsDir);
+  }
   int fd = ::open(path.c_str(), O_RDONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0);
   if (fd < 0) throw ErrnoError(env, errno, "open", path);
   ::close(fd);

@@ -2,6 +2,7 @@
 // The `linux-vhost` command. Each subcommand is one entry of COMMANDS; modules
 // that load the native addon are required only by the command that needs
 // them, so `help` and `vm` work without a build.
+import { checkLabel } from '../netdev/creator';
 import { runInTestVm, runTestVmScript, whereToRun } from './test-vm';
 
 interface Command {
@@ -99,6 +100,51 @@ async function runDemoHere(demo: typeof import('./demo'), parsed: { frames?: num
   }
 }
 
+/** Parses `cleanup [--dry-run] [--label L] [--json]`; a string is a usage error. */
+export function parseCleanupArgs(args: string[]): { dryRun: boolean; label?: string; json: boolean } | string {
+  const out: { dryRun: boolean; label?: string; json: boolean } = { dryRun: false, json: false };
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === '--dry-run') out.dryRun = true;
+    else if (a === '--json') out.json = true;
+    else if (a === '--label' || a.startsWith('--label=')) {
+      const value = a === '--label' ? args[++i] : a.slice('--label='.length);
+      try {
+        out.label = checkLabel(value, '--label');
+      } catch (err) {
+        return `cleanup: ${(err as Error).message}`;
+      }
+    } else return `cleanup: unknown argument '${a}'`;
+  }
+  return out;
+}
+
+/**
+ * Removes what processes that died left behind (netdev/orphans.ts): marked
+ * links and named netns whose creator is gone. Exit 1 when a removal failed.
+ */
+function cleanupCommand(args: string[]): number {
+  const parsed = parseCleanupArgs(args);
+  if (typeof parsed === 'string') return usageError(parsed);
+  const { cleanupOrphans, describeOrphan } = require('../netdev/orphans') as typeof import('../netdev/orphans');
+  const result = cleanupOrphans({ dryRun: parsed.dryRun, label: parsed.label });
+  if (parsed.json) {
+    const plain = (o: import('../netdev/orphans').Orphan) => ({ ...o, creator: { ...o.creator, start: String(o.creator.start), pidns: String(o.creator.pidns) } });
+    const json = {
+      dryRun: result.dryRun,
+      removed: result.removed.map(plain),
+      failed: result.failed.map((f) => ({ ...plain(f.orphan), error: { code: (f.error as { code?: string }).code, message: f.error.message } })),
+    };
+    process.stdout.write(JSON.stringify(json, null, 2) + '\n');
+  } else {
+    const verb = result.dryRun ? 'would remove' : 'removed';
+    for (const o of result.removed) process.stdout.write(`${verb} ${describeOrphan(o)}\n`);
+    for (const f of result.failed) process.stdout.write(`failed to remove ${describeOrphan(f.orphan)}: ${f.error.message}\n`);
+    if (result.removed.length === 0 && result.failed.length === 0) process.stdout.write('no orphans\n');
+  }
+  return result.failed.length > 0 ? 1 : 0;
+}
+
 const COMMANDS: Record<string, Command> = {
   probe: {
     synopsis: 'probe [--json]',
@@ -109,6 +155,11 @@ const COMMANDS: Record<string, Command> = {
     synopsis: 'demo [--frames N] [--size BYTES]',
     summary: 'ping a virtio-net guest in this process over vhost-net and a tap, push a burst, print figures (runs in the test VM when needed)',
     run: demoCommand,
+  },
+  cleanup: {
+    synopsis: 'cleanup [--dry-run] [--label L] [--json]',
+    summary: 'remove bridges, veths, macvtaps, persistent taps and netns left by library users that died (only marked ones)',
+    run: cleanupCommand,
   },
   vm: {
     synopsis: 'vm [options] -- <command...>',

@@ -13,6 +13,7 @@ import {
   findAttr, ifla, iflaInfo, iflaMacvlan, macvlanMode, nlmsgFlags, nlmsgType, readString, readU32, VETH_INFO_PEER,
   type NlAttr,
 } from './netlink';
+import { currentMark, formatMark } from './creator';
 import { formatMac, linkFlags, parseMac, validateLinkName, validateMtu, type Tap } from './tap';
 
 /** macvtap / macvlan modes (enum macvlan_mode). */
@@ -37,6 +38,8 @@ export interface LinkInfo {
   parent?: number;
   /** IFLA_MACVLAN_MODE of a macvtap / macvlan. */
   macvlanMode?: MacvtapMode;
+  /** IFLA_IFALIAS (`ip link set … alias`); the library's creator mark on links it made (netdev/creator.ts). */
+  alias?: string;
 }
 
 /** Anything that names a link: its name, or a Tap / Link / Macvtap object. */
@@ -66,6 +69,8 @@ function parseLink(payload: Uint8Array): LinkInfo {
   if (address && address.data.length === 6) info.mac = formatMac(address.data);
   if (at(ifla.MASTER)) info.master = readU32(at(ifla.MASTER)!);
   if (at(ifla.LINK)) info.parent = readU32(at(ifla.LINK)!);
+  const alias = at(ifla.IFALIAS);
+  if (alias && alias.data.length > 0) info.alias = readString(alias);
   const linkinfo = at(ifla.LINKINFO);
   if (linkinfo) {
     const nested = decodeAttrs(linkinfo.data);
@@ -175,7 +180,36 @@ export class Rtnl extends FdOwner {
     attrs.push(attrNested(ifla.LINKINFO, linkinfo));
     const flags = nlmsgFlags.NLM_F_ACK | nlmsgFlags.NLM_F_CREATE | nlmsgFlags.NLM_F_EXCL;
     this.request(nlmsgType.RTM_NEWLINK, flags, {}, attrs, name);
+    // A '%d' template is resolved by the kernel: the caller marks the link once it knows the name.
+    if (!name.includes('%')) this.markCreated(name);
     return new Link(this, name);
+  }
+
+  /**
+   * Writes this process's creator mark into the alias of a link it just made
+   * (netdev/creator.ts), so cleanupOrphans() can remove it once this process
+   * is gone. RTM_NEWLINK does not take IFLA_IFALIAS, hence a second request; a
+   * failure deletes the link (an unmarked link would outlive a crash unseen).
+   */
+  markCreated(link: LinkRef): void {
+    const name = refName(link);
+    try {
+      this.setAlias(name, formatMark(currentMark()));
+    } catch (err) {
+      try {
+        this.deleteLink(name);
+      } catch {
+        // the mark's error is the one to report
+      }
+      throw err;
+    }
+  }
+
+  /** Sets the link alias (IFLA_IFALIAS, at most 255 bytes); '' clears it. */
+  setAlias(link: LinkRef, alias: string): void {
+    const name = refName(link);
+    if (typeof alias !== 'string' || Buffer.byteLength(alias) > 255 || alias.includes('\0')) throw invalidArg('alias', 'must be a string of at most 255 bytes without NUL');
+    this.set(name, {}, [attrString(ifla.IFALIAS, alias)]);
   }
 
   /** Creates a bridge. With `mtu`, it is set after creation so the kernel treats it as chosen by the user and keeps it when ports join. */

@@ -101,6 +101,7 @@ export class Macvtap extends FdOwner {
         : rtnl.listLinks().find((l) => !before.has(l.index) && l.parent === lowerInfo.index && l.kind === 'macvtap');
       if (!info) throw new VhostError(`ERR_VHOST_UNSUPPORTED: the new macvtap on '${nic}' was not found`, { code: 'ERR_VHOST_UNSUPPORTED', path: nic });
       created = info.name;
+      if (name === undefined) rtnl.markCreated(created); // a named one was marked when created
       if (mac) rtnl.setMac(created, mac);
       if (up) rtnl.setUp(created, true);
       handle = openTapDevice(`/dev/tap${info.index}`, timeout);

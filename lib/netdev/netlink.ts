@@ -41,6 +41,7 @@ export const ifla = {
   LINK: 5,
   MASTER: 10,
   OPERSTATE: 16,
+  IFALIAS: 20,
   LINKINFO: 18,
   NET_NS_PID: 19,
   NET_NS_FD: 28,

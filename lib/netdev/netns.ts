@@ -1,12 +1,14 @@
 // Network namespaces kept the way iproute2 keeps them: a bind mount of the
 // namespace file on /run/netns/<name>, so `ip netns` sees the same ones. A
 // NetNs owns an fd of its namespace (for IFLA_NET_NS_FD and for route sockets
-// opened inside it); the namespace it created is deleted on dispose.
+// opened inside it); the namespace it created is deleted on dispose. One it
+// creates gets a note naming its creator (netdev/creator.ts).
 import * as fs from 'node:fs';
 import '../core/dispose';
 import { checkNonEmptyString } from '../core/check';
 import { invalidArg, withHint, type Hints } from '../core/errors';
 import { FdOwner } from '../core/fd';
+import { removeNetnsNote, writeNetnsNote } from './creator';
 import { Rtnl } from './links';
 import { native, type OwnedFd } from '../core/native';
 
@@ -45,10 +47,16 @@ export class NetNs extends FdOwner {
     } catch (err) {
       throw withHint(err, NETNS_HINTS);
     }
+    let handle: OwnedFd | undefined;
     try {
-      return new NetNs(native.netnsOpen(`${NETNS_DIR}/${name}`), name, true);
+      handle = native.netnsOpen(`${NETNS_DIR}/${name}`);
+      // Who made it (netdev/creator.ts): cleanupOrphans() removes it once this process is gone.
+      writeNetnsNote(name, `${NETNS_DIR}/${name}`);
+      return new NetNs(handle, name, true);
     } catch (err) {
+      handle?.close();
       native.netnsDelete(name);
+      removeNetnsNote(name);
       throw err;
     }
   }
@@ -70,6 +78,7 @@ export class NetNs extends FdOwner {
     } catch (err) {
       throw withHint(err, NETNS_HINTS);
     }
+    removeNetnsNote(name);
   }
 
   /** Names under /run/netns (like `ip netns list`). */
@@ -91,6 +100,9 @@ export class NetNs extends FdOwner {
   override close(): void {
     if (this.closed) return;
     super.close();
-    if (this.#owned) native.netnsDelete(this.name);
+    if (this.#owned) {
+      native.netnsDelete(this.name);
+      removeNetnsNote(this.name);
+    }
   }
 }

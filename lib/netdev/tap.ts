@@ -6,6 +6,7 @@ import { FdOwner } from '../core/fd';
 import { invalidArg, VhostError, withDeviceHint } from '../core/errors';
 import { plain } from '../core/check';
 import { native, type OwnedFd } from '../core/native';
+import { markLink } from './creator';
 
 /** TUNSETIFF / TUNGETIFF / TUNSETQUEUE flags (linux/if_tun.h). */
 export const tunFlags = {
@@ -213,6 +214,7 @@ export function planTap(opts: TapOptions = {}): TapPlan {
 /** /dev/net/tun: the tun module's node; creating or configuring a tap needs CAP_NET_ADMIN. */
 const TUN_NODE = { module: 'tun', node: '/dev/net/tun', capability: 'CAP_NET_ADMIN' } as const;
 
+
 /** Marks an error with the Tap.create step that failed and adds a device hint. */
 function atStep(err: unknown, step: string): unknown {
   if (err instanceof VhostError) {
@@ -311,6 +313,8 @@ export class Tap extends FdOwner {
         step = 'TUNSETPERSIST';
         native.tapSetPersist(fd, true);
         persisted = true;
+        step = 'IFLA_IFALIAS';
+        markLink(name); // a persistent tap outlives this process: cleanupOrphans() finds it after a crash
       }
       if (plan.mtu !== undefined) {
         step = 'SIOCSIFMTU';
@@ -429,6 +433,7 @@ export class Tap extends FdOwner {
   setPersist(persist: boolean): void {
     if (typeof persist !== 'boolean') throw invalidArg('persist', 'must be a boolean');
     native.tapSetPersist(this.handle, persist);
+    if (persist) markLink(this.name);
   }
 
   /** Closes every queue fd. Idempotent. */

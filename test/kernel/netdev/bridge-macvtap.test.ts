@@ -1,10 +1,12 @@
 // The typed network helpers on the real kernel (root, inside the test VM):
-// bridge() with attach/detach (MTU before join, libvirt's 0xFE MAC rule, the
+// bridge() with its own address kept through attach/detach (iproute2 as the
+// judge), attach/detach (MTU before join, libvirt's 0xFE MAC rule, the
 // advised-MTU check) and macvtap devices, including passthru that dedicates a
 // NIC (a veth end stands in for it) to one VM with a vhost-net backend fd.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { bridge } from '../../../lib/netdev/bridge';
+import { execFileSync } from 'node:child_process';
+import { bridge, bridgeMacFor } from '../../../lib/netdev/bridge';
 import { EventFd } from '../../../lib/core/eventfd';
 import { Rtnl } from '../../../lib/netdev/links';
 import { Macvtap } from '../../../lib/netdev/macvtap';
@@ -19,6 +21,8 @@ import { inSysNet, linkNamer, sysNet } from '../../support/net-helpers';
 
 const prefix = `lvb${process.pid % 1000}`;
 const fresh = linkNamer(prefix);
+/** The link's address as iproute2 reports it. */
+const ipLinkAddress = (name: string): string => (JSON.parse(execFileSync('ip', ['-j', 'link', 'show', 'dev', name], { encoding: 'utf8' })) as { address: string }[])[0].address;
 const masterOf = (name: string): string | undefined => {
   try {
     return path.basename(fs.readlinkSync(`/sys/class/net/${name}/master`));
@@ -65,8 +69,7 @@ describeKernel('bridge and macvtap helpers (real kernel)', ['/dev/net/tun', '/de
       expect(br.mtu).toBe(9000);
     });
 
-    test('the 0xFE tap MAC never becomes the bridge address while a port with a real MAC is there', () => {
-      // The kernel gives a bridge the lowest MAC of its ports; 0xFE sorts above any NIC's.
+    test('a bridge with a real-MAC port keeps its own address too (not the lowest port address)', () => {
       const br = keep(bridge(fresh()));
       const [a, b] = [fresh(), fresh()];
       keep(rtnl.createVeth(a, b, { mac: '02:00:00:00:00:01' }));
@@ -74,8 +77,73 @@ describeKernel('bridge and macvtap helpers (real kernel)', ['/dev/net/tun', '/de
       const tap = keep(Tap.create({ name: fresh() }));
       br.attach(tap, { guestMac: '00:16:3e:00:00:01' });
       expect(tap.mac).toBe('fe:16:3e:00:00:01');
-      expect(rtnl.getLink(br.name).mac).toBe('02:00:00:00:00:01');
-      expect(sysNet(br.name, 'address')).toBe('02:00:00:00:00:01');
+      expect(ipLinkAddress(br.name)).toBe(bridgeMacFor(br.name));
+      expect(br.mac).toBe(bridgeMacFor(br.name));
+    });
+
+    test('the kernel alone: a bridge made without an address takes a tap port\'s and changes as taps come and go (ip -j link)', () => {
+      // What bridge() avoids: `ip link add type bridge` leaves the address to the
+      // kernel, which gives the bridge the lowest address among its ports.
+      const name = fresh();
+      execFileSync('ip', ['link', 'add', name, 'type', 'bridge']);
+      try {
+        const [t1, t2] = [keep(Tap.create({ name: fresh(), mac: 'fe:00:00:00:00:01' })), keep(Tap.create({ name: fresh(), mac: 'fe:00:00:00:00:02' }))];
+        const own = ipLinkAddress(name);
+        execFileSync('ip', ['link', 'set', t2.name, 'master', name]);
+        expect(ipLinkAddress(name)).toBe('fe:00:00:00:00:02');
+        execFileSync('ip', ['link', 'set', t1.name, 'master', name]);
+        expect(ipLinkAddress(name)).toBe('fe:00:00:00:00:01');
+        execFileSync('ip', ['link', 'set', t1.name, 'nomaster']);
+        expect(ipLinkAddress(name)).toBe('fe:00:00:00:00:02');
+        expect(own).not.toBe('fe:00:00:00:00:02');
+        expect(sysNet(name, 'addr_assign_type')).not.toBe('3');
+      } finally {
+        execFileSync('ip', ['link', 'del', name]);
+      }
+    });
+
+    test('bridge(): its own locally administered address, set at creation and kept through every attach and detach (ip -j link)', () => {
+      const br = keep(bridge(fresh()));
+      const mac = bridgeMacFor(br.name);
+      const first = parseInt(mac.slice(0, 2), 16);
+      expect(first & 0x03).toBe(0x02); // unicast, locally administered
+      expect(sysNet(br.name, 'addr_assign_type')).toBe('3'); // NET_ADDR_SET: the kernel keeps it
+      const seen = [ipLinkAddress(br.name)];
+      const [t1, t2] = [keep(Tap.create({ name: fresh() })), keep(Tap.create({ name: fresh() }))];
+      br.attach(t1, { guestMac: '00:00:00:00:00:02' }); // tap fe:00:00:00:00:02, below most addresses
+      seen.push(ipLinkAddress(br.name));
+      br.attach(t2, { guestMac: '00:00:00:00:00:01' });
+      seen.push(ipLinkAddress(br.name));
+      br.detach(t2);
+      seen.push(ipLinkAddress(br.name));
+      br.detach(t1);
+      seen.push(ipLinkAddress(br.name));
+      br.attach(t2);
+      seen.push(ipLinkAddress(br.name));
+      expect(seen).toEqual(Array(seen.length).fill(mac));
+      expect(br.mac).toBe(mac);
+    });
+
+    test('the same name gets the same address when the bridge is made again; another name another; `mac` chooses one', () => {
+      const name = fresh();
+      const first = bridge(name);
+      const mac = ipLinkAddress(name);
+      first.close();
+      const again = keep(bridge(name));
+      expect(ipLinkAddress(name)).toBe(mac);
+      const other = keep(bridge(fresh()));
+      expect(ipLinkAddress(other.name)).not.toBe(mac);
+      const chosen = keep(bridge(fresh(), { mac: '02:11:22:33:44:55' }));
+      const tap = keep(Tap.create({ name: fresh() }));
+      chosen.attach(tap, { guestMac: '00:00:00:00:00:01' });
+      expect(ipLinkAddress(chosen.name)).toBe('02:11:22:33:44:55');
+      expect(again.mac).toBe(mac);
+    });
+
+    test('a bad `mac` option is refused before anything is created', () => {
+      const name = fresh();
+      expect(thrown(() => bridge(name, { mac: '01:00:00:00:00:01' }))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      expect(inSysNet(name)).toBe(false);
     });
 
     test('the tap MTU and MAC are set before it joins the bridge (call order), then it comes up', () => {

@@ -186,6 +186,21 @@ describeKernel('rtnetlink links (real kernel)', ['/dev/net/tun'], () => {
       expect(fs.existsSync(`/run/netns/${name}`)).toBe(false);
     });
 
+    test('iproute2 alongside: `ip netns add` after create, and dispose still deletes ours (/run/netns is a shared mount point, as ip makes it)', () => {
+      const [mine, theirs] = [fresh(), fresh()];
+      const ns = NetNs.create(mine);
+      const mountinfo = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n');
+      expect(mountinfo.find((l) => l.split(' ')[4] === '/run/netns')).toMatch(/ shared:\d+/);
+      expect(spawnSync('ip', ['netns', 'add', theirs]).status).toBe(0);
+      try {
+        ns.close(); // EBUSY on unlink when ip's bind of /run/netns carried a copy of our mount
+        expect(NetNs.list()).not.toContain(mine);
+        expect(fs.existsSync(`/run/netns/${mine}`)).toBe(false);
+      } finally {
+        spawnSync('ip', ['netns', 'delete', theirs]);
+      }
+    });
+
     test('a veth end moved into a namespace is there and no longer here; deleting it there removes the pair', () => {
       const [nsName, a, b] = [fresh(), fresh(), fresh()];
       using ns = NetNs.create(nsName);

@@ -20,11 +20,13 @@ describe('public API (lib/index.ts)', () => {
       'VhostNetBuilder', 'VhostUser', 'VhostUserBuilder', 'VhostUserProtocolFeature', 'VhostUserRequest',
       'VhostVsock', 'VhostVsockBuilder', 'VirtioBlkFeature', 'VirtioBlkGuest', 'VirtioBlkStatus', 'VirtioBlkType',
       'VirtioNetGuest', 'VirtioVsockConnection', 'VirtioVsockGuest', 'Virtqueue', 'VsockHandoff', 'bridge',
-      'buildArpRequest', 'buildIcmpEcho', 'buildUdp', 'describeFeatures', 'dirtyLogSize', 'featureList', 'features',
-      'formatMac', 'formatProbe', 'internetChecksum', 'kUnchecked', 'layoutSplitRing', 'linkFlags', 'memfdSeals',
-      'netlink', 'parseIpv4', 'parseMac', 'placeVirtqueue', 'prepareNetForVmm', 'prepareVsockForVmm', 'probe',
-      'probeToJson', 'qemuArgs', 'setActiveQueuePairs', 'spawnVmm', 'splitRingLayout', 'tunFlags', 'tunOffload',
-      'virtioNetConfig', 'virtioNetConfigLayout', 'virtioNetStatus', 'virtqueueFootprint', 'vsock',
+      'buildArpRequest', 'buildIcmpEcho', 'buildUdp', 'cleanupOrphans', 'describeFeatures', 'describeOrphan',
+      'dirtyLogSize', 'featureList', 'features', 'formatMac', 'formatMark', 'formatProbe', 'internetChecksum',
+      'kUnchecked', 'layoutSplitRing', 'linkFlags', 'listMarked', 'listOrphans', 'memfdSeals', 'netlink',
+      'parseIpv4', 'parseMac', 'parseMark', 'placeVirtqueue', 'prepareNetForVmm', 'prepareVsockForVmm', 'probe',
+      'probeToJson', 'qemuArgs', 'setActiveQueuePairs', 'setCreatorLabel', 'spawnVmm', 'splitRingLayout',
+      'tunFlags', 'tunOffload', 'virtioNetConfig', 'virtioNetConfigLayout', 'virtioNetStatus', 'virtqueueFootprint',
+      'vsock',
     ]);
   });
 

@@ -10,7 +10,7 @@ import type { OwnedFd } from './native';
 /** One GC record per fd, shared by the objects over it (a running device and its device, a Tap and its first queue). */
 const gcRecords = new WeakMap<OwnedFd, GcRecord>();
 
-function gcRecordFor(owner: FdOwner, handle: OwnedFd, constructorOpt: StackAnchor): GcRecord {
+function gcRecordFor(owner: object, handle: OwnedFd, constructorOpt: StackAnchor): GcRecord {
   const known = gcRecords.get(handle);
   if (known) return watchForGc(owner, known, constructorOpt);
   const record = watchForGc(owner, {
@@ -33,6 +33,15 @@ export abstract class FdOwner implements Disposable {
   protected constructor(handle: OwnedFd) {
     this.#handle = handle;
     this.#gc = gcRecordFor(this, handle, new.target);
+  }
+
+  /**
+   * @internal Another object over this fd that owns it (a running device over
+   * its device): the fd's garbage-collection record counts it too, so the fd
+   * is closed (with a warning naming both) only once every owner is gone.
+   */
+  sharedWith(owner: object, anchor: StackAnchor): void {
+    gcRecordFor(owner, this.#handle, anchor);
   }
 
   /** Adds what identifies this object beyond its fd and path (a vsock device's CID) to a garbage-collection warning. */

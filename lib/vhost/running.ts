@@ -2,6 +2,7 @@
 // quiesces it (the device's own step) and returns the ring bases; dirty
 // logging on and off; close() stops and closes; `using` works.
 import { closedError, invalidArg } from '../core/errors';
+import { FdOwner } from '../core/fd';
 import { uncheckedBackend, type VhostBackend } from './backend';
 import { DirtyLog, startDirtyLog, stopDirtyLog, type DirtyLogQueue } from './dirty-log';
 import type { CheckedRegion, DeviceState, QueuePlan } from './plan';
@@ -41,6 +42,8 @@ export abstract class RunningVhostDevice<D extends VhostBackend> implements Disp
   protected constructor(init: RunningInit<D>) {
     this.device = init.device;
     this.backend = uncheckedBackend(init.device);
+    // Over an fd (the kernel transport): a collected running device warns and closes like its device does.
+    if (init.device instanceof FdOwner) init.device.sharedWith(this, new.target);
     this.features = init.features;
     this.trace = Object.freeze([...init.trace]);
     this.#queues = init.queues;

@@ -68,7 +68,10 @@ export class VhostVsock extends VhostDevice implements VhostVsockBackend {
   protected override uncheckedCalls(): VhostVsockBackend {
     return {
       ...super.uncheckedCalls(),
-      setGuestCid: (cid) => native.vhostVsockSetGuestCid(this.handle, BigInt(cid)),
+      setGuestCid: (cid) => {
+        native.vhostVsockSetGuestCid(this.handle, BigInt(cid));
+        this.noteForGc(`CID ${cid}`); // as setGuestCid() does: the warning names the CID a collected device frees
+      },
       setRunning: (on) => native.vhostVsockSetRunning(this.handle, on),
     };
   }

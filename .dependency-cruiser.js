@@ -1,11 +1,11 @@
 // The import rules of docs/ARCHITECTURE.md, checked by `npm run lint:deps`
 // (part of `npm run lint`, run by CI). lib/ is layered:
-//   core → netdev → virtio → vhost → vmm → vsock → guest → cli
+//   core → netdev → virtio → vhost → vmm → vsock → guest → device → cli
 // and each layer imports only itself and the layers before it. Type-only
 // imports count too: a type names the module it comes from.
 'use strict';
 
-const LAYERS = ['core', 'netdev', 'virtio', 'vhost', 'vmm', 'vsock', 'guest', 'cli'];
+const LAYERS = ['core', 'netdev', 'virtio', 'vhost', 'vmm', 'vsock', 'guest', 'device', 'cli'];
 
 /** One rule per layer: nothing in it imports a later layer. */
 const layerRules = LAYERS.slice(0, -1).map((layer, i) => ({

@@ -59,3 +59,84 @@ export function pattern(n: number, seed: number): Buffer {
   for (let i = 0; i < n; i++) b[i] = (i * 7 + seed) & 0xff;
   return b;
 }
+
+/** A descriptor as a hostile driver writes it. */
+export interface RawDesc {
+  addr: bigint;
+  len: number;
+  flags: number;
+  next: number;
+}
+
+export const F_NEXT = 1;
+export const F_WRITE = 2;
+export const F_INDIRECT = 4;
+
+/**
+ * A ring whose driver is the test itself, writing whatever it likes into the
+ * shared memory (descriptors, indirect tables, avail entries and index),
+ * with a DeviceQueue over a second mapping of the same memfd.
+ */
+export class RawRing {
+  readonly mem: GuestMemory;
+  readonly device: DeviceMemory;
+  readonly queue: DeviceQueue;
+  readonly ring: { desc: bigint; avail: bigint; used: bigint };
+  readonly size: number;
+  availIdx: number;
+
+  constructor(o: { size?: number; eventIdx?: boolean; indirect?: boolean; base?: number; maxReadable?: number; regionSize?: bigint } = {}) {
+    this.size = o.size ?? 16;
+    this.mem = GuestMemory.create({ regions: [{ gpa: REGION_GPA, size: o.regionSize ?? REGION_SIZE }] });
+    const region = this.mem.regions[0];
+    this.ring = placeVirtqueue(this.size, REGION_GPA);
+    this.device = DeviceMemory.map([{ fd: region.fd, gpa: region.gpa, size: region.size, userAddr: region.hva, mmapOffset: 0n }]);
+    this.availIdx = o.base ?? 0;
+    this.dv(this.ring.avail + 2n, 2).setUint16(0, this.availIdx, true);
+    this.dv(this.ring.used + 2n, 2).setUint16(0, this.availIdx, true);
+    const at = (gpa: bigint) => region.hva + (gpa - region.gpa);
+    this.queue = new DeviceQueue(this.device, {
+      size: this.size, desc: at(this.ring.desc), avail: at(this.ring.avail), used: at(this.ring.used),
+      base: o.base, eventIdx: o.eventIdx ?? true, indirect: o.indirect ?? true, maxReadable: o.maxReadable, name: 'test queue',
+    });
+  }
+
+  dv(gpa: bigint, len: number): DataView {
+    const v = this.mem.view(gpa, len);
+    return new DataView(v.buffer, v.byteOffset, len);
+  }
+
+  /** Writes descriptor i of the table at `table` (default: the ring's descriptor table). */
+  writeDesc(i: number, d: RawDesc, table = this.ring.desc): void {
+    const v = this.dv(table + 16n * BigInt(i), 16);
+    v.setBigUint64(0, d.addr, true);
+    v.setUint32(8, d.len >>> 0, true);
+    v.setUint16(12, d.flags, true);
+    v.setUint16(14, d.next, true);
+  }
+
+  /** Puts heads in the avail ring and moves avail->idx by their count (or to `idx` when given). */
+  publish(heads: number[], idx?: number): void {
+    for (const h of heads) {
+      this.dv(this.ring.avail + 4n + 2n * BigInt(this.availIdx % this.size), 2).setUint16(0, h, true);
+      this.availIdx = (this.availIdx + 1) & 0xffff;
+    }
+    if (idx !== undefined) this.availIdx = idx & 0xffff;
+    this.dv(this.ring.avail + 2n, 2).setUint16(0, this.availIdx, true);
+  }
+
+  get usedIdx(): number {
+    return this.dv(this.ring.used + 2n, 2).getUint16(0, true);
+  }
+
+  usedElem(i: number): { id: number; len: number } {
+    const v = this.dv(this.ring.used + 4n + 8n * BigInt(i % this.size), 8);
+    return { id: v.getUint32(0, true), len: v.getUint32(4, true) };
+  }
+
+  close(): void {
+    this.queue.close();
+    this.device.close();
+    this.mem.close();
+  }
+}

@@ -25,6 +25,7 @@
 #include <cinttypes>
 #include <cstdint>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -118,8 +119,7 @@ class DeviceQueue : public Napi::ObjectWrap<DeviceQueue> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, kClass,
-                       {InstanceMethod<&DeviceQueue::Pop>("pop"),
-                        InstanceMethod<&DeviceQueue::PopBatch>("popBatch"),
+                       {InstanceMethod<&DeviceQueue::PopBatch>("popBatch"),
                         InstanceMethod<&DeviceQueue::Complete>("complete"),
                         InstanceMethod<&DeviceQueue::Flush>("flush"),
                         InstanceMethod<&DeviceQueue::EnableNotify>("enableNotify"),
@@ -235,9 +235,9 @@ class DeviceQueue : public Napi::ObjectWrap<DeviceQueue> {
     return true;
   }
 
-  // Walks the chain at head into readable_ and chain; false when it broke the queue.
+  // Walks the chain at head, appending its readable segments to readable_
+  // (the batch's) and its writable ones to chain; false when it broke the queue.
   bool Walk(uint16_t head, InFlight& chain) {
-    readable_.clear();
     readableBytes_ = 0;
     sawWritable_ = false;
     chain.writable.clear();
@@ -288,31 +288,67 @@ class DeviceQueue : public Napi::ObjectWrap<DeviceQueue> {
     }
   }
 
-  // The next chain as { head, readable, writable }, or null.
-  Napi::Value PopOne(Napi::Env env) {
-    if (!Usable()) return env.Null();
+  // Takes the next chain: walks it, marks it in flight and moves nextAvail.
+  // False when there is none or it broke the queue (its segments dropped).
+  bool Next(uint16_t* headOut) {
+    if (!Usable()) return false;
     uint16_t availIdx = LoadAcquire16(rings_.avail + 2);  // descriptors are read after this
     uint16_t pending = static_cast<uint16_t>(availIdx - nextAvail_);
-    if (pending == 0) return env.Null();
-    if (pending > size_) {
-      Break("avail.idx", availIdx, false, "is more than the queue size (" + std::to_string(size_) + ") ahead of the next avail index " + std::to_string(nextAvail_));
-      return env.Null();
-    }
+    if (pending == 0) return false;
+    if (pending > size_)
+      return Break("avail.idx", availIdx, false, "is more than the queue size (" + std::to_string(size_) + ") ahead of the next avail index " + std::to_string(nextAvail_));
     uint32_t slot = nextAvail_ & (size_ - 1);
     uint16_t head = Load16(AvailRing() + 2 * slot);
     auto entry = [slot]() { return "avail.ring[" + std::to_string(slot) + "]"; };
-    if (head >= size_) {
-      Break(entry(), head, false, "is not a descriptor id (queue size " + std::to_string(size_) + ")");
-      return env.Null();
-    }
+    if (head >= size_) return Break(entry(), head, false, "is not a descriptor id (queue size " + std::to_string(size_) + ")");
     InFlight& chain = inflightChains_[head];
-    if (chain.active) {
-      Break(entry(), head, false, "is a chain already in flight");
+    if (chain.active) return Break(entry(), head, false, "is a chain already in flight");
+    size_t mark = readable_.size();
+    if (!Walk(head, chain)) {
+      readable_.resize(mark);
+      return false;
+    }
+    chain.active = true;
+    inflight_++;
+    nextAvail_++;
+    *headOut = head;
+    return true;
+  }
+
+  // popBatch(max, meta: Float64Array): takes up to max chains; meta[0] gets
+  // their count, then (head, readable bytes, writable bytes) for each. Returns
+  // one Buffer with every chain's readable bytes in order (TS slices it), or
+  // null when no chain was taken. One allocation per batch, not per chain.
+  Napi::Value PopBatch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    uint32_t max = U32Arg(info[0], "max");
+    if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+      throw CodeError(env, "ERR_VHOST_INVALID_ARG", "meta must be a Float64Array");
+    Napi::Float64Array meta = info[1].As<Napi::Float64Array>();
+    Live(env, "popBatch");
+    uint64_t room = (meta.ElementLength() - 1) / 3;
+    if (meta.ElementLength() == 0) room = 0;
+    uint64_t limit = std::min<uint64_t>({max, size_, room});
+    readable_.clear();
+    batch_.clear();
+    uint64_t total = 0;
+    for (uint64_t k = 0; k < limit; k++) {
+      uint16_t head = 0;
+      if (!Next(&head)) break;
+      batch_.push_back({head, readableBytes_, inflightChains_[head].writableBytes});
+      total += readableBytes_;
+    }
+    if (batch_.empty()) {
+      if (meta.ElementLength() > 0) meta[0] = 0;
       return env.Null();
     }
-    if (!Walk(head, chain)) return env.Null();
-    Napi::Buffer<uint8_t> readable = Napi::Buffer<uint8_t>::New(env, static_cast<size_t>(readableBytes_));
-    if (!Usable()) return env.Null();  // the allocation may have run finalizers
+    // Ask for the next kick past what we took (once per batch).
+    if (eventIdx_ && notifyOn_ && Usable()) Store16(AvailEvent(), nextAvail_);
+    Napi::Buffer<uint8_t> readable = Napi::Buffer<uint8_t>::New(env, static_cast<size_t>(total));
+    if (mem_->closed) {  // cannot happen (only close() unmaps), but never copy from unmapped pages
+      meta[0] = 0;
+      return env.Null();
+    }
     uint8_t* dst = readable.Data();
     for (const Segment& s : readable_) {
       mem_->ForEachPiece(s.gpa, s.len, [&dst](uint8_t* host, size_t n) {
@@ -320,33 +356,14 @@ class DeviceQueue : public Napi::ObjectWrap<DeviceQueue> {
         dst += n;
       });
     }
-    chain.active = true;
-    inflight_++;
-    nextAvail_++;
-    if (eventIdx_ && notifyOn_) Store16(AvailEvent(), nextAvail_);
-    Napi::Object out = Napi::Object::New(env);
-    out.Set("head", Napi::Number::New(env, head));
-    out.Set("readable", readable);
-    out.Set("writable", Napi::Number::New(env, static_cast<double>(chain.writableBytes)));
-    return out;
-  }
-
-  Napi::Value Pop(const Napi::CallbackInfo& info) {
-    Live(info.Env(), "pop");
-    return PopOne(info.Env());
-  }
-
-  Napi::Value PopBatch(const Napi::CallbackInfo& info) {
-    Napi::Env env = info.Env();
-    uint32_t max = U32Arg(info[0], "max");
-    Live(env, "popBatch");
-    Napi::Array out = Napi::Array::New(env);
-    for (uint32_t k = 0; k < max && k < size_; k++) {
-      Napi::Value chain = PopOne(env);
-      if (chain.IsNull()) break;
-      out.Set(k, chain);
+    double* m = meta.Data();  // taken after the allocation, which may run the GC
+    m[0] = static_cast<double>(batch_.size());
+    for (size_t k = 0; k < batch_.size(); k++) {
+      m[1 + 3 * k] = batch_[k].head;
+      m[2 + 3 * k] = static_cast<double>(batch_[k].readable);
+      m[3 + 3 * k] = static_cast<double>(batch_[k].writable);
     }
-    return out;
+    return readable;
   }
 
   // complete(head, data?): data is undefined, a Uint8Array or an array of
@@ -515,7 +532,13 @@ class DeviceQueue : public Napi::ObjectWrap<DeviceQueue> {
   uint32_t inflight_ = 0;
   std::vector<InFlight> inflightChains_;
   // Walk scratch, kept for its capacity.
-  std::vector<Segment> readable_;
+  std::vector<Segment> readable_;  // the batch's readable segments, in order
+  struct Taken {
+    uint16_t head;
+    uint64_t readable;
+    uint64_t writable;
+  };
+  std::vector<Taken> batch_;
   std::vector<VringDesc> table_;
   uint64_t readableBytes_ = 0;
   bool sawWritable_ = false;

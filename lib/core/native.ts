@@ -140,13 +140,6 @@ export interface NativeDeviceQueueOptions {
   name: string;
 }
 
-/** A chain popped by NativeDeviceQueue. */
-export interface NativeDeviceChain {
-  head: number;
-  readable: Buffer;
-  writable: number;
-}
-
 /** The device side of a split ring (device_queue.cc). */
 export interface NativeDeviceQueue {
   readonly nextAvail: number;
@@ -155,8 +148,11 @@ export interface NativeDeviceQueue {
   readonly closed: boolean;
   /** Why the queue stopped, or null. */
   readonly broken: { field: string; value: bigint; message: string } | null;
-  pop(): NativeDeviceChain | null;
-  popBatch(max: number): NativeDeviceChain[];
+  /**
+   * Takes up to `max` chains: meta[0] = their count, then (head, readable bytes, writable bytes)
+   * per chain. Returns every chain's readable bytes in one Buffer, in order; null when none was taken.
+   */
+  popBatch(max: number, meta: Float64Array): Buffer | null;
   /** Bytes written, or -1 when the chain's buffers left memory (the queue is broken now). */
   complete(head: number, data?: Uint8Array | readonly Uint8Array[]): number;
   flush(): boolean;

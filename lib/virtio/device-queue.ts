@@ -65,6 +65,7 @@ export class DeviceQueue implements Disposable {
   /** The name used in errors. */
   readonly name: string;
   readonly #q: NativeDeviceQueue;
+  readonly #meta: Float64Array;
   #broken: RingBrokenError | null = null;
 
   /**
@@ -90,17 +91,35 @@ export class DeviceQueue implements Disposable {
     });
     this.size = size;
     this.name = name;
+    this.#meta = new Float64Array(1 + 3 * size);
   }
 
   /** The next available chain, or null when there is none, the queue is broken or its memory is closed. */
   pop(): DeviceChain | null {
-    return this.#live('pop').pop();
+    return this.#take(this.#live('pop'), 1)[0] ?? null;
   }
 
-  /** Up to `max` available chains (fewer when the ring runs dry or the queue breaks). */
+  /**
+   * Up to `max` available chains (fewer when the ring runs dry or the queue
+   * breaks). Their `readable` buffers are slices of one allocation per batch.
+   */
   popBatch(max: number): DeviceChain[] {
     const q = this.#live('popBatch');
-    return q.popBatch(checkInt(max, 'max', 0, 0xffff_ffff, describe));
+    return this.#take(q, checkInt(max, 'max', 0, 0xffff_ffff, describe));
+  }
+
+  #take(q: NativeDeviceQueue, max: number): DeviceChain[] {
+    const meta = this.#meta;
+    const bytes = q.popBatch(max, meta);
+    const out: DeviceChain[] = [];
+    if (bytes === null) return out;
+    const n = meta[0];
+    for (let k = 0, off = 0; k < n; k++) {
+      const len = meta[2 + 3 * k];
+      out.push({ head: meta[1 + 3 * k], readable: bytes.subarray(off, off + len), writable: meta[3 + 3 * k] });
+      off += len;
+    }
+    return out;
   }
 
   /**

@@ -12,7 +12,7 @@ import { invalidArg, VhostError } from '../../core/errors';
 import { VirtioVsockConnection } from '../../guest/vsock-connection';
 import { VSOCK_HDR_SIZE, VSOCK_TYPE, VsockPacketView } from '../../virtio/vsock-packet';
 import { checkVsockType, type VsockType } from '../../vsock/options';
-import { HOST_CID, VsockGuestChannel, type IncomingRequest, type VsockChannelCarrier, type VsockRouter } from './channel';
+import { HOST_CID, VsockGuestChannel, type IncomingRequest, type VsockChannelCarrier } from './channel';
 
 export { VsockGuestChannel, type VsockChannelStats, type VsockChannelCarrier, VSOCK_MAX_PAYLOAD } from './channel';
 
@@ -101,6 +101,7 @@ export class VsockDeviceListener extends EventEmitter {
     f?.();
   }
 
+  /** Same as close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }
@@ -133,7 +134,7 @@ const OPTION_KEYS = ['bufAlloc', 'maxConnections', 'maxRefusals', 'seqpacket', '
  * (VsockGuestChannel): malformed, spoofed, credit-ignoring or flooding guests
  * get RSTs, reset connections and counters, nothing more.
  */
-export class VsockDeviceBackend implements VsockRouter {
+export class VsockDeviceBackend {
   readonly bufAlloc: number;
   readonly maxConnections: number;
   readonly maxRefusals: number;
@@ -373,6 +374,7 @@ export class VsockDeviceBackend implements VsockRouter {
     for (const l of [...this.#listeners.values()]) l.close();
   }
 
+  /** Same as close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -148,6 +148,7 @@ export class HybridVsockServer extends EventEmitter {
     }
   }
 
+  /** Same as close(), for `using`. */
   [Symbol.dispose](): void {
     this.close();
   }

@@ -61,3 +61,8 @@ export { VhostUserRequest, VhostUserProtocolFeature, VHOST_USER_F_PROTOCOL_FEATU
 export { type VhostUserBuildStep, type VhostUserBuilderOptions, VhostUserBuilder, RunningVhostUser } from './vhost/user/builder';
 export { VIRTIO_BLK_SECTOR_SIZE, VirtioBlkType, VirtioBlkStatus, VirtioBlkFeature, type VirtioBlkConfig } from './virtio/blk';
 export { type VirtioBlkGuestOptions, VirtioBlkGuest } from './guest/blk';
+export {
+  type VsockDeviceBackendOptions, type VsockRoute, type VsockDeviceConnectOptions, type VsockDeviceListenOptions, VsockDeviceListener, VsockDeviceBackend,
+  VsockGuestChannel, type VsockChannelStats, type VsockChannelCarrier, VSOCK_MAX_PAYLOAD,
+} from './device/vsock/backend';
+export { type HybridVsockServerOptions, type HybridVsockServerStats, HybridVsockServer } from './device/vsock/hybrid-server';

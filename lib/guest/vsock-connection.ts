@@ -284,12 +284,16 @@ export class VirtioVsockConnection extends Duplex {
     }
   }
 
-  /** @internal The device was replaced: the peer's side is gone already, so nothing (no RST) goes out. */
-  onTransportReset(): void {
+  /**
+   * @internal The transport went away (the guest's device was replaced, or a
+   * device's guest disconnected): the peer's side is gone already, so nothing
+   * (no RST) goes out. `reason` ends the ECONNRESET message.
+   */
+  onTransportReset(reason = "the guest's vhost-vsock device was replaced"): void {
     this.#owed = 0;
     if (this.#state === 'closed') return;
     this.#close();
-    this.destroy(connError('ECONNRESET', "connection reset: the guest's vhost-vsock device was replaced", this.localAddress, this.remoteAddress));
+    this.destroy(connError('ECONNRESET', `connection reset: ${reason}`, this.localAddress, this.remoteAddress));
   }
 
   /** Closed: owes nothing from now on (but an RST set after this), out of the carrier's lookup. */

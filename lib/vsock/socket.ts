@@ -12,9 +12,10 @@ import { EventEmitter } from 'node:events';
 import { Duplex } from 'node:stream';
 import { getSystemErrorMap } from 'node:util';
 import '../core/dispose';
-import { abortError, checkFunction } from '../core/check';
+import { abortError, checkFunction, readOptions } from '../core/check';
 import { closedError, invalidArg, VhostError } from '../core/errors';
 import { withVsockHint } from './hints';
+import { checkHybridConnectOptions, connectHybrid, optionsObject, type HybridVsockConnectOptions, type HybridVsockSocket } from './hybrid';
 import { native, POLL_READABLE, POLL_WRITABLE, type OwnedFd } from '../core/native';
 import {
   checkConnectOptions, checkListenOptions, checkServerOptions,
@@ -25,6 +26,7 @@ export {
   VMADDR_CID_ANY, VMADDR_PORT_ANY, VMADDR_CID_HYPERVISOR, VMADDR_CID_LOCAL, VMADDR_CID_HOST,
   type VsockType, type VsockAddress, type VsockConnectOptions, type VsockServerOptions, type VsockListenOptions,
 } from './options';
+export { HybridVsockSocket, HYBRID_LINE_MAX, type HybridVsockConnectOptions } from './hybrid';
 
 const SOCK_STREAM = 1;
 const SOCK_SEQPACKET = 5;
@@ -590,15 +592,32 @@ export function createServer(
  * Validation errors throw; kernel errors arrive as 'error' (ENODEV: no
  * transport reaches the CID; ECONNRESET: nothing listens there, as the virtio
  * transports report it; ETIMEDOUT; AbortError for the signal).
+ *
+ * With `path` instead of `cid` it connects through hybrid vsock (Firecracker,
+ * Cloud Hypervisor, this library's vsock back-end): a unix socket, the
+ * `CONNECT <port>\n` / `OK <port>\n` handshake, then a HybridVsockSocket
+ * (see there for its errors). No AF_VSOCK socket is opened then.
  */
-export function connect(options: VsockConnectOptions, cb?: () => void): VsockSocket {
-  const opts = checkConnectOptions(options);
+export function connect(options: HybridVsockConnectOptions, cb?: () => void): HybridVsockSocket;
+export function connect(options: VsockConnectOptions, cb?: () => void): VsockSocket;
+export function connect(options: VsockConnectOptions | HybridVsockConnectOptions, cb?: () => void): VsockSocket | HybridVsockSocket {
+  const o = readOptions(optionsObject(options), CONNECT_KEYS); // each option read once
+  if (o.path !== undefined) {
+    const h = checkHybridConnectOptions(o);
+    checkFunction(cb, 'cb', true);
+    const socket = connectHybrid(h);
+    if (cb) socket.once('connect', cb);
+    return socket;
+  }
+  const opts = checkConnectOptions(o);
   checkFunction(cb, 'cb', true);
   const socket = new VsockSocket({ type: opts.type, allowHalfOpen: opts.allowHalfOpen });
   if (cb) socket.once('connect', cb);
   socket[kConnect](opts);
   return socket;
 }
+
+const CONNECT_KEYS = ['cid', 'port', 'type', 'timeout', 'signal', 'allowHalfOpen', 'path'];
 
 /**
  * This machine's CID (IOCTL_VM_SOCKETS_GET_LOCAL_CID on /dev/vsock): the

@@ -8,18 +8,19 @@ describe('public API (lib/index.ts)', () => {
   test('top-level exports, exactly', () => {
     expect(Object.keys(api).sort()).toEqual([
       'Bridge', 'BufferPool', 'DIRTY_LOG_PAGE_SIZE', 'DirtyLog', 'ETHERTYPE_ARP', 'ETHERTYPE_IPV4', 'EVENTFD_MAX',
-      'EventFd', 'FdOwner', 'GuestMemory', 'INDIRECT_MAX', 'IPPROTO_ICMP', 'IPPROTO_UDP', 'KVM_MEM_LOG_DIRTY_PAGES',
+      'EventFd', 'FdOwner', 'GuestMemory', 'HybridVsockServer', 'INDIRECT_MAX', 'IPPROTO_ICMP', 'IPPROTO_UDP', 'KVM_MEM_LOG_DIRTY_PAGES',
       'KVM_MEM_READONLY', 'Kvm', 'KvmVm', 'LEGACY_VRING_ALIGN', 'Link', 'MAX_FDS_PER_MESSAGE', 'MAX_QUEUE_PAIRS',
       'MAX_QUEUE_SIZE', 'Macvtap', 'NetHandoff', 'NetNs', 'NetResponder', 'ReceivedFd', 'Rtnl',
       'RunningVhostDevice', 'RunningVhostNet', 'RunningVhostUser', 'RunningVhostVsock', 'Tap', 'TapQueue',
       'UnixServer', 'UnixSocket', 'VHOST_NET_RX', 'VHOST_NET_TX', 'VHOST_USER_DEFAULT_TIMEOUT_MS',
       'VHOST_USER_F_PROTOCOL_FEATURES', 'VHOST_USER_MAX_MEM_REGIONS', 'VHOST_USER_SUPPORTED_PROTOCOL_FEATURES',
       'VHOST_VSOCK_RX', 'VHOST_VSOCK_TX', 'VIRTIO_BLK_SECTOR_SIZE', 'VIRTIO_NET_HDR_SIZE', 'VRING_ADDR_F_LOG',
-      'VSOCK_AUTO_CID_ATTEMPTS', 'VSOCK_CID_MAX', 'VSOCK_CID_MIN', 'VSOCK_HDR_SIZE', 'VSOCK_OP', 'VSOCK_SEQ',
+      'VSOCK_AUTO_CID_ATTEMPTS', 'VSOCK_CID_MAX', 'VSOCK_CID_MIN', 'VSOCK_HDR_SIZE', 'VSOCK_MAX_PAYLOAD', 'VSOCK_OP', 'VSOCK_SEQ',
       'VSOCK_SHUTDOWN', 'VSOCK_TYPE', 'VhostDevice', 'VhostDeviceBuilder', 'VhostError', 'VhostNet',
       'VhostNetBuilder', 'VhostUser', 'VhostUserBuilder', 'VhostUserProtocolFeature', 'VhostUserRequest',
       'VhostVsock', 'VhostVsockBuilder', 'VirtioBlkFeature', 'VirtioBlkGuest', 'VirtioBlkStatus', 'VirtioBlkType',
-      'VirtioNetGuest', 'VirtioVsockConnection', 'VirtioVsockGuest', 'Virtqueue', 'VsockHandoff', 'bridge',
+      'VirtioNetGuest', 'VirtioVsockConnection', 'VirtioVsockGuest', 'Virtqueue', 'VsockDeviceBackend', 'VsockDeviceListener',
+      'VsockGuestChannel', 'VsockHandoff', 'bridge',
       'buildArpRequest', 'buildIcmpEcho', 'buildUdp', 'cleanupOrphans', 'describeFeatures', 'describeOrphan',
       'dirtyLogSize', 'featureList', 'features', 'formatMac', 'formatMark', 'formatProbe', 'internetChecksum',
       'kUnchecked', 'layoutSplitRing', 'linkFlags', 'listMarked', 'listOrphans', 'memfdSeals', 'netlink',
@@ -42,7 +43,7 @@ describe('public API (lib/index.ts)', () => {
 
   test('the vsock namespace holds the socket API only (option checks stay internal)', () => {
     expect(Object.keys(api.vsock).sort()).toEqual([
-      'VMADDR_CID_ANY', 'VMADDR_CID_HOST', 'VMADDR_CID_HYPERVISOR', 'VMADDR_CID_LOCAL', 'VMADDR_PORT_ANY',
+      'HYBRID_LINE_MAX', 'HybridVsockSocket', 'VMADDR_CID_ANY', 'VMADDR_CID_HOST', 'VMADDR_CID_HYPERVISOR', 'VMADDR_CID_LOCAL', 'VMADDR_PORT_ANY',
       'VsockServer', 'VsockSocket', 'connect', 'createServer', 'localCid',
     ]);
   });

@@ -288,7 +288,12 @@ export class Qmp extends EventEmitter implements Disposable {
     try {
       sent = this.#sock.send(next.line, next.fds);
     } catch (err) {
-      // EPIPE, or an fd the caller closed meanwhile (ERR_VHOST_CLOSED): only this command fails.
+      const code = (err as VhostError).code;
+      if (code === 'EPIPE' || code === 'ECONNRESET' || code === 'ENOTCONN') {
+        this.#end(err as VhostError); // the monitor is gone: this command and all others fail as disconnected
+        return;
+      }
+      // An fd the caller closed meanwhile (ERR_VHOST_CLOSED) or the like: only this command fails.
       this.#inFlight = null;
       this.#settle(next, err as Error);
       this.#pump();
@@ -327,6 +332,13 @@ export class Qmp extends EventEmitter implements Disposable {
   #onReady(err?: VhostError): void {
     if (this.#ended) return;
     if (err) {
+      // libuv reports POLLERR as EBADF: read to learn what happened (ECONNRESET, or the end of stream).
+      try {
+        this.#read();
+      } catch (e) {
+        this.#end(e instanceof VhostError ? e : err);
+        return;
+      }
       this.#end(err);
       return;
     }

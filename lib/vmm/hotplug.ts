@@ -147,7 +147,9 @@ export async function hotplugNet(qmp: Qmp, prepared: NetFds, options: HotplugNet
   checkObject(options, 'options');
   const id = checkId(options.id, 'options.id');
   const bus = checkBus(options.bus);
-  const net = checkNetFds({ ...prepared, id, mac: options.mac ?? prepared.mac, mtu: options.mtu ?? prepared.mtu }, 'prepared', id);
+  // Read field by field: a NetHandoff's tapFds/vhostFds are getters, which a spread would not copy.
+  const fields: NetFds = { id, tapFds: prepared.tapFds, vhostFds: prepared.vhostFds, mac: options.mac ?? prepared.mac, mtu: options.mtu ?? prepared.mtu };
+  const net = checkNetFds(fields, 'prepared', id);
   const pairs = net.tapFds.length;
   if (options.queuePairs !== undefined && checkInt(options.queuePairs, 'options.queuePairs', 1, 256) !== pairs) {
     throw invalidArg('options.queuePairs', `must match the ${pairs} tap fd(s) prepared, got ${options.queuePairs}`);

@@ -24,6 +24,7 @@ import { spawnSync } from 'node:child_process';
 import { Tap } from '../../../lib/netdev/tap';
 import { type Qmp, QmpError } from '../../../lib/vmm/qmp';
 import { hotplugNet, hotplugVsock, unplugNet, unplugVsock } from '../../../lib/vmm/hotplug';
+import type { NetFds } from '../../../lib/vmm/handoff';
 import { openFdCount, thrown, waitFor, type KernelError } from '../../support/helpers';
 import { connectQmp, countFds, describeWithQemu, fdsOf, rootPorts, startQemu, type QemuProcess } from '../../support/qemu';
 
@@ -131,9 +132,9 @@ describeWithQemu('QMP and hotplug against QEMU (no guest)', () => {
     const { vm, qmp } = await qemu(['-S', ...NATIVE_HOTPLUG]);
     const t = tap(2);
     const before = countFds(vm.pid, TUN);
-    const plugged = await hotplugNet(qmp, { tapFds: t.queues.map((q) => q.fd), vhostFds: [] }, {
-      id: 'hn', mac: '52:54:00:12:34:56', mtu: 9000, queuePairs: 2, bus: 'rp1',
-    });
+    // Shaped like a NetHandoff: its fds are getters on the prototype.
+    const prepared = Object.create({ get tapFds() { return t.queues.map((q) => q.fd); }, get vhostFds() { return []; }, mtu: 9000 }) as NetFds;
+    const plugged = await hotplugNet(qmp, prepared, { id: 'hn', mac: '52:54:00:12:34:56', queuePairs: 2, bus: 'rp1' });
     expect(plugged).toEqual({ id: 'hn', device: 'hn-dev', queuePairs: 2, vhost: false });
     expect(countFds(vm.pid, TUN)).toBe(before + 2);
     const prop = (property: string): Promise<unknown> => qmp.execute('qom-get', { path: '/machine/peripheral/hn-dev', property });

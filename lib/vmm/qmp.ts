@@ -120,6 +120,7 @@ export class Qmp extends EventEmitter implements Disposable {
   #ended: VhostError | null = null;
   #closed = false;
   #onGreeting: ((line: unknown) => void) | null = null;
+  #refed = true;
 
   private constructor(sock: UnixSocket, path: string, timeoutMs: number, maxLine: number) {
     super();
@@ -265,6 +266,18 @@ export class Qmp extends EventEmitter implements Disposable {
     });
   }
 
+  /** The connection keeps the process alive (the default). */
+  ref(): void {
+    this.#refed = true;
+    if (!this.closed) this.#sock.ref();
+  }
+
+  /** The connection alone no longer keeps the process alive (pending commands' timers still do). */
+  unref(): void {
+    this.#refed = false;
+    if (!this.closed) this.#sock.unref();
+  }
+
   /** Closes the connection; commands still waiting are rejected (ERR_VHOST_QMP_DISCONNECTED). Idempotent. */
   close(): void {
     if (this.#closed) return;
@@ -325,6 +338,7 @@ export class Qmp extends EventEmitter implements Disposable {
     if (this.#ended) return;
     const writable = this.#out !== null || this.#waitWritable;
     this.#sock.watch((err) => this.#onReady(err), { writable });
+    if (!this.#refed) this.#sock.unref();
   }
 
   // ---- receiving -----------------------------------------------------------

@@ -7,11 +7,12 @@ import fc from 'fast-check';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
+import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
 import { EventFd } from '../../../lib/core/eventfd';
 import { UnixServer, type UnixSocket } from '../../../lib/core/unix-socket';
 import { Qmp, QmpError, type QmpEvent } from '../../../lib/vmm/qmp';
-import { openFdCount, sleep, thrown, waitFor, type KernelError } from '../../support/helpers';
+import { openFdCount, sleep, thrown, tsPrelude, waitFor, type KernelError } from '../../support/helpers';
 
 const GREETING = { QMP: { version: { qemu: { major: 7, minor: 2, micro: 22 }, package: 'fake' }, capabilities: ['oob'] } };
 
@@ -410,5 +411,35 @@ describe('Qmp reader, property-based (fast-check)', () => {
         }
       }, 1024);
     }), { numRuns: 30 });
+  });
+});
+
+describe('Qmp.unref', () => {
+  test('an unref()ed connection does not keep a process alive; a ref()ed one does', () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'qmp-ref-'));
+    try {
+      const lib = path.resolve(__dirname, '../../../lib/vmm/qmp.ts');
+      const prelude = tsPrelude(dir);
+      const script = (unref: boolean): string => `${prelude}
+        const net = require('node:net');
+        const { Qmp } = require(${JSON.stringify(lib)});
+        const file = ${JSON.stringify(path.join(dir, 'm.sock'))} + process.pid;
+        const server = net.createServer((s) => { s.unref(); s.write('${JSON.stringify(GREETING)}\\n'); s.on('data', (d) => s.write(JSON.stringify({ return: {}, id: JSON.parse(d).id }) + '\\n')); });
+        server.listen(file, async () => {
+          server.unref();
+          const q = await Qmp.connect(file);
+          ${unref ? 'q.unref();' : ''}
+          console.log('connected');
+        });`;
+      const run = (unref: boolean) => spawnSync(process.execPath, ['-e', script(unref)], { encoding: 'utf8', timeout: 5000 });
+      const free = run(true);
+      expect(free.stdout.trim()).toBe('connected');
+      expect(free.status).toBe(0);
+      const held = run(false);
+      expect(held.stdout.trim()).toBe('connected');
+      expect(held.signal).toBe('SIGTERM'); // still running when the 5 s ran out
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

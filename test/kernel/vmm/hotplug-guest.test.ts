@@ -154,6 +154,20 @@ describeKernel('hotplug of vhost-net and vhost-vsock into a running guest over Q
     const seenMs: number[] = []; // from hotplugNet's start until the guest reported both devices
     const cycleMs: number[] = []; // a whole cycle, plug to the guest reporting both gone
 
+    // Nested SVM under QEMU 7.2's TCG loses a guest's wakeups now and then (see nested-guest.test.ts):
+    // a guest that saw the ACPI eject request late or never answers the next device_del, which
+    // sends the request again. Once per device at most, and each one is printed; a second miss fails.
+    const reasked: string[] = [];
+    const unplugged = async (unplug: () => Promise<void>, what: string): Promise<void> => {
+      try {
+        await unplug();
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'ETIMEDOUT') throw err;
+        reasked.push(what);
+        process.stdout.write(`[hotplug-guest] ${what}: no DEVICE_DELETED within 30 s; asking the guest again\n`);
+        await unplug();
+      }
+    };
     for (let i = 0; i < CYCLES; i++) {
       const talk = i === 0 || i === CYCLES - 1;
       const net = prepareNetForVmm({ tapName: 'hp%d', queuePairs: 2, mtu: MTU, mac: MAC });
@@ -192,8 +206,8 @@ describeKernel('hotplug of vhost-net and vhost-vsock into a running guest over Q
         }
         await guest.waitFor(new RegExp(`^CHECKED ${i}$`), MINUTE * SLOW, from);
         const u0 = performance.now();
-        await unplugVsock(qmp, dev, { timeoutMs: MINUTE * SLOW });
-        await unplugNet(qmp, nic, { timeoutMs: MINUTE * SLOW });
+        await unplugged(() => unplugVsock(qmp!, dev, { timeoutMs: 30_000 * SLOW }), `v${i}`);
+        await unplugged(() => unplugNet(qmp!, nic, { timeoutMs: 30_000 * SLOW }), `n${i}`);
         unplugMs.push(performance.now() - u0);
         guest.signal(`unplug${i}`);
         expect((await guest.waitFor(new RegExp(`^GONE ${i} (.*)$`), MINUTE * SLOW, from))[1]).toBe('eth0=no vsock=0');
@@ -233,7 +247,7 @@ describeKernel('hotplug of vhost-net and vhost-vsock into a running guest over Q
         `seen by the guest after ${median(seenMs).toFixed(0)} ms (median), a whole cycle ${median(cycleMs).toFixed(0)} ms (median), ` +
         `unplug (device_del until DEVICE_DELETED, both) median ${median(unplugMs).toFixed(0)} ms, max ${Math.max(...unplugMs).toFixed(0)} ms; ` +
         `CID free again after ${Math.max(...cidFreeMs)} ms at most; QEMU fds ${qemuBefore.size} before the first plug, ` +
-        `${afterFirst.size} after the first cycle, back to at most that after each other one (read once more: ${lateFds}) (the first cycle added: ${firstCycleAdded.join(', ') || 'nothing'})\n`,
+        `${afterFirst.size} after the first cycle, device_del asked twice for: ${reasked.join(', ') || 'none'}, back to at most that after each other one (read once more: ${lateFds}) (the first cycle added: ${firstCycleAdded.join(', ') || 'nothing'})\n`,
     );
   });
 });

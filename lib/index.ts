@@ -56,6 +56,11 @@ export {
   type NetFds, type VsockFds, type VmmHandoffInput, type FdPassing, type VmmHandoff, type SpawnVmmOptions, type StdioEntry,
 } from './vmm/handoff';
 export * from './vmm/kvm';
+export { Qmp, QmpError, QMP_DEFAULT_TIMEOUT_MS, QMP_DEFAULT_MAX_LINE_BYTES, type QmpOptions, type QmpExecuteOptions, type QmpEvent, type QmpEvents, type QmpGreeting } from './vmm/qmp';
+export {
+  hotplugNet, unplugNet, hotplugVsock, unplugVsock, UNPLUG_DEFAULT_TIMEOUT_MS,
+  type HotplugNetOptions, type HotplugVsockOptions, type PluggedNet, type PluggedVsock, type UnplugOptions,
+} from './vmm/hotplug';
 export { VHOST_USER_DEFAULT_TIMEOUT_MS, VHOST_USER_SUPPORTED_PROTOCOL_FEATURES, type VhostUserOptions, type DisconnectReason, VhostUser } from './vhost/user/vhost-user';
 export { VhostUserRequest, VhostUserProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, MAX_MEM_REGIONS as VHOST_USER_MAX_MEM_REGIONS } from './vhost/user/messages';
 export { type VhostUserBuildStep, type VhostUserBuilderOptions, VhostUserBuilder, RunningVhostUser } from './vhost/user/builder';

@@ -266,6 +266,67 @@ function checkFdNumber(v: unknown, arg: string): number {
   return v;
 }
 
+/** A NetFds whose fields were checked: what both qemuArgs() and hotplugNet() build a virtio-net device from. */
+export interface CheckedNetFds {
+  id: string;
+  tapFds: number[];
+  vhostFds: number[];
+  mtu: number | undefined;
+  mac: string | undefined;
+}
+
+/**
+ * @internal Checks one NetFds (`where` names it in errors): a QEMU id, 1..256
+ * tap fds, vhost fds (checked for count by the caller: spawn wants one per
+ * tap fd, hotplug also takes none), MTU and MAC.
+ */
+export function checkNetFds(net: NetFds, where: string, defaultId: string): CheckedNetFds {
+  if (typeof net !== 'object' || net === null) throw invalidArg(where, 'must be an object');
+  const id = net.id ?? defaultId;
+  if (typeof id !== 'string' || !QEMU_ID.test(id)) throw invalidArg(`${where}.id`, 'must be a QEMU id (a letter, then letters, digits, _ . -)');
+  if (!Array.isArray(net.tapFds) || !Array.isArray(net.vhostFds)) throw invalidArg(where, 'needs tapFds and vhostFds arrays');
+  const pairs = net.tapFds.length;
+  if (pairs < 1 || pairs > MAX_QUEUE_PAIRS) throw invalidArg(`${where}.tapFds`, `must hold 1..${MAX_QUEUE_PAIRS} fds (got ${pairs})`);
+  const tapFds = net.tapFds.map((fd, i) => checkFdNumber(fd, `${where}.tapFds[${i}]`));
+  const vhostFds = net.vhostFds.map((fd, i) => checkFdNumber(fd, `${where}.vhostFds[${i}]`));
+  if (net.mtu !== undefined) validateMtu(net.mtu, `${where}.mtu`, 'config');
+  const mac = net.mac === undefined ? undefined : formatMac(parseMac(net.mac, `${where}.mac`));
+  return { id, tapFds, vhostFds, mtu: net.mtu, mac };
+}
+
+/** A QEMU property value: strings as they are, booleans as on/off on a command line, numbers in decimal. */
+export type QemuProp = string | number | boolean;
+
+/** @internal `-netdev tap` properties naming fds (numbers at spawn, getfd names at hotplug); vhost=on with vhost fds, off without. */
+export function tapNetdevProps(id: string, tapFds: readonly string[], vhostFds: readonly string[]): Record<string, QemuProp> {
+  const props: Record<string, QemuProp> = { id, fds: tapFds.join(':'), vhost: vhostFds.length > 0 };
+  if (vhostFds.length > 0) props.vhostfds = vhostFds.join(':');
+  return props;
+}
+
+/** @internal The virtio-net-pci properties of a netdev: id `<id>-dev`, mq and vectors with more than one queue pair, host_mtu, mac. */
+export function virtioNetProps(net: Pick<CheckedNetFds, 'id' | 'tapFds' | 'mtu' | 'mac'>): Record<string, QemuProp> {
+  const props: Record<string, QemuProp> = { netdev: net.id, id: `${net.id}-dev` };
+  const pairs = net.tapFds.length;
+  // Multi-queue needs mq=on and one MSI-X vector per queue, plus config and control
+  // (QEMU 7.2 derives the same 2N+2 itself with mq=on; said here so older ones agree).
+  if (pairs > 1) Object.assign(props, { mq: true, vectors: 2 * pairs + 2 });
+  if (net.mtu !== undefined) props.host_mtu = net.mtu;
+  if (net.mac !== undefined) props.mac = net.mac;
+  return props;
+}
+
+/** @internal The vhost-vsock-pci properties: the guest CID and the vhost fd (a number at spawn, a getfd name at hotplug). */
+export function vhostVsockProps(cid: number, vhostfd: string): Record<string, QemuProp> {
+  return { 'guest-cid': cid, vhostfd };
+}
+
+/** @internal `driver,key=value,...` as a QEMU command line takes it (booleans as on/off). */
+export function formatProps(driver: string, props: Record<string, QemuProp>): string {
+  const parts = Object.entries(props).map(([k, v]) => `${k}=${typeof v === 'boolean' ? (v ? 'on' : 'off') : String(v)}`);
+  return [driver, ...parts].join(',');
+}
+
 /**
  * Builds the QEMU arguments for prepared devices, with every fd named by the
  * number the child will see (allocated from `firstFd` up, tap fds then vhost
@@ -289,28 +350,16 @@ export function qemuArgs(input: VmmHandoffInput): VmmHandoff {
   const ids = new Set<string>();
   nets.forEach((net, n) => {
     const where = `net[${n}]`;
-    if (typeof net !== 'object' || net === null) throw invalidArg(where, 'must be an object');
-    const id = net.id ?? `net${n}`;
-    if (typeof id !== 'string' || !QEMU_ID.test(id)) throw invalidArg(`${where}.id`, 'must be a QEMU id (a letter, then letters, digits, _ . -)');
-    if (ids.has(id)) throw invalidArg(`${where}.id`, `'${id}' is used twice`);
-    ids.add(id);
-    if (!Array.isArray(net.tapFds) || !Array.isArray(net.vhostFds)) throw invalidArg(where, 'needs tapFds and vhostFds arrays');
-    const pairs = net.tapFds.length;
-    if (pairs < 1 || pairs > MAX_QUEUE_PAIRS) throw invalidArg(`${where}.tapFds`, `must hold 1..${MAX_QUEUE_PAIRS} fds (got ${pairs})`);
-    if (net.vhostFds.length !== pairs) throw invalidArg(`${where}.vhostFds`, `must hold one fd per tap fd (${pairs}), got ${net.vhostFds.length}`);
-    const tapParent = net.tapFds.map((fd, i) => checkFdNumber(fd, `${where}.tapFds[${i}]`));
-    const vhostParent = net.vhostFds.map((fd, i) => checkFdNumber(fd, `${where}.vhostFds[${i}]`));
-    if (net.mtu !== undefined) validateMtu(net.mtu, `${where}.mtu`, 'config');
-    const mac = net.mac === undefined ? undefined : formatMac(parseMac(net.mac, `${where}.mac`));
-    const tapChild = tapParent.map(pass);
-    const vhostChild = vhostParent.map(pass);
-    args.push('-netdev', `tap,id=${id},fds=${tapChild.join(':')},vhost=on,vhostfds=${vhostChild.join(':')}`);
-    // Multi-queue needs mq=on and one MSI-X vector per queue, plus config and control.
-    let dev = `virtio-net-pci,netdev=${id},id=${id}-dev`;
-    if (pairs > 1) dev += `,mq=on,vectors=${2 * pairs + 2}`;
-    if (net.mtu !== undefined) dev += `,host_mtu=${net.mtu}`;
-    if (mac !== undefined) dev += `,mac=${mac}`;
-    args.push('-device', dev);
+    const checked = checkNetFds(net, where, `net${n}`);
+    if (ids.has(checked.id)) throw invalidArg(`${where}.id`, `'${checked.id}' is used twice`);
+    ids.add(checked.id);
+    if (checked.vhostFds.length !== checked.tapFds.length) {
+      throw invalidArg(`${where}.vhostFds`, `must hold one fd per tap fd (${checked.tapFds.length}), got ${checked.vhostFds.length}`);
+    }
+    const tapChild = checked.tapFds.map(pass);
+    const vhostChild = checked.vhostFds.map(pass);
+    args.push('-netdev', formatProps('tap', tapNetdevProps(checked.id, tapChild.map(String), vhostChild.map(String))));
+    args.push('-device', formatProps('virtio-net-pci', virtioNetProps(checked)));
   });
   if (input.vsock !== undefined) {
     const v = input.vsock;
@@ -319,7 +368,7 @@ export function qemuArgs(input: VmmHandoffInput): VmmHandoff {
       throw invalidArg('vsock.cid', `must be in ${CID_FIRST}..${CID_LAST} (got ${plain(v.cid)})`, 'ERR_VHOST_OUT_OF_RANGE');
     }
     const child = pass(checkFdNumber(v.vhostFd, 'vsock.vhostFd'));
-    args.push('-device', `vhost-vsock-pci,guest-cid=${v.cid},vhostfd=${child}`);
+    args.push('-device', formatProps('vhost-vsock-pci', vhostVsockProps(v.cid, String(child))));
   }
   const parents = new Set(fds.map((f) => f.parentFd));
   if (parents.size !== fds.length) throw invalidArg('input', 'names the same fd twice');

@@ -10,9 +10,9 @@ describe('public API (lib/index.ts)', () => {
       'Bridge', 'BufferPool', 'DIRTY_LOG_PAGE_SIZE', 'DirtyLog', 'ETHERTYPE_ARP', 'ETHERTYPE_IPV4', 'EVENTFD_MAX',
       'EventFd', 'FdOwner', 'GuestMemory', 'HybridVsockServer', 'INDIRECT_MAX', 'IPPROTO_ICMP', 'IPPROTO_UDP', 'KVM_MEM_LOG_DIRTY_PAGES',
       'KVM_MEM_READONLY', 'Kvm', 'KvmVm', 'LEGACY_VRING_ALIGN', 'Link', 'MAX_FDS_PER_MESSAGE', 'MAX_QUEUE_PAIRS',
-      'MAX_QUEUE_SIZE', 'Macvtap', 'NetHandoff', 'NetNs', 'NetResponder', 'ReceivedFd', 'Rtnl',
+      'MAX_QUEUE_SIZE', 'Macvtap', 'NetHandoff', 'NetNs', 'NetResponder', 'QMP_DEFAULT_MAX_LINE_BYTES', 'QMP_DEFAULT_TIMEOUT_MS', 'Qmp', 'QmpError', 'ReceivedFd', 'Rtnl',
       'RunningVhostDevice', 'RunningVhostNet', 'RunningVhostUser', 'RunningVhostVsock', 'Tap', 'TapQueue',
-      'UnixServer', 'UnixSocket', 'VHOST_NET_RX', 'VHOST_NET_TX', 'VHOST_USER_DEFAULT_TIMEOUT_MS',
+      'UNPLUG_DEFAULT_TIMEOUT_MS', 'UnixServer', 'UnixSocket', 'VHOST_NET_RX', 'VHOST_NET_TX', 'VHOST_USER_DEFAULT_TIMEOUT_MS',
       'VHOST_USER_F_PROTOCOL_FEATURES', 'VHOST_USER_MAX_MEM_REGIONS', 'VHOST_USER_SUPPORTED_PROTOCOL_FEATURES',
       'VHOST_VSOCK_RX', 'VHOST_VSOCK_TX', 'VIRTIO_BLK_SECTOR_SIZE', 'VIRTIO_NET_HDR_SIZE', 'VRING_ADDR_F_LOG',
       'VSOCK_AUTO_CID_ATTEMPTS', 'VSOCK_CID_MAX', 'VSOCK_CID_MIN', 'VSOCK_HDR_SIZE', 'VSOCK_MAX_PAYLOAD', 'VSOCK_OP', 'VSOCK_SEQ',
@@ -22,11 +22,11 @@ describe('public API (lib/index.ts)', () => {
       'VirtioNetGuest', 'VirtioVsockConnection', 'VirtioVsockGuest', 'Virtqueue', 'VsockDeviceBackend', 'VsockDeviceListener',
       'VsockGuestChannel', 'VsockHandoff', 'bridge',
       'buildArpRequest', 'buildIcmpEcho', 'buildUdp', 'cleanupOrphans', 'describeFeatures', 'describeOrphan',
-      'dirtyLogSize', 'featureList', 'features', 'formatMac', 'formatMark', 'formatProbe', 'internetChecksum',
+      'dirtyLogSize', 'featureList', 'features', 'formatMac', 'formatMark', 'formatProbe', 'hotplugNet', 'hotplugVsock', 'internetChecksum',
       'kUnchecked', 'layoutSplitRing', 'linkFlags', 'listMarked', 'listOrphans', 'memfdSeals', 'netlink',
       'parseIpv4', 'parseMac', 'parseMark', 'placeVirtqueue', 'prepareNetForVmm', 'prepareVsockForVmm', 'probe',
       'probeToJson', 'qemuArgs', 'setActiveQueuePairs', 'setCreatorLabel', 'spawnVmm', 'splitRingLayout',
-      'tunFlags', 'tunOffload', 'virtioNetConfig', 'virtioNetConfigLayout', 'virtioNetStatus', 'virtqueueFootprint',
+      'tunFlags', 'tunOffload', 'unplugNet', 'unplugVsock', 'virtioNetConfig', 'virtioNetConfigLayout', 'virtioNetStatus', 'virtqueueFootprint',
       'vsock',
     ]);
   });
@@ -36,7 +36,7 @@ describe('public API (lib/index.ts)', () => {
       'planTap', 'checkAdvisedMtu', 'validateLinkName', 'validateLinkMtu', 'validateQueueSize', 'validateGuestMemoryOptions',
       'encodeVsockHeader', 'decodeVsockHeader', 'checkVsockHeader', 'writeVsockHeader', 'putVsockHeader', 'getVsockCid',
       'allocateCid', 'mergeMemoryRegions', 'readMaxMemRegions', 'negotiateNetFeatures', 'negotiateVsockFeatures',
-      'vnetHdrSizeFor', 'tapOffloadFor', 'tapMacFor', 'stdioFor', 'findProblems', 'vsockGuestFeatures', 'planVirtioVsockGuest',
+      'vnetHdrSizeFor', 'tapOffloadFor', 'tapMacFor', 'stdioFor', 'checkNetFds', 'tapNetdevProps', 'virtioNetProps', 'vhostVsockProps', 'formatProps', 'findProblems', 'vsockGuestFeatures', 'planVirtioVsockGuest',
     ];
     expect(internal.filter((name) => name in api)).toEqual([]);
   });

@@ -92,5 +92,7 @@ void InitNetlink(Napi::Env env, Napi::Object exports);
 void InitFdAdopt(Napi::Env env, Napi::Object exports);
 void InitKvm(Napi::Env env, Napi::Object exports);
 void InitUnixSocket(Napi::Env env, Napi::Object exports);
+void InitDeviceMemory(Napi::Env env, Napi::Object exports);
+void InitDeviceQueue(Napi::Env env, Napi::Object exports);
 
 }  // namespace vhost

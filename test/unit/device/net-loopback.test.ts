@@ -93,7 +93,7 @@ class Driver {
     this.pool = (tx.end + 4095n) & ~4095n;
     this.memory = GuestMemory.create({ regions: [{ gpa: 0n, size: this.pool + BigInt(SLOT * 4 * QSIZE) }], name: 'vu-net-loopback' });
     this.fds = [EventFd.create(), EventFd.create(), EventFd.create(), EventFd.create()];
-    this.rings = [rx, tx];
+    this.rings = [rx, tx].map(({ desc, avail, used }) => ({ desc, avail, used }));
     this.rx = Virtqueue.create({ memory: this.memory, kick: this.fds[0], size: QSIZE, ...rx, eventIdx: true });
     this.tx = Virtqueue.create({ memory: this.memory, kick: this.fds[2], size: QSIZE, ...tx, eventIdx: true });
   }

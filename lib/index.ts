@@ -61,3 +61,10 @@ export { VhostUserRequest, VhostUserProtocolFeature, VHOST_USER_F_PROTOCOL_FEATU
 export { type VhostUserBuildStep, type VhostUserBuilderOptions, VhostUserBuilder, RunningVhostUser } from './vhost/user/builder';
 export { VIRTIO_BLK_SECTOR_SIZE, VirtioBlkType, VirtioBlkStatus, VirtioBlkFeature, type VirtioBlkConfig } from './virtio/blk';
 export { type VirtioBlkGuestOptions, VirtioBlkGuest } from './guest/blk';
+export { type DeviceMemoryRegion, type DeviceMemoryRegionInfo, DeviceMemory } from './virtio/device-memory';
+export { type DeviceQueueOptions, type DeviceChain, type RingBrokenError, DEVICE_QUEUE_MAX_READABLE, DeviceQueue } from './virtio/device-queue';
+export type { VhostUserDevice } from './vhost/user/backend-device';
+export { type RingFds, RING_BUDGET_MULTIPLIER, VhostUserRing } from './vhost/user/backend-ring';
+export { VHOST_USER_BACKEND_PROTOCOL_FEATURES, type VhostUserBackendOptions, type VhostUserBackendStats, VhostUserBackend } from './vhost/user/backend';
+export { VHOST_USER_NET_RX, VHOST_USER_NET_TX, VHOST_USER_NET_FEATURES, type VhostUserNetOptions, type VhostUserNetStats, VhostUserNet } from './device/net';
+export { type NetSwitchPort, NET_SWITCH_MAX_MACS, type NetSwitchStats, NetSwitch } from './device/switch';

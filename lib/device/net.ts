@@ -31,8 +31,9 @@ import type { VhostUserRing } from '../vhost/user/backend-ring';
 import { VhostUserBackend, type VhostUserBackendOptions } from '../vhost/user/backend';
 import { buildArpRequest, buildIcmpEcho, ETHERTYPE_ARP, ETHERTYPE_IPV4, IPPROTO_ICMP, NetResponder, parseIpv4 } from '../guest/responder';
 
-/** Ring indices of virtio-net (one queue pair). */
+/** Ring index of virtio-net's receive queue (frames toward the guest). */
 export const VHOST_USER_NET_RX = 0;
+/** Ring index of virtio-net's transmit queue (frames from the guest). */
 export const VHOST_USER_NET_TX = 1;
 /** Header length with VERSION_1 (or MRG_RXBUF); 10 for a legacy driver without either. */
 const HDR_V1 = 12;
@@ -116,7 +117,7 @@ export class VhostUserNet extends EventEmitter implements VhostUserDevice {
     super();
     checkObject(options, 'options');
     for (const k of Object.keys(options)) if (!OPTION_KEYS.has(k)) throw invalidArg(`options.${k}`, 'is not a VhostUserNet option');
-    const o = readOptions(options, OPTION_KEYS) as VhostUserNetOptions;
+    const o = readOptions<VhostUserNetOptions>(options, OPTION_KEYS);
     this.mtu = checkInt(o.mtu ?? 1500, 'options.mtu', 68, 65535, describe);
     this.maxFrame = this.mtu + ETH_HLEN + VLAN_HLEN;
     this.queueLimit = checkInt(o.queueLimit ?? 256, 'options.queueLimit', 0, 65536, describe);

@@ -9,8 +9,11 @@ import { formatMac } from '../netdev/tap';
 
 /** What the switch needs of a port: send frames to it, hear frames from it. */
 export interface NetSwitchPort {
+  /** Sends a frame out of the port (the port queues or drops what it cannot take now). */
   send(frame: Uint8Array): boolean;
+  /** Listens for frames arriving on the port. */
   on(event: 'frame', listener: (frame: Buffer) => void): unknown;
+  /** Stops listening. */
   off(event: 'frame', listener: (frame: Buffer) => void): unknown;
 }
 

@@ -4,7 +4,7 @@
 // noticed at once: the err eventfd is signalled and the back-end emits
 // 'queue-broken', whatever the device does next.
 import { VhostError } from '../../core/errors';
-import { native, type OwnedFd } from '../../core/native';
+import { native } from '../../core/native';
 import type { ReceivedFd } from '../../core/unix-socket';
 import type { DeviceChain, DeviceQueue } from '../../virtio/device-queue';
 
@@ -22,7 +22,7 @@ export const RING_BUDGET_MULTIPLIER = 4;
 function signal(fd: ReceivedFd | null): boolean {
   if (fd === null || fd.closed) return false;
   try {
-    return native.eventfdWrite(fd.nativeHandle as OwnedFd, 1n);
+    return native.eventfdWrite(fd.nativeHandle, 1n);
   } catch {
     return false; // a front-end that passed something else than an eventfd: nothing to wake
   }

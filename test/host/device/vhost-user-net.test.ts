@@ -114,7 +114,8 @@ describeWithQemu('vhost-user-net: QEMU guests on a Node back-end', () => {
     await g.waitFor(/PING-OK/, 60_000);
     expect(await g.finished(60_000)).toBe(0);
     expect(net.responder!.counts.icmp).toBeGreaterThanOrEqual(3);
-    expect(net.stats.rxAnswered).toBeGreaterThanOrEqual(4); // an ARP and three echoes at least
+    // The guest learned Node's MAC from ping()'s ARP request, so it may send no ARP of its own.
+    expect(net.stats.rxAnswered).toBeGreaterThanOrEqual(3);
     // What QEMU 7.2 sent: protocol features negotiated, memory acked, both rings set up and enabled.
     for (const m of ['GET_FEATURES', 'GET_PROTOCOL_FEATURES', 'SET_PROTOCOL_FEATURES', 'SET_OWNER', 'SET_FEATURES', 'SET_MEM_TABLE+ack', 'SET_VRING_NUM', 'SET_VRING_ADDR', 'SET_VRING_KICK', 'SET_VRING_CALL', 'SET_VRING_ENABLE', 'GET_VRING_BASE']) {
       expect(messages).toContain(m);

@@ -378,15 +378,16 @@ class DeviceQueue : public Napi::ObjectWrap<DeviceQueue> {
     auto isBytes = [](const Napi::Value& v) {
       return v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_uint8_array;
     };
+    // Empty parts are left out: they write nothing (and an empty view may have no data pointer).
     if (isBytes(data)) {
-      parts.push_back(data.As<Napi::Uint8Array>());
+      if (data.As<Napi::Uint8Array>().ByteLength() > 0) parts.push_back(data.As<Napi::Uint8Array>());
     } else if (data.IsArray()) {
       Napi::Array list = data.As<Napi::Array>();
       uint32_t n = list.Length();
       for (uint32_t k = 0; k < n; k++) {
         Napi::Value v = list.Get(k);
         if (!isBytes(v)) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "data[" + std::to_string(k) + "] must be a Uint8Array");
-        parts.push_back(v.As<Napi::Uint8Array>());
+        if (v.As<Napi::Uint8Array>().ByteLength() > 0) parts.push_back(v.As<Napi::Uint8Array>());
       }
     } else if (!data.IsUndefined()) {
       throw CodeError(env, "ERR_VHOST_INVALID_ARG", "data must be a Uint8Array or an array of them");
@@ -399,10 +400,10 @@ class DeviceQueue : public Napi::ObjectWrap<DeviceQueue> {
     InFlight& chain = inflightChains_[head];
     uint64_t total = 0;
     for (const Napi::Uint8Array& p : parts) total += p.ByteLength();
-    if (total > chain.writableBytes)
+    if (total > chain.writableBytes || total > UINT32_MAX)
       throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE",
                       "ERR_VHOST_OUT_OF_RANGE: data (" + std::to_string(total) + " bytes) exceeds the writable space of chain " +
-                          std::to_string(head) + " (" + std::to_string(chain.writableBytes) + " bytes)");
+                          std::to_string(head) + " (" + std::to_string(chain.writableBytes) + " bytes; a used length is at most 2^32-1)");
     // Translate again: the memory table may have been replaced since pop().
     uint64_t need = total;
     for (const Segment& s : chain.writable) {

@@ -71,13 +71,17 @@ describe('DeviceQueue against the driver-side Virtqueue', () => {
     expect(p.driver.numFree).toBe(64);
   });
 
-  test('complete() without data returns a zero-length used entry', () => {
+  test('complete() without data, or with empty parts, returns a zero-length used entry', () => {
     const p = open();
-    const [head] = p.driver.post([[{ gpa: BUFS, len: 8 }]]);
-    expect(p.queue.pop()!.writable).toBe(0);
-    expect(p.queue.complete(head)).toBe(0);
+    const heads = p.driver.post([[{ gpa: BUFS, len: 8 }], [{ gpa: BUFS, len: 8 }], [{ gpa: BUFS + 16n, len: 4, writable: true }]]);
+    const chains = p.queue.popBatch(3);
+    expect(chains.map((c) => c.writable)).toEqual([0, 0, 4]);
+    expect(p.queue.complete(heads[0])).toBe(0);
+    expect(p.queue.complete(heads[1], new Uint8Array(0))).toBe(0);
+    expect(p.queue.complete(heads[2], [new Uint8Array(0), Buffer.from([1, 2]), new Uint8Array(0), Buffer.from([3])])).toBe(3);
     p.queue.flush();
-    expect(p.driver.collect()).toEqual([{ head, len: 0 }]);
+    expect(p.driver.collect()).toEqual([{ head: heads[0], len: 0 }, { head: heads[1], len: 0 }, { head: heads[2], len: 3 }]);
+    expect([...p.mem.view(BUFS + 16n, 4)]).toEqual([1, 2, 3, 0]);
   });
 
   test('complete() refuses a head not in flight and data larger than the writable space, completing nothing', () => {

@@ -297,6 +297,19 @@ describe('VhostUserBackend', () => {
       }
     });
 
+    test('a kick fd that is not an eventfd (a socket)', async () => {
+      const pair = UnixSocket.pair();
+      try {
+        await dropsWith((fe) => fe.send(R.SET_VRING_KICK, vringFdPayload(0, true), [pair[0]]), 'ERR_VHOST_USER_PROTOCOL', /SET_VRING_KICK: ring 0: the fd sent is not an eventfd \(socket:\[\d+\]\).*an eventfd is required/);
+      } finally {
+        pair[0].close();
+        pair[1].close();
+      }
+    });
+
+    test('a memory table whose region count and fds disagree', () =>
+      dropsWith((fe) => fe.send(R.SET_MEM_TABLE, encodeMemTable([{ gpa: 0n, size: 0x10000n, userAddr: 0x7f0000000000n, mmapOffset: 0n }])), 'ERR_VHOST_USER_PROTOCOL', /SET_MEM_TABLE: came with 0 file descriptors, expected 1/));
+
     test('a message this back-end does not implement (GET_INFLIGHT_FD)', () =>
       dropsWith((fe) => fe.send(R.GET_INFLIGHT_FD, Buffer.alloc(20)), 'ERR_VHOST_USER_UNSUPPORTED', /GET_INFLIGHT_FD: not implemented/));
 

@@ -71,3 +71,10 @@ export {
   VsockGuestChannel, type VsockChannelStats, type VsockChannelCarrier, VSOCK_MAX_PAYLOAD,
 } from './device/vsock/backend';
 export { type HybridVsockServerOptions, type HybridVsockServerStats, HybridVsockServer } from './device/vsock/hybrid-server';
+export { type DeviceMemoryRegion, type DeviceMemoryRegionInfo, DeviceMemory } from './virtio/device-memory';
+export { type DeviceQueueOptions, type DeviceChain, type RingBrokenError, DEVICE_QUEUE_MAX_READABLE, DeviceQueue } from './virtio/device-queue';
+export type { VhostUserDevice } from './vhost/user/backend-device';
+export { type RingFds, RING_BUDGET_MULTIPLIER, VhostUserRing } from './vhost/user/backend-ring';
+export { VHOST_USER_BACKEND_PROTOCOL_FEATURES, type VhostUserBackendOptions, type VhostUserBackendStats, VhostUserBackend } from './vhost/user/backend';
+export { VHOST_USER_NET_RX, VHOST_USER_NET_TX, VHOST_USER_NET_FEATURES, type VhostUserNetOptions, type VhostUserNetStats, VhostUserNet } from './device/net';
+export { type NetSwitchPort, NET_SWITCH_MAX_MACS, type NetSwitchStats, NetSwitch } from './device/switch';

@@ -208,6 +208,8 @@ export interface NativeBinding {
   eventfdCreate(initval: number, semaphore: boolean): OwnedFd;
   /** The counter (or 1n in semaphore mode); null when it is zero (EAGAIN). */
   eventfdRead(fd: OwnedFd): bigint | null;
+  /** Checks that a received fd is an eventfd (/proc/self/fd link anon_inode:[eventfd]), sets O_NONBLOCK, and lets eventfdRead/Write use it. */
+  eventfdAdopt(fd: OwnedFd): void;
   /** Adds to the counter; false when it would overflow (EAGAIN). */
   eventfdWrite(fd: OwnedFd, value: bigint): boolean;
 

@@ -47,6 +47,8 @@ enum class FdKind { kOther, kEventFd };
 Napi::Object WrapFd(Napi::Env env, int fd, const std::string& path, FdKind kind = FdKind::kOther);
 // The kind given to WrapFd (kOther for anything that is not an OwnedFd).
 FdKind KindOf(const Napi::Value& handle);
+// Marks an OwnedFd as being of `kind` once the caller checked what the fd is (eventfdAdopt).
+void SetKindOf(const Napi::Value& handle, FdKind kind);
 // Whether an OwnedFd of this env owns fd now.
 bool FdOwned(Napi::Env env, int fd);
 // The live fd of an OwnedFd, throwing ERR_VHOST_CLOSED if it was closed.
@@ -90,5 +92,7 @@ void InitNetlink(Napi::Env env, Napi::Object exports);
 void InitFdAdopt(Napi::Env env, Napi::Object exports);
 void InitKvm(Napi::Env env, Napi::Object exports);
 void InitUnixSocket(Napi::Env env, Napi::Object exports);
+void InitDeviceMemory(Napi::Env env, Napi::Object exports);
+void InitDeviceQueue(Napi::Env env, Napi::Object exports);
 
 }  // namespace vhost

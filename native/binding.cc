@@ -23,6 +23,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InitFdAdopt(env, exports);
   InitKvm(env, exports);
   InitUnixSocket(env, exports);
+  InitDeviceMemory(env, exports);
+  InitDeviceQueue(env, exports);
   return exports;
 }
 

@@ -1,6 +1,7 @@
 // eventfd: the kernel's counter object used for vhost kicks and calls (and
 // KVM ioeventfd/irqfd). Polling reuses OwnedFd.watch (owned_fd.cc); this file
 // only creates, reads and writes.
+#include <fcntl.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -68,10 +69,31 @@ static Napi::Value EventfdWrite(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, true);
 }
 
+// eventfdAdopt(handle): an fd another process sent (a vhost-user front-end's
+// kick, call or err) becomes usable with eventfdRead/Write once the kernel
+// confirms it is an eventfd (its /proc/self/fd link is anon_inode:[eventfd]);
+// made nonblocking, so a read racing the sender can never block the loop.
+static Napi::Value EventfdAdopt(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = FdOf(info[0], "eventfdAdopt");
+  char link[64];
+  std::string proc = "/proc/self/fd/" + std::to_string(fd);
+  ssize_t n = ::readlink(proc.c_str(), link, sizeof link - 1);
+  if (n < 0) throw ErrnoError(env, errno, "readlink", proc);
+  link[n] = 0;
+  if (std::string(link) != "anon_inode:[eventfd]")
+    throw CodeError(env, "ERR_VHOST_INVALID_ARG", std::string("not an eventfd (") + link + ") '" + PathOf(info[0]) + "'");
+  int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) throw ErrnoError(env, errno, "fcntl(F_SETFL)", PathOf(info[0]));
+  SetKindOf(info[0], FdKind::kEventFd);
+  return env.Undefined();
+}
+
 void InitEventFd(Napi::Env env, Napi::Object exports) {
   exports.Set("eventfdCreate", Napi::Function::New(env, EventfdCreate, "eventfdCreate"));
   exports.Set("eventfdRead", Napi::Function::New(env, EventfdRead, "eventfdRead"));
   exports.Set("eventfdWrite", Napi::Function::New(env, EventfdWrite, "eventfdWrite"));
+  exports.Set("eventfdAdopt", Napi::Function::New(env, EventfdAdopt, "eventfdAdopt"));
 }
 
 }  // namespace vhost

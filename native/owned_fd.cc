@@ -194,6 +194,11 @@ FdKind KindOf(const Napi::Value& handle) {
   return owned == nullptr ? FdKind::kOther : owned->kind();
 }
 
+void SetKindOf(const Napi::Value& handle, FdKind kind) {
+  OwnedFd* owned = Unwrap(handle);
+  if (owned != nullptr) owned->set_kind(kind);
+}
+
 int IoctlOn(const Napi::Value& handle, unsigned long request, void* arg, const char* name) {
   std::string syscall = std::string("ioctl(") + name + ")";
   int fd = FdOf(handle, syscall);

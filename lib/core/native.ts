@@ -108,6 +108,59 @@ export interface NativeVirtqueue {
   close(): void;
 }
 
+/** One region for NativeBinding.deviceMemoryMap (see DeviceMemoryRegion in virtio/device-memory.ts). */
+export interface NativeDeviceRegion {
+  fd: FdArg;
+  gpa: bigint;
+  size: bigint;
+  userAddr: bigint;
+  mmapOffset: bigint;
+}
+
+/** The front-end's memory mapped in this process (device_memory.cc). */
+export interface NativeDeviceMemory {
+  readonly closed: boolean;
+  /** A copy of [gpa, gpa + length); ERR_VHOST_GUEST_ADDRESS when not all mapped. */
+  read(gpa: bigint, length: number): Buffer;
+  write(gpa: bigint, data: Uint8Array): void;
+  /** munmap of every region (and its guard pages); idempotent. */
+  close(): void;
+}
+
+/** Options of NativeBinding.deviceQueueCreate, all present (TS fills defaults). */
+export interface NativeDeviceQueueOptions {
+  size: number;
+  desc: bigint; // front-end virtual addresses
+  avail: bigint;
+  used: bigint;
+  base: number;
+  eventIdx: boolean;
+  indirect: boolean;
+  maxReadable: number;
+  name: string;
+}
+
+/** The device side of a split ring (device_queue.cc). */
+export interface NativeDeviceQueue {
+  readonly nextAvail: number;
+  readonly usedIdx: number;
+  readonly inflight: number;
+  readonly closed: boolean;
+  /** Why the queue stopped, or null. */
+  readonly broken: { field: string; value: bigint; message: string } | null;
+  /**
+   * Takes up to `max` chains: meta[0] = their count, then (head, readable bytes, writable bytes)
+   * per chain. Returns every chain's readable bytes in one Buffer, in order; null when none was taken.
+   */
+  popBatch(max: number, meta: Float64Array): Buffer | null;
+  /** Bytes written, or -1 when the chain's buffers left memory (the queue is broken now). */
+  complete(head: number, data?: Uint8Array | readonly Uint8Array[]): number;
+  flush(): boolean;
+  enableNotify(on: boolean): boolean;
+  setMemory(memory: NativeDeviceMemory): void;
+  close(): void;
+}
+
 export interface NativeBinding {
   setErrorClass(ctor: new (message: string) => Error): void;
 
@@ -155,6 +208,8 @@ export interface NativeBinding {
   eventfdCreate(initval: number, semaphore: boolean): OwnedFd;
   /** The counter (or 1n in semaphore mode); null when it is zero (EAGAIN). */
   eventfdRead(fd: OwnedFd): bigint | null;
+  /** Checks that a received fd is an eventfd (/proc/self/fd link anon_inode:[eventfd]), sets O_NONBLOCK, and lets eventfdRead/Write use it. */
+  eventfdAdopt(fd: OwnedFd): void;
   /** Adds to the counter; false when it would overflow (EAGAIN). */
   eventfdWrite(fd: OwnedFd, value: bigint): boolean;
 
@@ -198,6 +253,12 @@ export interface NativeBinding {
    * `kick` is written from native code when the device wants a notification.
    */
   virtqueueCreate(buffer: ArrayBuffer, regionGpa: bigint, layout: NativeVirtqueueLayout, kick: OwnedFd | null): NativeVirtqueue;
+
+  // device_memory.cc, device_queue.cc: the device side (a vhost-user back-end)
+  /** mmap(MAP_SHARED) of every region between PROT_NONE guard pages; all or nothing. */
+  deviceMemoryMap(regions: readonly NativeDeviceRegion[]): NativeDeviceMemory;
+  /** A device-side split ring over `memory`; ring addresses are the front-end's (regions' userAddr space). */
+  deviceQueueCreate(memory: NativeDeviceMemory, options: NativeDeviceQueueOptions): NativeDeviceQueue;
 
   // vsock_socket.cc: AF_VSOCK sockets — section owned by the vsock work
   /** socket(AF_VSOCK, type | SOCK_NONBLOCK | SOCK_CLOEXEC); type SOCK_STREAM (1) or SOCK_SEQPACKET (5); label names it in errors. */

@@ -66,3 +66,4 @@ export {
   VsockGuestChannel, type VsockChannelStats, type VsockChannelCarrier, VSOCK_MAX_PAYLOAD,
 } from './device/vsock/backend';
 export { type HybridVsockServerOptions, type HybridVsockServerStats, HybridVsockServer } from './device/vsock/hybrid-server';
+export { VHOST_USER_VSOCK_RX, VHOST_USER_VSOCK_TX, type VhostUserVsockOptions, VhostUserVsock } from './device/vsock/vhost-user-vsock';

@@ -78,3 +78,4 @@ export { type RingFds, RING_BUDGET_MULTIPLIER, VhostUserRing } from './vhost/use
 export { VHOST_USER_BACKEND_PROTOCOL_FEATURES, type VhostUserBackendOptions, type VhostUserBackendStats, VhostUserBackend } from './vhost/user/backend';
 export { VHOST_USER_NET_RX, VHOST_USER_NET_TX, VHOST_USER_NET_FEATURES, type VhostUserNetOptions, type VhostUserNetStats, VhostUserNet } from './device/net';
 export { type NetSwitchPort, NET_SWITCH_MAX_MACS, type NetSwitchStats, NetSwitch } from './device/switch';
+export { VHOST_USER_VSOCK_RX, VHOST_USER_VSOCK_TX, type VhostUserVsockOptions, VhostUserVsock } from './device/vsock/vhost-user-vsock';

@@ -10,6 +10,7 @@
 //     -chardev socket,id=c0,path=/tmp/vu-net.sock -netdev vhost-user,id=n0,chardev=c0 \
 //     -device virtio-net-pci,netdev=n0,vectors=0 -kernel ... -initrd ... -append 'console=ttyS0 lvg.ip=10.0.2.2/24' -nographic
 // and in the guest: ping 10.0.2.1
+// (vectors=0: QEMU 7.2 without KVM segfaults when a vhost-user NIC uses MSI-X, a QEMU bug; see the README.)
 'use strict';
 const { VhostUserNet } = require('linux-vhost');
 

@@ -414,8 +414,13 @@ export abstract class UserspaceGuest<D extends GuestDevice> extends EventEmitter
    */
   pause(): DeviceState {
     this.checkOpen('pause');
-    return this.#rings.device.stop();
+    const state = this.#rings.device.stop();
+    this.onPause();
+    return state;
   }
+
+  /** pause(): the device is stopped (called on every pause() call). */
+  protected onPause(): void {}
 
   /**
    * Brings a paused guest back on a new device over the same memory, rings

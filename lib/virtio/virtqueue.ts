@@ -269,6 +269,22 @@ export class Virtqueue implements Disposable {
     this.#live('disableCallbacks').disableCallbacks();
   }
 
+  /**
+   * Lends [offset, offset + len) of the queue's memory region (offsets as in
+   * postEncoded) as an ArrayBuffer of its own, without copying, so one buffer
+   * slot can be handed out and taken back alone: revoke() detaches it. Every
+   * lent buffer must be revoked before the memory is closed (it holds the
+   * mapping, not the right to outlive an unmap).
+   */
+  lend(offset: number, len: number): ArrayBuffer {
+    return this.#live('lend').lend(offset, len);
+  }
+
+  /** Detaches a buffer lend() made (views of it become empty). Idempotent; works after close(). */
+  revoke(buffer: ArrayBuffer): void {
+    this.#vq.revoke(buffer);
+  }
+
   /** Forgets the memory and kick references; idempotent. Does not close the memory or the eventfd. */
   close(): void {
     if (this.#closed) return;

@@ -337,6 +337,53 @@ describe('Virtqueue against a reference device', () => {
   });
 });
 
+describe('Virtqueue.lend / revoke: one buffer slot as an ArrayBuffer of its own', () => {
+  test('a lent buffer is the memory itself (no copy), and revoke detaches it without touching the rest', () => {
+    const r = rig(16);
+    try {
+      const off = Number(BUFS - REGION_GPA);
+      const a = new Uint8Array(r.vq.lend(off, 100));
+      const b = new Uint8Array(r.vq.lend(off + 100, 50));
+      const mem = r.mem.view(BUFS, 150);
+      a[0] = 0x11;
+      a[99] = 0x22;
+      b[0] = 0x33;
+      expect([mem[0], mem[99], mem[100]]).toEqual([0x11, 0x22, 0x33]);
+      mem[1] = 0x44;
+      expect(a[1]).toBe(0x44);
+      expect([a.length, b.length]).toEqual([100, 50]);
+      r.vq.revoke(a.buffer);
+      expect(a.byteLength).toBe(0);
+      expect(a[0]).toBeUndefined();
+      expect(b[0]).toBe(0x33); // the other loan and the memory are untouched
+      expect(mem[0]).toBe(0x11);
+      r.vq.revoke(a.buffer); // idempotent
+      r.vq.revoke(b.buffer);
+      expect(b.byteLength).toBe(0);
+    } finally {
+      r.close();
+    }
+  });
+
+  test('out-of-region and empty loans throw ERR_VHOST_OUT_OF_RANGE; lend after close ERR_VHOST_CLOSED; revoke wants an ArrayBuffer', () => {
+    const r = rig(16);
+    try {
+      expect(thrown(() => r.vq.lend(REGION_SIZE - 10, 11))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' });
+      expect(thrown(() => r.vq.lend(0, 0))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' });
+      expect(thrown(() => r.vq.lend(-1, 4))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      expect(new Uint8Array(r.vq.lend(REGION_SIZE - 10, 10)).length).toBe(10);
+      expect(thrown(() => r.vq.revoke(new Uint8Array(4) as never))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      const kept = r.vq.lend(0, 8);
+      r.vq.close();
+      expect(thrown(() => r.vq.lend(0, 8))).toMatchObject({ code: 'ERR_VHOST_CLOSED' });
+      r.vq.revoke(kept); // still possible after close: how a guest takes its loans back on the way down
+      expect(kept.byteLength).toBe(0);
+    } finally {
+      r.close();
+    }
+  });
+});
+
 describe('encodeChains and Virtqueue.create validation', () => {
   test('encodes (offset, len, flags) triples with SEG_END on each chain’s last segment', () => {
     const segs = encodeChains([[{ gpa: 0x1010n, len: 5 }, { gpa: 0x2000n, len: 6, writable: true }], [{ gpa: 0x1000, len: 1 }]], 0x1000n, 0x2000n);

@@ -9,8 +9,8 @@
 'use strict';
 const fs = require('node:fs');
 
-// One-line library methods that only call into the addon: V8 books the time
-// spent in the native code (and its syscalls) as their self time.
+// One-line library methods that only call into the addon: V8 books part of
+// the time spent in the native code (and its syscalls) as their self time.
 const NATIVE_DOORS = new Set(['postEncoded', 'collectInto', 'notify', 'enableCallbacks', 'disableCallbacks', 'lend', 'revoke', 'read', 'write']);
 
 /** Lines describing a V8 CPU profile: self time by category and the `top` functions. */
@@ -28,7 +28,8 @@ function summarize(prof, top = 15) {
     let cat;
     if (cf.functionName === '(idle)') cat = 'idle';
     else if (cf.functionName === '(garbage collector)') cat = 'gc';
-    else if (cf.functionName === '(program)' || cf.url === '') cat = 'native/program';
+    else if (cf.functionName === '(program)' || cf.functionName === '(root)') cat = 'native/program';
+    else if (cf.url === '') cat = 'N-API calls'; // an addon function (V8 may name it after another of the addon's functions)
     else if (/\/(dist|lib)\//.test(cf.url) && NATIVE_DOORS.has(cf.functionName)) cat = 'N-API calls';
     else if (/\/(dist|lib)\//.test(cf.url)) cat = 'library JS';
     else if (/\/bench\//.test(cf.url)) cat = 'bench JS';

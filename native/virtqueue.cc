@@ -24,6 +24,8 @@
 #include <string>
 #include <vector>
 
+#include <v8.h>
+
 #include "addon.h"
 
 namespace vhost {
@@ -384,18 +386,28 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
   // lend(offset, len): an ArrayBuffer of its own over [offset, offset + len)
   // of the mapping (no copy), so that one buffer slot can be handed out and
   // taken back on its own: revoke() detaches it without touching the others.
-  // It holds a reference to the mapping's buffer (the pages stay mapped while
-  // it lives); the caller must revoke every lent buffer before the memory is
-  // unmapped (the userspace guests do, in close()).
+  // Made with V8's own API and an empty deleter: N-API's external buffers
+  // carry a weak handle, a cleanup hook and, once freed or detached, a
+  // cross-thread wake-up of the event loop (a write(2)) each, which is more
+  // than the frame costs. Nothing here keeps the pages mapped: the caller
+  // keeps the mapping's buffer alive as long as the lent one (lib/virtio's
+  // Virtqueue.lend links them in a WeakMap) and revokes every lent buffer
+  // before the memory is unmapped (the userspace guests do, in close()).
   Napi::Value Lend(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     uint32_t off = U32Arg(info[0], "offset");
     uint32_t len = U32Arg(info[1], "len");
     uint8_t* base = Base(env, "lend");
     if (len == 0 || !Inside(off, len)) throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "lend: [offset, offset + len) is outside the memory region");
-    auto* keep = new Napi::Reference<Napi::ArrayBuffer>(Napi::Persistent(buffer_.Value()));
-    return Napi::ArrayBuffer::New(
-        env, base + off, len, [](Napi::Env, void*, Napi::Reference<Napi::ArrayBuffer>* ref) { delete ref; }, keep);
+    v8::Isolate* isolate = v8::Isolate::GetCurrent();
+    std::unique_ptr<v8::BackingStore> store =
+        v8::ArrayBuffer::NewBackingStore(base + off, len, v8::BackingStore::EmptyDeleter, nullptr);
+    v8::Local<v8::ArrayBuffer> buffer = v8::ArrayBuffer::New(isolate, std::move(store));
+    // A napi_value is a v8::Local<v8::Value> by another name (as node's own v8impl converts it).
+    napi_value value;
+    static_assert(sizeof(value) == sizeof(buffer), "napi_value and v8::Local have the same size");
+    std::memcpy(&value, &buffer, sizeof(value));
+    return Napi::Value(env, value);
   }
 
   // revoke(buffer): detaches a buffer lend() made (every view of it reads as

@@ -17,6 +17,13 @@ function countChains(segs: Uint32Array): number {
   return n;
 }
 
+/**
+ * Each buffer Virtqueue.lend() made → the mapping's buffer it points into:
+ * the pages stay mapped as long as a lent buffer lives (module-wide, so the
+ * link outlives the Virtqueue).
+ */
+const lentFrom = new WeakMap<ArrayBuffer, ArrayBuffer>();
+
 /** Descriptors per indirect table (native kIndirectMax). */
 export const INDIRECT_MAX = 16;
 
@@ -128,9 +135,12 @@ export class Virtqueue implements Disposable {
   #closed = false;
   #heads: Uint32Array;
   #used: Uint32Array;
+  /** The mapping's ArrayBuffer (what lent buffers keep alive). */
+  readonly #mapping: ArrayBuffer;
 
-  private constructor(vq: NativeVirtqueue, o: { size: number; eventIdx: boolean; indirect: boolean; regionGpa: bigint; regionSize: bigint }) {
+  private constructor(vq: NativeVirtqueue, mapping: ArrayBuffer, o: { size: number; eventIdx: boolean; indirect: boolean; regionGpa: bigint; regionSize: bigint }) {
     this.#vq = vq;
+    this.#mapping = mapping;
     this.size = o.size;
     this.eventIdx = o.eventIdx;
     this.indirect = o.indirect;
@@ -176,7 +186,7 @@ export class Virtqueue implements Disposable {
       { size, desc: off(options.desc), avail: off(options.avail), used: off(options.used), eventIdx, indirect },
       kick ? kick.nativeHandle : null,
     );
-    return new Virtqueue(vq, { size, eventIdx, indirect, regionGpa: region.gpa, regionSize: region.size });
+    return new Virtqueue(vq, buffer, { size, eventIdx, indirect, regionGpa: region.gpa, regionSize: region.size });
   }
 
   /** True once close() has run. */
@@ -277,7 +287,9 @@ export class Virtqueue implements Disposable {
    * mapping, not the right to outlive an unmap).
    */
   lend(offset: number, len: number): ArrayBuffer {
-    return this.#live('lend').lend(offset, len);
+    const buffer = this.#live('lend').lend(offset, len);
+    lentFrom.set(buffer, this.#mapping);
+    return buffer;
   }
 
   /** Detaches a buffer lend() made (views of it become empty). Idempotent; works after close(). */

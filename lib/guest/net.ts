@@ -300,7 +300,7 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     return this.rings.device;
   }
 
-  /** The guest memory holding the rings and buffer pools (closed with the guest). */
+  /** The guest memory holding the rings and buffer pools (closed with the guest; never close it yourself while frames are lent or reserved: close() the guest, which detaches their views first). */
   get memory(): GuestMemory {
     this.checkOpen('memory');
     return this.rings.memory;

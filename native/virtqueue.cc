@@ -24,8 +24,6 @@
 #include <string>
 #include <vector>
 
-#include <v8.h>
-
 #include "addon.h"
 
 namespace vhost {
@@ -386,28 +384,21 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
   // lend(offset, len): an ArrayBuffer of its own over [offset, offset + len)
   // of the mapping (no copy), so that one buffer slot can be handed out and
   // taken back on its own: revoke() detaches it without touching the others.
-  // Made with V8's own API and an empty deleter: N-API's external buffers
-  // carry a weak handle, a cleanup hook and, once freed or detached, a
-  // cross-thread wake-up of the event loop (a write(2)) each, which is more
-  // than the frame costs. Nothing here keeps the pages mapped: the caller
-  // keeps the mapping's buffer alive as long as the lent one (lib/virtio's
-  // Virtqueue.lend links them in a WeakMap) and revokes every lent buffer
-  // before the memory is unmapped (the userspace guests do, in close()).
+  // A plain N-API external ArrayBuffer with no finalizer (the memory belongs
+  // to the mapping), so prebuilds stay ABI-stable. The cost is Node's: each
+  // external buffer carries a weak handle and a cleanup hook, and freeing or
+  // detaching it wakes the event loop once; that is why lent frames are slower
+  // than the copy path (bench/README.md, packets). Nothing here keeps the
+  // pages mapped: lib/virtio's Virtqueue.lend links the lent buffer to the
+  // mapping's buffer (a WeakMap) and registers with GuestMemory, whose
+  // close() revokes every buffer still lent before it unmaps.
   Napi::Value Lend(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     uint32_t off = U32Arg(info[0], "offset");
     uint32_t len = U32Arg(info[1], "len");
     uint8_t* base = Base(env, "lend");
     if (len == 0 || !Inside(off, len)) throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "lend: [offset, offset + len) is outside the memory region");
-    v8::Isolate* isolate = v8::Isolate::GetCurrent();
-    std::unique_ptr<v8::BackingStore> store =
-        v8::ArrayBuffer::NewBackingStore(base + off, len, v8::BackingStore::EmptyDeleter, nullptr);
-    v8::Local<v8::ArrayBuffer> buffer = v8::ArrayBuffer::New(isolate, std::move(store));
-    // A napi_value is a v8::Local<v8::Value> by another name (as node's own v8impl converts it).
-    napi_value value;
-    static_assert(sizeof(value) == sizeof(buffer), "napi_value and v8::Local have the same size");
-    std::memcpy(&value, &buffer, sizeof(value));
-    return Napi::Value(env, value);
+    return Napi::ArrayBuffer::New(env, base + off, len);
   }
 
   // revoke(buffer): detaches a buffer lend() made (every view of it reads as

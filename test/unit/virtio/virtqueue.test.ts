@@ -3,7 +3,9 @@
 // memory is a memfd mapping of this process). Checks chain encoding, the
 // free list, indirect tables, EVENT_IDX / NO_NOTIFY kick suppression,
 // callback requests, and that closed memory gives ERR_VHOST_CLOSED.
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import fc from 'fast-check';
 import { EventFd } from '../../../lib/core/eventfd';
 import { GuestMemory } from '../../../lib/core/memory';
@@ -14,6 +16,7 @@ import { thrown } from '../../support/helpers';
 const REGION_GPA = 0x100000n;
 const REGION_SIZE = 1 << 20;
 const BUFS = REGION_GPA + 0x80000n; // buffers live here
+const DIST = path.join(__dirname, '../../../dist'); // built by `npm run build:ts`
 
 interface Seen {
   gpa: bigint;
@@ -381,6 +384,57 @@ describe('Virtqueue.lend / revoke: one buffer slot as an ArrayBuffer of its own'
     } finally {
       r.close();
     }
+  });
+});
+
+describe('Virtqueue.lend: closing the memory detaches every buffer still lent', () => {
+  test('memory.close() by itself detaches the loans of an open queue and of a closed one, keeps revoked ones revoked', () => {
+    const r = rig(16);
+    const other = Virtqueue.create({ memory: r.mem, size: 8, ...placeVirtqueue(8, REGION_GPA + 0x8000n), kick: null });
+    try {
+      const off = Number(BUFS - REGION_GPA);
+      const loans = [0, 1, 2, 3].map((i) => new Uint8Array(r.vq.lend(off + 256 * i, 200)));
+      loans[0][0] = 0x42;
+      r.vq.revoke(loans[1].buffer);
+      expect(r.vq.lentCount).toBe(3);
+      const fromClosed = new Uint8Array(other.lend(off + 4096, 64));
+      other.close(); // closed with a loan out: the loan must still be taken back by the unmap
+      const plain = r.mem.view(BUFS, 16);
+      expect(plain[0]).toBe(0x42);
+      r.mem.close(); // not the queue's owner, not revoke(): the memory itself
+      for (const view of [...loans, fromClosed, plain]) {
+        expect(view.byteLength).toBe(0);
+        expect(view[0]).toBeUndefined(); // reads nothing rather than unmapped pages
+      }
+      expect(r.vq.lentCount).toBe(0);
+      expect(other.lentCount).toBe(0);
+      r.vq.revoke(loans[0].buffer); // still harmless afterwards
+      expect(thrown(() => r.vq.lend(off, 8))).toMatchObject({ code: 'ERR_VHOST_CLOSED' });
+    } finally {
+      other.close();
+      r.close();
+    }
+  });
+
+  test('a child process that writes through its loans after memory.close() exits normally (no fault): writes dropped, fill() a TypeError', () => {
+    const script = `
+      const { GuestMemory } = require(${JSON.stringify(path.join(DIST, 'core/memory.js'))});
+      const { Virtqueue, placeVirtqueue } = require(${JSON.stringify(path.join(DIST, 'virtio/virtqueue.js'))});
+      const mem = GuestMemory.create({ regions: [{ gpa: 0n, size: 1 << 16 }] });
+      const vq = Virtqueue.create({ memory: mem, size: 8, ...placeVirtqueue(8, 0n), kick: null });
+      const views = [];
+      for (let i = 0; i < 8; i++) views.push(new Uint8Array(vq.lend(0x8000 + 1024 * i, 1000)));
+      mem.close();
+      let sum = 0;
+      for (const v of views) {
+        v[0] = 7; v[999] = 7; // indexed writes to a detached view are dropped
+        sum += v.byteLength + (v[0] ?? 0);
+        try { v.fill(7); } catch (err) { if (!(err instanceof TypeError)) throw err; sum += 1; } // fill() says 'detached'
+      }
+      process.stdout.write(String(sum));
+    `;
+    const out = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+    expect({ status: out.status, signal: out.signal, stdout: out.stdout }).toEqual({ status: 0, signal: null, stdout: '8' });
   });
 });
 

@@ -300,7 +300,7 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     return this.rings.device;
   }
 
-  /** The guest memory holding the rings and buffer pools (closed with the guest; never close it yourself while frames are lent or reserved: close() the guest, which detaches their views first). */
+  /** The guest memory holding the rings and buffer pools (closed with the guest). If you close it yourself, every lent or reserved frame's view is detached before the unmap (GuestMemory.onUnmap), so none points at unmapped memory; the guest then fails with ERR_VHOST_CLOSED on its next ring access. */
   get memory(): GuestMemory {
     this.checkOpen('memory');
     return this.rings.memory;

@@ -222,4 +222,44 @@ describeKernel('VirtioNetGuest frame paths: batches, reserve/commit, loans', ['/
       expect(guest.stats.rxLentOut).toBe(0);
     });
   });
+
+  describe('closing guest.memory directly', () => {
+    test('every lent and reserved view is detached before the unmap; the guest then fails cleanly (no crash), close() still works', async () => {
+      const { tap, guest } = setup();
+      const errors: Error[] = [];
+      guest.on('error', (err: Error) => errors.push(err));
+      const lent: Uint8Array[] = [];
+      guest.on('loans', (frames: Uint8Array[]) => lent.push(...frames.filter(ours))); // never given back
+      await inject(tap.name, [frame(64, 0), frame(1500, 1), frame(300, 2)]);
+      await waitFor('3 loans', () => lent.length === 3, 30_000);
+      const reserved = [guest.reserve(64)!, guest.reserve(1500)!, guest.reserve(200)!];
+      reserved[0].fill(0xab);
+      expect(lent.map((f) => f.byteLength)).toEqual([64, 1500, 300]);
+      expect(reserved.map((f) => f.byteLength)).toEqual([64, 1500, 200]);
+      expect(Buffer.from(lent[1]).readUInt32BE(14)).toBe(1);
+
+      guest.memory.close(); // not guest.close(): the hazard the unmap hooks close
+
+      for (const view of [...lent, ...reserved]) {
+        expect(view.byteLength).toBe(0);
+        expect(view[0]).toBeUndefined(); // nothing left to read, rather than unmapped pages
+        view[0] = 1; // dropped: a detached view has no bytes
+      }
+      expect(thrown(() => reserved[1].fill(1))).toMatchObject({ name: 'TypeError', message: expect.stringContaining('detached') }); // not a fault
+      // The guest's next ring access finds its memory closed: a typed error, thrown or emitted.
+      await inject(tap.name, [frame(64, 3)]);
+      let sendError: unknown = null;
+      try {
+        guest.send(frame(64, 4));
+      } catch (err) {
+        sendError = err;
+      }
+      await sleep(200);
+      expect(sendError ?? errors[0]).toMatchObject({ code: 'ERR_VHOST_CLOSED' });
+      expect(errors.every((e) => (e as { code?: string }).code === 'ERR_VHOST_CLOSED')).toBe(true);
+      guest.close(); // idempotent with the failure path; must not throw
+      expect(guest.closed).toBe(true);
+      expect(lent.concat(reserved).every((v) => v.byteLength === 0)).toBe(true);
+    });
+  });
 });

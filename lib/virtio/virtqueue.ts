@@ -301,7 +301,9 @@ export class Virtqueue implements Disposable {
    * postEncoded) as an ArrayBuffer of its own, without copying, so one buffer
    * slot can be handed out and taken back alone: revoke() detaches it. A
    * buffer still lent when the memory is closed (by anyone) is detached
-   * before the unmap, so it reads as empty, never as unmapped memory.
+   * before the unmap, so it reads as empty, never as unmapped memory. The
+   * queue lists each lent buffer until it is revoked (or the memory closed):
+   * revoke every buffer you are done with, or they accumulate.
    */
   lend(offset: number, len: number): ArrayBuffer {
     const buffer = this.#live('lend').lend(offset, len);

@@ -34,7 +34,8 @@ function runHereOrInVm(name, script, main, options = {}) {
   } else {
     options.beforeVm?.();
     console.error(`${name}: this host lacks ${lacking} (or root): running inside the test VM`);
-    process.exitCode = runInTestVm(process.execPath, [script, ...process.argv.slice(2)], { label: name, cwd: root });
+    // Node's own flags (--expose-gc, --cpu-prof, ...) go along.
+    process.exitCode = runInTestVm(process.execPath, [...process.execArgv, script, ...process.argv.slice(2)], { label: name, cwd: root });
   }
 }
 

@@ -71,6 +71,8 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
                         InstanceMethod<&Virtqueue::EnableCallbacks>("enableCallbacks"),
                         InstanceMethod<&Virtqueue::DisableCallbacks>("disableCallbacks"),
                         InstanceMethod<&Virtqueue::Close>("close"),
+                        InstanceMethod<&Virtqueue::Lend>("lend"),
+                        InstanceMethod<&Virtqueue::Revoke>("revoke"),
                         InstanceAccessor<&Virtqueue::GetSize>("size"),
                         InstanceAccessor<&Virtqueue::GetNumFree>("numFree"),
                         InstanceAccessor<&Virtqueue::GetAvailIdx>("availIdx"),
@@ -377,6 +379,34 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
 
   Napi::Error DeviceError(Napi::Env env, const std::string& what) {
     return CodeError(env, "ERR_VHOST_DEVICE", "the device broke the ring protocol: " + what);
+  }
+
+  // lend(offset, len): an ArrayBuffer of its own over [offset, offset + len)
+  // of the mapping (no copy), so that one buffer slot can be handed out and
+  // taken back on its own: revoke() detaches it without touching the others.
+  // A plain N-API external ArrayBuffer with no finalizer (the memory belongs
+  // to the mapping), so prebuilds stay ABI-stable. The cost is Node's: each
+  // external buffer carries a weak handle and a cleanup hook, and freeing or
+  // detaching it wakes the event loop once; that is why lent frames are slower
+  // than the copy path (bench/README.md, packets). Nothing here keeps the
+  // pages mapped: lib/virtio's Virtqueue.lend links the lent buffer to the
+  // mapping's buffer (a WeakMap) and registers with GuestMemory, whose
+  // close() revokes every buffer still lent before it unmaps.
+  Napi::Value Lend(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    uint32_t off = U32Arg(info[0], "offset");
+    uint32_t len = U32Arg(info[1], "len");
+    uint8_t* base = Base(env, "lend");
+    if (len == 0 || !Inside(off, len)) throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "lend: [offset, offset + len) is outside the memory region");
+    return Napi::ArrayBuffer::New(env, base + off, len);
+  }
+
+  // revoke(buffer): detaches a buffer lend() made (every view of it reads as
+  // empty from now on). Idempotent.
+  void Revoke(const Napi::CallbackInfo& info) {
+    if (!info[0].IsArrayBuffer()) throw CodeError(info.Env(), "ERR_VHOST_INVALID_ARG", "revoke: buffer must be an ArrayBuffer");
+    Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
+    if (!buffer.IsDetached()) buffer.Detach();
   }
 
   // Drops the references (the mapping may be unmapped now); idempotent.

@@ -152,8 +152,21 @@ function log2(v: bigint): number {
   return v.toString(2).length - 1;
 }
 
-/** Unmaps (detaching every view) and closes each region. Idempotent. */
-function closeRegions(regions: readonly RegionState[]): void {
+/**
+ * Runs the unmap hooks (each detaches the buffers its owner lent over this
+ * memory), then unmaps (detaching every view) and closes each region.
+ * Idempotent: the hooks run once. A throwing hook does not stop the unmap.
+ */
+function closeRegions(regions: readonly RegionState[], hooks: Set<() => void>): void {
+  const pending = [...hooks];
+  hooks.clear();
+  for (const hook of pending) {
+    try {
+      hook();
+    } catch {
+      // A hook only detaches buffers; the unmap below must happen regardless.
+    }
+  }
   for (const { handle, mapping } of regions) {
     mapping.unmap();
     handle?.close();
@@ -183,15 +196,18 @@ interface RegionState {
 export class GuestMemory implements Disposable {
   #regions: RegionState[] | null;
   readonly #gc: GcRecord;
+  // Run before the unmap, whoever unmaps (close() or the GC safety net); held by the GC record, not by this object.
+  readonly #unmapHooks = new Set<() => void>();
 
   private constructor(regions: RegionState[]) {
     this.#regions = regions;
+    const hooks = this.#unmapHooks;
     // Collected while mapped: unmap and close with a LINUX_VHOST_GC_CLOSE warning (never silently).
     // The record holds the regions, never this object.
     this.#gc = watchForGc(this, {
       describe: () => `${regions.length} region(s): ${regions.map((r) => `gpa ${hex(r.info.gpa)} size ${hex(r.info.size)}${r.handle ? ` fd ${r.handle.fd}` : ''}`).join(', ')}`,
       isOpen: () => !regions[0].mapping.unmapped,
-      close: () => closeRegions(regions),
+      close: () => closeRegions(regions, hooks),
     }, GuestMemory);
   }
 
@@ -268,12 +284,29 @@ export class GuestMemory implements Disposable {
     return region.info.hva + offset;
   }
 
-  /** Unmaps every region (detaching every view) and closes every memfd. Idempotent. */
+  /**
+   * Registers `hook` to run once, just before the regions are unmapped (by
+   * close() or the GC safety net). Whoever hands out buffers of its own over
+   * this memory (Virtqueue.lend) registers once and detaches them there, so
+   * no buffer ever points at unmapped memory. Returns a function that
+   * unregisters the hook. Throws ERR_VHOST_CLOSED after close().
+   */
+  onUnmap(hook: () => void): () => void {
+    this.#live('onUnmap');
+    if (typeof hook !== 'function') throw invalidArg('hook', 'must be a function');
+    const hooks = this.#unmapHooks;
+    hooks.add(hook);
+    return () => {
+      hooks.delete(hook);
+    };
+  }
+
+  /** Detaches every buffer lent over this memory (see onUnmap), unmaps every region (detaching every view) and closes every memfd. Idempotent. */
   close(): void {
     const regions = this.#regions;
     if (regions === null) return;
     this.#regions = null;
-    closeRegions(regions);
+    closeRegions(regions, this.#unmapHooks);
     unwatchForGc(this.#gc);
   }
 

@@ -106,6 +106,10 @@ export interface NativeVirtqueue {
   disableCallbacks(): void;
   /** Drops the references to the memory and the kick fd. Idempotent. */
   close(): void;
+  /** An ArrayBuffer of its own over [offset, offset + len) of the mapping (an N-API external buffer, no copy, nothing keeping the mapping alive: the caller does); revoke() it before the memory is unmapped (lib/virtio Virtqueue does, from a GuestMemory unmap hook). */
+  lend(offset: number, len: number): ArrayBuffer;
+  /** Detaches a buffer lend() made. Idempotent. */
+  revoke(buffer: ArrayBuffer): void;
 }
 
 /** One region for NativeBinding.deviceMemoryMap (see DeviceMemoryRegion in virtio/device-memory.ts). */

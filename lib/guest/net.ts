@@ -59,6 +59,8 @@ export interface VirtioNetGuestOptions {
   responder?: { ipv4: string; udpEchoPort?: number | null };
   /** How often to check that the tap still exists (ms). Default 500. */
   linkCheckIntervalMs?: number;
+  /** Frames lent to 'loans' listeners and not yet given back, at most (1..queueSize). Default queueSize / 2. */
+  maxLoans?: number;
 }
 
 /** What a VirtioNetGuest can sit on: each answers TUNGETIFF and takes the vnet header. */
@@ -78,8 +80,13 @@ export interface VirtioNetGuestStats {
   rxBuffersPosted: number;
   /** Frames the responder answered (not emitted). */
   rxAnswered: number;
-  /** Frames dropped because nobody listened ('frame' or frames()). */
+  /** Frames dropped because nobody listened ('frame', 'frames', 'loans' or frames()). */
   rxUnclaimed: number;
+  /** Frames lent to 'loans' listeners (in place, no copy), and of those not given back yet. */
+  rxLent: number;
+  rxLentOut: number;
+  /** RX batches collected from the used ring (each is one 'frames' / 'loans' event). */
+  rxBatches: number;
   /** Responder replies dropped because the TX ring was full. */
   txRepliesDropped: number;
   /** Kicks written and kicks the device's hints saved, per queue. */
@@ -91,6 +98,13 @@ export interface VirtioNetGuestStats {
 interface Consumer {
   queue: Buffer[];
   wake: (() => void) | null;
+}
+
+/** A copy of view[start, end) as a Buffer of its own. */
+function copyOut(view: Uint8Array, start: number, end: number): Buffer {
+  const out = Buffer.allocUnsafe(end - start);
+  out.set(view.subarray(start, end));
+  return out;
 }
 
 function randomMac(): Uint8Array {
@@ -113,9 +127,10 @@ interface GuestPlan {
   mac: Uint8Array;
   responder: NetResponder | null;
   linkCheckIntervalMs: number;
+  maxLoans: number;
 }
 
-const OPTION_KEYS = new Set(['tap', 'queueSize', 'mergeableRx', 'mtu', 'rxBufferSize', 'eventIdx', 'highWaterMark', 'mac', 'responder', 'linkCheckIntervalMs']);
+const OPTION_KEYS = new Set(['tap', 'queueSize', 'mergeableRx', 'mtu', 'rxBufferSize', 'eventIdx', 'highWaterMark', 'mac', 'responder', 'linkCheckIntervalMs', 'maxLoans']);
 
 function intOption(v: unknown, arg: string, min: number, max: number, dflt: number): number {
   if (v === undefined) return dflt;
@@ -147,6 +162,7 @@ export function planVirtioNetGuest(options: VirtioNetGuestOptions): GuestPlan {
   const rxBufferSize = mergeableRx ? intOption(options.rxBufferSize, 'options.rxBufferSize', 64, 65536, 2048) : fullBuffer;
   const highWaterMark = intOption(options.highWaterMark, 'options.highWaterMark', 1, 1 << 20, queueSize);
   const linkCheckIntervalMs = intOption(options.linkCheckIntervalMs, 'options.linkCheckIntervalMs', 10, 3_600_000, 500);
+  const maxLoans = intOption(options.maxLoans, 'options.maxLoans', 1, queueSize, Math.max(1, queueSize >> 1));
   const mac = options.mac === undefined ? randomMac() : parseMac(options.mac, 'options.mac');
   let responder: NetResponder | null = null;
   if (options.responder !== undefined) {
@@ -154,14 +170,17 @@ export function planVirtioNetGuest(options: VirtioNetGuestOptions): GuestPlan {
     if (r === null || typeof r !== 'object') throw invalidArg('options.responder', 'must be an object { ipv4, udpEchoPort }');
     responder = new NetResponder({ mac, ipv4: r.ipv4, udpEchoPort: r.udpEchoPort });
   }
-  return { tap: options.tap, queueSize, mergeableRx, mtu, maxFrame, rxBufferSize, txBufferSize: fullBuffer, eventIdx, highWaterMark, mac, responder, linkCheckIntervalMs };
+  return { tap: options.tap, queueSize, mergeableRx, mtu, maxFrame, rxBufferSize, txBufferSize: fullBuffer, eventIdx, highWaterMark, mac, responder, linkCheckIntervalMs, maxLoans };
 }
 
 /**
  * A virtio-net guest driven by this process over vhost-net and a tap: no VM.
  * Create with VirtioNetGuest.create(); close() (or `using`) stops the device
- * and releases everything the guest created. Events: 'frame' (Buffer),
- * 'drain', 'error' (e.g. the tap was deleted), 'close'. pause() / resume()
+ * and releases everything the guest created. Events: 'frame' (Buffer, one
+ * copy per frame), 'frames' (Buffer[]: the copies of one batch collected from
+ * the used ring, after their 'frame' events), 'loans' (Uint8Array[]: frames
+ * lent in place, see giveBack()), 'drain', 'error' (e.g. the tap was
+ * deleted), 'close'. pause() / resume()
  * (UserspaceGuest) stop the device mid-traffic (backend detached, rings
  * quiesced; frames from the host wait in the tap's queue, send() keeps
  * filling the TX ring) and restart it on a new vhost-net device over the same
@@ -181,7 +200,25 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
   readonly #rxUsed: Uint32Array;
   readonly #txSegs: Uint32Array;
   readonly #consumers = new Set<Consumer>();
-  readonly #stats: Omit<VirtioNetGuestStats, 'kicks'>;
+  readonly #stats: Omit<VirtioNetGuestStats, 'kicks' | 'rxLentOut'>;
+  // Per-batch scratch, made once: TX slots of a sendBatch chunk; responder replies queued during an RX batch (one publish at its end).
+  readonly #txSlots: Int32Array;
+  readonly #replySegs: Uint32Array;
+  readonly #replySlots: Int32Array;
+  #replyCount = 0;
+  /** Where a reply is computed (to count it) when no TX slot is free. */
+  readonly #replyScratch: Uint8Array;
+  // TX reservations (reserve() → commit()): slot, frame length and lent buffer of each, in order.
+  readonly #resSlots: Int32Array;
+  readonly #resLens: Int32Array;
+  readonly #resBufs: (ArrayBuffer | null)[];
+  readonly #resSegs: Uint32Array;
+  #resCount = 0;
+  /** RX frames lent in place: the lent buffer → its RX pool slot. */
+  readonly #loans = new Map<ArrayBuffer, number>();
+  /** The batch being collected: copies for 'frames', frames for 'loans' (null when nobody listens). */
+  #copies: Buffer[] | null = null;
+  #lent: Uint8Array[] | null = null;
   #partial: { chunks: Buffer[]; bytes: number; remaining: number } | null = null;
   #timer: NodeJS.Timeout | null = null;
   #needDrain = false;
@@ -198,7 +235,16 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     this.mergeableRx = plan.mergeableRx;
     this.#rxUsed = new Uint32Array(2 * plan.queueSize);
     this.#txSegs = new Uint32Array(3 * plan.queueSize);
-    this.#stats = { txFrames: 0, txBytes: 0, txCompleted: 0, txRingFull: 0, rxFrames: 0, rxBytes: 0, rxBuffersPosted: 0, rxAnswered: 0, rxUnclaimed: 0, txRepliesDropped: 0, calls: { rx: 0, tx: 0 } };
+    const n = plan.queueSize;
+    this.#txSlots = new Int32Array(n);
+    this.#replySegs = new Uint32Array(3 * n);
+    this.#replySlots = new Int32Array(n);
+    this.#replyScratch = new Uint8Array(Math.max(60, plan.maxFrame));
+    this.#resSlots = new Int32Array(n);
+    this.#resLens = new Int32Array(n);
+    this.#resBufs = new Array<ArrayBuffer | null>(n).fill(null);
+    this.#resSegs = new Uint32Array(3 * n);
+    this.#stats = { txFrames: 0, txBytes: 0, txCompleted: 0, txRingFull: 0, rxFrames: 0, rxBytes: 0, rxBuffersPosted: 0, rxAnswered: 0, rxUnclaimed: 0, rxLent: 0, rxBatches: 0, txRepliesDropped: 0, calls: { rx: 0, tx: 0 } };
   }
 
   /**
@@ -240,7 +286,7 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
   get stats(): VirtioNetGuestStats {
     const rx = this.closed ? { kicks: 0, suppressed: 0 } : this.rings.rxq.kickStats;
     const tx = this.closed ? { kicks: 0, suppressed: 0 } : this.rings.txq.kickStats;
-    return { ...this.#stats, calls: { ...this.#stats.calls }, kicks: { rx: rx.kicks, tx: tx.kicks, suppressed: rx.suppressed + tx.suppressed } };
+    return { ...this.#stats, rxLentOut: this.#loans.size, calls: { ...this.#stats.calls }, kicks: { rx: rx.kicks, tx: tx.kicks, suppressed: rx.suppressed + tx.suppressed } };
   }
 
   /**
@@ -254,7 +300,7 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     return this.rings.device;
   }
 
-  /** The guest memory holding the rings and buffer pools (closed with the guest). */
+  /** The guest memory holding the rings and buffer pools (closed with the guest). If you close it yourself, every lent or reserved frame's view is detached before the unmap (GuestMemory.onUnmap), so none points at unmapped memory; the guest then fails with ERR_VHOST_CLOSED on its next ring access. */
   get memory(): GuestMemory {
     this.checkOpen('memory');
     return this.rings.memory;
@@ -302,11 +348,11 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
       const count = Math.min(frames.length - sent, pool.available, this.queueSize);
       if (count === 0) break;
       const segs = this.#txSegs;
-      const slots: number[] = [];
+      const slots = this.#txSlots;
       for (let i = 0; i < count; i++) {
         const frame = frames[sent + i];
         const slot = pool.alloc();
-        slots.push(slot);
+        slots[i] = slot;
         const view = pool.view(slot);
         view.fill(0, 0, VIRTIO_NET_HDR_SIZE); // no checksum / GSO offload
         view.set(frame, VIRTIO_NET_HDR_SIZE);
@@ -321,12 +367,85 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
       sent += posted;
       if (posted < count) break;
     }
-    if (sent < frames.length) {
-      this.#stats.txRingFull++;
-      this.#needDrain = true;
-      if (this.rings.txq.enableCallbacks(false)) setImmediate(() => this.#onTxSpace());
-    }
+    if (sent < frames.length) this.#ringFull();
     return sent;
+  }
+
+  /** The TX ring (or pool) is full: 'drain' once space returns. */
+  #ringFull(): void {
+    this.#stats.txRingFull++;
+    this.#needDrain = true;
+    // Delayed: one call once ~3/4 of what is in flight is done, so 'drain' comes with room for a batch, not one slot.
+    if (this.rings.txq.enableCallbacks(true)) setImmediate(() => this.#onTxSpace());
+  }
+
+  /**
+   * Copy-free TX: reserves a TX slot for a frame of `len` bytes (14..maxFrameSize)
+   * and returns a view of exactly `len` bytes inside the slot in guest memory:
+   * write the frame there, then commit(). Returns null when no slot is free
+   * (wait for 'drain'). The view is detached by commit(), pause() and close():
+   * it never outlives its slot. Reserved frames hold their slots until committed.
+   */
+  reserve(len: number): Uint8Array | null {
+    this.checkOpen('reserve');
+    if (typeof len !== 'number' || !Number.isInteger(len)) throw invalidArg('len', `must be an integer, got ${plain(len)}`);
+    if (len < ETH_HLEN || len > this.maxFrameSize) throw invalidArg('len', `must be in ${ETH_HLEN}..${this.maxFrameSize} (an Ethernet frame up to mtu + 18), got ${len}`, 'ERR_VHOST_OUT_OF_RANGE');
+    const pool = this.rings.txPool;
+    if (pool.available === 0) this.#reclaimTx();
+    if (pool.available === 0) {
+      this.#ringFull();
+      return null;
+    }
+    const slot = pool.alloc();
+    pool.view(slot).fill(0, 0, VIRTIO_NET_HDR_SIZE); // no checksum / GSO offload
+    const buffer = this.rings.txq.lend(pool.offset(slot) + VIRTIO_NET_HDR_SIZE, len);
+    const k = this.#resCount++;
+    this.#resSlots[k] = slot;
+    this.#resLens[k] = len;
+    this.#resBufs[k] = buffer;
+    return new Uint8Array(buffer);
+  }
+
+  /** Frames reserve()d and not committed yet. */
+  get reserved(): number {
+    return this.#resCount;
+  }
+
+  /**
+   * Sends every reserve()d frame, in order, with one ring publish and at most
+   * one kick; their views are detached first. Returns how many were sent.
+   */
+  commit(): number {
+    this.checkOpen('commit');
+    const k = this.#resCount;
+    if (k === 0) return 0;
+    this.#resCount = 0;
+    const pool = this.rings.txPool;
+    const segs = this.#resSegs;
+    for (let i = 0; i < k; i++) {
+      this.rings.txq.revoke(this.#resBufs[i]!);
+      this.#resBufs[i] = null;
+      segs[3 * i] = pool.offset(this.#resSlots[i]);
+      segs[3 * i + 1] = VIRTIO_NET_HDR_SIZE + this.#resLens[i];
+      segs[3 * i + 2] = SEG_END;
+    }
+    // Each reserved slot is a TX buffer not in the ring, so the ring has a descriptor for each.
+    const posted = this.rings.postTx(segs, k, this.#resSlots);
+    for (let i = 0; i < posted; i++) this.#stats.txBytes += this.#resLens[i];
+    for (let i = posted; i < k; i++) pool.release(this.#resSlots[i]);
+    this.#stats.txFrames += posted;
+    return posted;
+  }
+
+  /** Detaches every reserved view and frees its slot (the frames are not sent). */
+  #dropReservations(): void {
+    const pool = this.rings.txPool;
+    for (let i = 0; i < this.#resCount; i++) {
+      this.rings.txq.revoke(this.#resBufs[i]!);
+      this.#resBufs[i] = null;
+      pool.release(this.#resSlots[i]);
+    }
+    this.#resCount = 0;
   }
 
   #reclaimTx(): void {
@@ -361,6 +480,7 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
   #rxRoom(): number {
     let room = Infinity;
     for (const c of this.#consumers) room = Math.min(room, this.#plan.highWaterMark - c.queue.length);
+    if (this.listenerCount('loans') > 0) room = Math.min(room, this.#plan.maxLoans - this.#loans.size);
     return room;
   }
 
@@ -373,7 +493,7 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
         const room = this.#rxRoom();
         if (room <= 0) return; // paused: resumed by the iterator that makes room
         const n = this.rings.rxq.collectInto(this.#rxUsed, Math.min(this.queueSize, room));
-        for (let i = 0; i < n && !this.closed; i++) this.#rxBuffer(this.#rxUsed[2 * i], this.#rxUsed[2 * i + 1]);
+        if (n > 0) this.#rxBatch(n);
         if (this.closed) return;
         this.refillRx();
         if (n === 0 && !this.rings.rxq.enableCallbacks(false)) return;
@@ -383,53 +503,203 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     }
   }
 
-  #rxBuffer(head: number, len: number): void {
-    const pool = this.rings.rxPool;
-    const slot = this.rings.takeRx(head);
-    const data = pool.view(slot).subarray(0, Math.min(len, pool.slotSize));
-    let frame: Buffer | null = null;
-    if (this.#partial) {
-      const p = this.#partial;
-      p.chunks.push(Buffer.from(data));
-      p.bytes += data.length;
-      if (--p.remaining === 0) {
-        frame = Buffer.concat(p.chunks, p.bytes);
-        this.#partial = null;
-      }
-    } else if (data.length >= VIRTIO_NET_HDR_SIZE) {
-      const payload = Buffer.from(data.subarray(VIRTIO_NET_HDR_SIZE)); // a copy: the slot is reused
-      const numBuffers = this.mergeableRx ? data[10] | (data[11] << 8) : 1;
-      if (numBuffers > 1) this.#partial = { chunks: [payload], bytes: payload.length, remaining: numBuffers - 1 };
-      else frame = payload;
+  /** One batch of `n` used RX buffers: frames delivered, responder replies published once, then 'frames' / 'loans'. */
+  #rxBatch(n: number): void {
+    this.#stats.rxBatches++;
+    const lending = this.listenerCount('loans') > 0;
+    this.#copies = this.listenerCount('frames') > 0 ? [] : null;
+    this.#lent = lending ? [] : null;
+    try {
+      for (let i = 0; i < n && !this.closed; i++) this.#rxBuffer(this.#rxUsed[2 * i], this.#rxUsed[2 * i + 1], lending);
+      if (this.closed) return;
+      this.#flushReplies();
+      const copies = this.#copies;
+      const lent = this.#lent;
+      this.#copies = null;
+      this.#lent = null;
+      if (copies !== null && copies.length > 0) this.emit('frames', copies);
+      if (lent !== null && lent.length > 0 && !this.closed) this.emit('loans', lent);
+    } catch (e) {
+      // A throwing listener: frames lent in this batch and not yet delivered go back now.
+      if (this.#lent !== null && !this.closed) this.#giveBackAll(this.#lent);
+      throw e;
+    } finally {
+      this.#copies = null;
+      this.#lent = null;
     }
-    pool.release(slot);
-    if (frame) this.#deliver(frame);
   }
 
-  #deliver(frame: Buffer): void {
+  /** Whether anyone takes copies: 'frame', 'frames' or a frames() iterator. */
+  #wantsCopies(): boolean {
+    return this.#copies !== null || this.#consumers.size > 0 || this.listenerCount('frame') > 0;
+  }
+
+  #rxBuffer(head: number, len: number, lending: boolean): void {
+    const pool = this.rings.rxPool;
+    const slot = this.rings.takeRx(head);
+    const view = pool.view(slot);
+    const end = Math.min(len, pool.slotSize);
+    if (this.#partial) {
+      const p = this.#partial;
+      p.chunks.push(copyOut(view, 0, end));
+      p.bytes += end;
+      pool.release(slot);
+      if (--p.remaining === 0) {
+        this.#partial = null;
+        this.#deliver(Buffer.concat(p.chunks, p.bytes), lending);
+      }
+      return;
+    }
+    if (end < VIRTIO_NET_HDR_SIZE) {
+      pool.release(slot);
+      return;
+    }
+    const numBuffers = this.mergeableRx ? view[10] | (view[11] << 8) : 1;
+    if (numBuffers > 1) {
+      this.#partial = { chunks: [copyOut(view, VIRTIO_NET_HDR_SIZE, end)], bytes: end - VIRTIO_NET_HDR_SIZE, remaining: numBuffers - 1 };
+      pool.release(slot);
+      return;
+    }
+    // The whole frame is view[12, end): answered, lent or copied from the slot itself.
+    this.#stats.rxFrames++;
+    this.#stats.rxBytes += end - VIRTIO_NET_HDR_SIZE;
+    if (this.#plan.responder !== null && this.#answer(view, VIRTIO_NET_HDR_SIZE, end)) {
+      pool.release(slot);
+      return;
+    }
+    const copies = this.#wantsCopies();
+    if (!copies && !lending) {
+      this.#stats.rxUnclaimed++;
+      pool.release(slot);
+      return;
+    }
+    const copy = copies ? copyOut(view, VIRTIO_NET_HDR_SIZE, end) : null;
+    if (lending) {
+      const buffer = this.rings.rxq.lend(pool.offset(slot) + VIRTIO_NET_HDR_SIZE, end - VIRTIO_NET_HDR_SIZE);
+      this.#loans.set(buffer, slot);
+      this.#stats.rxLent++;
+      this.#lent!.push(new Uint8Array(buffer));
+    } else {
+      pool.release(slot);
+    }
+    if (copy !== null) this.#deliverCopy(copy);
+  }
+
+  /** A frame reassembled from several buffers (already a copy). */
+  #deliver(frame: Buffer, lending: boolean): void {
     this.#stats.rxFrames++;
     this.#stats.rxBytes += frame.length;
-    const responder = this.#plan.responder;
-    if (responder) {
-      const reply = responder.respond(frame);
-      if (reply) {
-        this.#stats.rxAnswered++;
-        if (this.#post([reply]) === 0) this.#stats.txRepliesDropped++;
-        return;
-      }
-    }
-    const listened = this.listenerCount('frame') > 0;
-    if (!listened && this.#consumers.size === 0) {
+    if (this.#plan.responder !== null && this.#answer(frame, 0, frame.length)) return;
+    const copies = this.#wantsCopies();
+    if (!copies && !lending) {
       this.#stats.rxUnclaimed++;
       return;
     }
+    if (lending) this.#lent!.push(frame); // not a loan: giveBack() ignores it
+    if (copies) this.#deliverCopy(frame);
+  }
+
+  #deliverCopy(frame: Buffer): void {
     for (const c of this.#consumers) {
       c.queue.push(frame);
       const wake = c.wake;
       c.wake = null;
       wake?.();
     }
-    if (listened) this.emit('frame', frame);
+    this.#copies?.push(frame);
+    if (this.listenerCount('frame') > 0) this.emit('frame', frame);
+  }
+
+  /**
+   * The responder's turn on frame[start, end): its reply goes straight into a
+   * TX slot, published with the batch's other replies. True when answered
+   * (also when the reply was dropped for want of a TX slot).
+   */
+  #answer(frame: Uint8Array, start: number, end: number): boolean {
+    if (end - start > this.maxFrameSize) return false; // a reply is as long as the request: it must fit a TX slot
+    const responder = this.#plan.responder!;
+    const pool = this.rings.txPool;
+    if (pool.available === 0) this.#reclaimTx();
+    if (pool.available === 0) {
+      if (responder.respondInto(frame, start, end, this.#replyScratch, 0) === 0) return false;
+      this.#stats.rxAnswered++;
+      this.#stats.txRepliesDropped++;
+      return true;
+    }
+    const slot = pool.alloc();
+    const out = pool.view(slot);
+    const n = responder.respondInto(frame, start, end, out, VIRTIO_NET_HDR_SIZE);
+    if (n === 0) {
+      pool.release(slot);
+      return false;
+    }
+    out.fill(0, 0, VIRTIO_NET_HDR_SIZE);
+    const k = this.#replyCount++;
+    this.#replySegs[3 * k] = pool.offset(slot);
+    this.#replySegs[3 * k + 1] = VIRTIO_NET_HDR_SIZE + n;
+    this.#replySegs[3 * k + 2] = SEG_END;
+    this.#replySlots[k] = slot;
+    this.#stats.rxAnswered++;
+    return true;
+  }
+
+  /** Publishes the replies of a batch: one ring publish, at most one kick. */
+  #flushReplies(): void {
+    const k = this.#replyCount;
+    if (k === 0) return;
+    this.#replyCount = 0;
+    const posted = this.rings.postTx(this.#replySegs, k, this.#replySlots);
+    for (let i = 0; i < posted; i++) this.#stats.txBytes += this.#replySegs[3 * i + 1] - VIRTIO_NET_HDR_SIZE;
+    this.#stats.txFrames += posted;
+    for (let i = posted; i < k; i++) {
+      this.rings.txPool.release(this.#replySlots[i]);
+      this.#stats.txRepliesDropped++;
+    }
+  }
+
+  /**
+   * Gives frames a 'loans' event lent back to the ring: each view is detached
+   * and its slot refilled. Frames that are not loans (copies of frames that
+   * spanned several buffers, or loans already given back) are ignored.
+   * Returns how many loans ended. Until given back, a loan holds its RX
+   * buffer: with maxLoans out the guest stops taking frames from the ring.
+   */
+  giveBack(frames: Uint8Array | readonly Uint8Array[]): number {
+    this.checkOpen('giveBack');
+    let n: number;
+    if (frames instanceof Uint8Array) n = this.#endLoan(frames);
+    else if (Array.isArray(frames)) n = this.#giveBackAll(frames);
+    else throw invalidArg('frames', 'must be a Uint8Array or an array of them (frames from a \'loans\' event)');
+    if (n > 0) {
+      this.refillRx();
+      this.#scheduleRx();
+    }
+    return n;
+  }
+
+  #giveBackAll(frames: readonly Uint8Array[]): number {
+    let n = 0;
+    for (let i = 0; i < frames.length; i++) if (frames[i] instanceof Uint8Array) n += this.#endLoan(frames[i]);
+    return n;
+  }
+
+  #endLoan(view: Uint8Array): number {
+    const buffer = view.buffer as ArrayBuffer;
+    const slot = this.#loans.get(buffer);
+    if (slot === undefined) return 0;
+    this.#loans.delete(buffer);
+    this.rings.rxq.revoke(buffer);
+    this.rings.rxPool.release(slot);
+    return 1;
+  }
+
+  /** Detaches every lent RX view and frees its slot. */
+  #revokeLoans(): void {
+    for (const [buffer, slot] of this.#loans) {
+      this.rings.rxq.revoke(buffer);
+      this.rings.rxPool.release(slot);
+    }
+    this.#loans.clear();
   }
 
   #scheduleRx(): void {
@@ -499,8 +769,18 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     }
   }
 
-  /** close(): stop watching the link. */
+  /** pause(): lent RX frames and reserved TX slots are taken back (their views detached); the RX buffers go back into the ring. */
+  protected override onPause(): void {
+    const hadLoans = this.#loans.size > 0;
+    this.#revokeLoans();
+    this.#dropReservations();
+    if (hadLoans) this.refillRx();
+  }
+
+  /** close(): stop watching the link; views into the slots are detached before the memory goes. */
   protected override beforeClose(): void {
+    this.#revokeLoans();
+    this.#dropReservations();
     if (this.#timer) clearInterval(this.#timer);
     this.#timer = null;
   }

@@ -61,6 +61,26 @@ function pseudoHeaderSum(ip: Uint8Array, ipOff: number, proto: number, len: numb
   return sum + proto + len;
 }
 
+/** Copies n bytes without creating views (src and dst do not overlap). */
+const copy = (dst: Uint8Array, dOff: number, src: Uint8Array, sOff: number, n: number): void => {
+  for (let i = 0; i < n; i++) dst[dOff + i] = src[sOff + i];
+};
+
+/** Fills a 20-byte IPv4 header at `o` (no options, DF, TTL 64): src from this.ipv4-like `src`, dst read at dst[dOff..dOff+4). */
+function writeIpv4HeaderAt(b: Uint8Array, o: number, proto: number, src: Uint8Array, dst: Uint8Array, dOff: number, payloadLen: number): void {
+  b[o] = 0x45;
+  b[o + 1] = 0;
+  put16(b, o + 2, 20 + payloadLen);
+  put16(b, o + 4, 0);
+  put16(b, o + 6, 0x4000);
+  b[o + 8] = 64;
+  b[o + 9] = proto;
+  put16(b, o + 10, 0);
+  copy(b, o + 12, src, 0, 4);
+  copy(b, o + 16, dst, dOff, 4);
+  put16(b, o + 10, internetChecksum(b, o, o + 20));
+}
+
 /** Fills a 20-byte IPv4 header at `o` (no options, DF, TTL 64) with its checksum. */
 function writeIpv4Header(b: Uint8Array, o: number, proto: number, src: Uint8Array, dst: Uint8Array, payloadLen: number, id = 0): void {
   b[o] = 0x45;
@@ -136,7 +156,9 @@ export type ResponderAction = 'arp' | 'icmp' | 'udp';
 /**
  * Answers ARP requests and ICMP echo requests for one IPv4 address and MAC,
  * and echoes UDP datagrams sent to `udpEchoPort`. respond() returns the
- * reply frame, or null when the frame is not for it.
+ * reply frame, or null when the frame is not for it; respondInto() writes the
+ * reply into a buffer the caller owns (e.g. a TX ring slot) and creates no
+ * object at all, so a datapath can answer without allocating per frame.
  */
 export class NetResponder {
   readonly mac: Uint8Array;
@@ -156,62 +178,107 @@ export class NetResponder {
 
   /** The reply to `frame`, or null if it is not an ARP request, ICMP echo or UDP echo for us. */
   respond(frame: Uint8Array): Uint8Array | null {
-    if (frame.length < ETH_HLEN) return null;
-    const type = u16(frame, 12);
-    if (type === ETHERTYPE_ARP) return this.#arp(frame);
-    if (type !== ETHERTYPE_IPV4) return null;
+    // A reply is never longer than the request (or the 60-byte minimum).
+    const out = new Uint8Array(Math.max(60, frame.length));
+    const n = this.respondInto(frame, 0, frame.length, out, 0);
+    return n === 0 ? null : out.slice(0, n);
+  }
+
+  /**
+   * The reply to the frame in frame[start, end), written at out[outStart..];
+   * returns its length (0: not for us, nothing counted). The reply is at most
+   * max(60, end - start) bytes; `out` must hold that from outStart and must
+   * not overlap the frame. Counts the reply in `counts`. No allocation.
+   */
+  respondInto(frame: Uint8Array, start: number, end: number, out: Uint8Array, outStart: number): number {
+    const len = end - start;
+    if (len < ETH_HLEN) return 0;
+    const type = u16(frame, start + 12);
+    if (type === ETHERTYPE_ARP) return this.#arp(frame, start, len, out, outStart);
+    if (type !== ETHERTYPE_IPV4) return 0;
     // Addressed to our MAC or broadcast only.
-    if (!equal(frame, 0, this.mac, 0, 6) && !(frame[0] & 1)) return null;
-    return this.#ipv4(frame);
+    if (!equal(frame, start, this.mac, 0, 6) && !(frame[start] & 1)) return 0;
+    return this.#ipv4(frame, start, len, out, outStart);
   }
 
-  #arp(f: Uint8Array): Uint8Array | null {
-    const a = ETH_HLEN;
-    if (f.length < a + 28) return null;
+  #arp(f: Uint8Array, s: number, len: number, r: Uint8Array, o: number): number {
+    const a = s + ETH_HLEN;
+    if (len < ETH_HLEN + 28) return 0;
     // htype 1, ptype IPv4, hlen 6, plen 4, op 1 (request), target = our address
-    if (u16(f, a) !== 1 || u16(f, a + 2) !== ETHERTYPE_IPV4 || f[a + 4] !== 6 || f[a + 5] !== 4 || u16(f, a + 6) !== 1) return null;
-    if (!equal(f, a + 24, this.ipv4, 0, 4)) return null;
-    const r = padded(a + 28);
-    const senderMac = f.subarray(a + 8, a + 14);
-    ethHeader(r, senderMac, this.mac, ETHERTYPE_ARP);
-    r.set([0, 1, 0x08, 0x00, 6, 4, 0, 2], a); // reply
-    r.set(this.mac, a + 8);
-    r.set(this.ipv4, a + 14);
-    r.set(senderMac, a + 18);
-    r.set(f.subarray(a + 14, a + 18), a + 24);
+    if (u16(f, a) !== 1 || u16(f, a + 2) !== ETHERTYPE_IPV4 || f[a + 4] !== 6 || f[a + 5] !== 4 || u16(f, a + 6) !== 1) return 0;
+    if (!equal(f, a + 24, this.ipv4, 0, 4)) return 0;
+    r.fill(0, o, o + 60);
+    const ra = o + ETH_HLEN;
+    copy(r, o, f, a + 8, 6); // to the sender's MAC
+    copy(r, o + 6, this.mac, 0, 6);
+    put16(r, o + 12, ETHERTYPE_ARP);
+    put16(r, ra, 1); // Ethernet
+    put16(r, ra + 2, ETHERTYPE_IPV4);
+    r[ra + 4] = 6;
+    r[ra + 5] = 4;
+    put16(r, ra + 6, 2); // reply
+    copy(r, ra + 8, this.mac, 0, 6);
+    copy(r, ra + 14, this.ipv4, 0, 4);
+    copy(r, ra + 18, f, a + 8, 6);
+    copy(r, ra + 24, f, a + 14, 4);
     this.counts.arp++;
-    return r;
+    return 60;
   }
 
-  #ipv4(f: Uint8Array): Uint8Array | null {
-    const ip = ETH_HLEN;
-    if (f.length < ip + 20 || f[ip] >> 4 !== 4) return null;
+  #ipv4(f: Uint8Array, s: number, len: number, r: Uint8Array, o: number): number {
+    const ip = s + ETH_HLEN;
+    if (len < ETH_HLEN + 20 || f[ip] >> 4 !== 4) return 0;
     const ihl = (f[ip] & 0x0f) * 4;
     const total = u16(f, ip + 2);
-    if (ihl < 20 || total < ihl || ip + total > f.length) return null;
-    if ((u16(f, ip + 6) & 0x3fff) !== 0) return null; // a fragment
-    if (internetChecksum(f, ip, ip + ihl) !== 0) return null;
-    if (!equal(f, ip + 16, this.ipv4, 0, 4)) return null;
+    if (ihl < 20 || total < ihl || ETH_HLEN + total > len) return 0;
+    if ((u16(f, ip + 6) & 0x3fff) !== 0) return 0; // a fragment
+    if (internetChecksum(f, ip, ip + ihl) !== 0) return 0;
+    if (!equal(f, ip + 16, this.ipv4, 0, 4)) return 0;
     const proto = f[ip + 9];
     const l4 = ip + ihl;
     const l4Len = total - ihl;
-    const srcMac = f.subarray(6, 12);
-    const srcIp = f.subarray(ip + 12, ip + 16);
     if (proto === IPPROTO_ICMP) {
-      if (l4Len < 8 || f[l4] !== 8 || f[l4 + 1] !== 0) return null;
-      if (internetChecksum(f, l4, l4 + l4Len) !== 0) return null;
+      if (l4Len < 8 || f[l4] !== 8 || f[l4 + 1] !== 0) return 0;
+      if (internetChecksum(f, l4, l4 + l4Len) !== 0) return 0;
+      const n = this.#ipv4Reply(f, s, r, o, IPPROTO_ICMP, l4Len);
+      const i = o + ETH_HLEN + 20;
+      r[i] = 0; // echo reply
+      r[i + 1] = 0;
+      put16(r, i + 2, 0);
+      copy(r, i + 4, f, l4 + 4, l4Len - 4); // id, seq, payload
+      put16(r, i + 2, internetChecksum(r, i, i + l4Len));
       this.counts.icmp++;
-      return buildIcmpEcho({ srcMac: this.mac, dstMac: srcMac, srcIp: this.ipv4, dstIp: srcIp, id: u16(f, l4 + 4), seq: u16(f, l4 + 6), payload: f.subarray(l4 + 8, l4 + l4Len), type: 0 });
+      return n;
     }
     if (proto === IPPROTO_UDP && this.udpEchoPort !== null) {
-      if (l4Len < 8 || u16(f, l4 + 2) !== this.udpEchoPort) return null;
+      if (l4Len < 8 || u16(f, l4 + 2) !== this.udpEchoPort) return 0;
       const udpLen = u16(f, l4 + 4);
-      if (udpLen < 8 || udpLen > l4Len) return null;
+      if (udpLen < 8 || udpLen > l4Len) return 0;
       const sum = u16(f, l4 + 6);
-      if (sum !== 0 && internetChecksum(f, l4, l4 + udpLen, pseudoHeaderSum(f, ip, IPPROTO_UDP, udpLen)) !== 0) return null;
+      if (sum !== 0 && internetChecksum(f, l4, l4 + udpLen, pseudoHeaderSum(f, ip, IPPROTO_UDP, udpLen)) !== 0) return 0;
+      const n = this.#ipv4Reply(f, s, r, o, IPPROTO_UDP, udpLen);
+      const u = o + ETH_HLEN + 20;
+      put16(r, u, this.udpEchoPort);
+      put16(r, u + 2, u16(f, l4)); // back to the sender's port
+      put16(r, u + 4, udpLen);
+      put16(r, u + 6, 0);
+      copy(r, u + 8, f, l4 + 8, udpLen - 8);
+      const c = internetChecksum(r, u, u + udpLen, pseudoHeaderSum(r, o + ETH_HLEN, IPPROTO_UDP, udpLen));
+      put16(r, u + 6, c === 0 ? 0xffff : c);
       this.counts.udp++;
-      return buildUdp({ srcMac: this.mac, dstMac: srcMac, srcIp: this.ipv4, dstIp: srcIp, srcPort: this.udpEchoPort, dstPort: u16(f, l4), payload: f.subarray(l4 + 8, l4 + udpLen) });
+      return n;
     }
-    return null;
+    return 0;
+  }
+
+  /** Ethernet + IPv4 headers of a reply to the frame at f[s..] carrying l4Len bytes; returns the padded frame length. */
+  #ipv4Reply(f: Uint8Array, s: number, r: Uint8Array, o: number, proto: number, l4Len: number): number {
+    const n = Math.max(60, ETH_HLEN + 20 + l4Len);
+    r.fill(0, o + ETH_HLEN + 20 + l4Len, o + n); // padding
+    copy(r, o, f, s + 6, 6); // to the sender's MAC
+    copy(r, o + 6, this.mac, 0, 6);
+    put16(r, o + 12, ETHERTYPE_IPV4);
+    writeIpv4HeaderAt(r, o + ETH_HLEN, proto, this.ipv4, f, s + ETH_HLEN + 12, l4Len);
+    return n;
   }
 }

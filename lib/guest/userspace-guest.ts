@@ -115,6 +115,8 @@ export class GuestRings<D extends GuestDevice> {
   readonly #rxSlotOf: Int32Array;
   readonly #txSlotOf: Int32Array;
   readonly #rxSegs: Uint32Array;
+  /** refillRx()'s scratch: the pool slot of each buffer being posted. */
+  readonly #rxSlots: Int32Array;
   readonly #heads: Uint32Array;
   readonly #txUsed: Uint32Array;
   #closed = false;
@@ -133,6 +135,7 @@ export class GuestRings<D extends GuestDevice> {
     this.#rxSlotOf = new Int32Array(n).fill(-1);
     this.#txSlotOf = new Int32Array(n).fill(-1);
     this.#rxSegs = new Uint32Array(3 * n);
+    this.#rxSlots = new Int32Array(n);
     this.#heads = new Uint32Array(n);
     this.#txUsed = new Uint32Array(2 * n);
   }
@@ -239,10 +242,10 @@ export class GuestRings<D extends GuestDevice> {
     const pool = this.rxPool;
     const count = pool.available;
     if (count === 0) return 0;
-    const slots: number[] = [];
+    const slots = this.#rxSlots;
     for (let i = 0; i < count; i++) {
       const slot = pool.alloc();
-      slots.push(slot);
+      slots[i] = slot;
       this.#rxSegs[3 * i] = pool.offset(slot);
       this.#rxSegs[3 * i + 1] = pool.slotSize;
       this.#rxSegs[3 * i + 2] = SEG_WRITABLE | SEG_END;
@@ -414,8 +417,13 @@ export abstract class UserspaceGuest<D extends GuestDevice> extends EventEmitter
    */
   pause(): DeviceState {
     this.checkOpen('pause');
-    return this.#rings.device.stop();
+    const state = this.#rings.device.stop();
+    this.onPause();
+    return state;
   }
+
+  /** pause(): the device is stopped (called on every pause() call). */
+  protected onPause(): void {}
 
   /**
    * Brings a paused guest back on a new device over the same memory, rings

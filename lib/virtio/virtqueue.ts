@@ -17,6 +17,13 @@ function countChains(segs: Uint32Array): number {
   return n;
 }
 
+/**
+ * Each buffer Virtqueue.lend() made → the mapping's buffer it points into:
+ * the pages stay mapped as long as a lent buffer lives (module-wide, so the
+ * link outlives the Virtqueue).
+ */
+const lentFrom = new WeakMap<ArrayBuffer, ArrayBuffer>();
+
 /** Descriptors per indirect table (native kIndirectMax). */
 export const INDIRECT_MAX = 16;
 
@@ -128,9 +135,29 @@ export class Virtqueue implements Disposable {
   #closed = false;
   #heads: Uint32Array;
   #used: Uint32Array;
+  /** The mapping's ArrayBuffer (what lent buffers keep alive). */
+  readonly #mapping: ArrayBuffer;
+  /** Buffers lend() made and revoke() has not taken back: the memory's unmap hook detaches them. */
+  readonly #lent = new Set<ArrayBuffer>();
+  /** Unregisters that hook (once closed with nothing lent, the memory need not remember this queue). */
+  readonly #forgetUnmap: () => void;
 
-  private constructor(vq: NativeVirtqueue, o: { size: number; eventIdx: boolean; indirect: boolean; regionGpa: bigint; regionSize: bigint }) {
+  private constructor(
+    vq: NativeVirtqueue,
+    mapping: ArrayBuffer,
+    memory: GuestMemory,
+    o: { size: number; eventIdx: boolean; indirect: boolean; regionGpa: bigint; regionSize: bigint },
+  ) {
     this.#vq = vq;
+    this.#mapping = mapping;
+    // One hook per queue (not per buffer): whoever closes the memory, every
+    // buffer still lent is detached before the pages go. It holds the native
+    // queue and the set, never this object.
+    const lent = this.#lent;
+    this.#forgetUnmap = memory.onUnmap(() => {
+      for (const buffer of lent) vq.revoke(buffer);
+      lent.clear();
+    });
     this.size = o.size;
     this.eventIdx = o.eventIdx;
     this.indirect = o.indirect;
@@ -176,7 +203,7 @@ export class Virtqueue implements Disposable {
       { size, desc: off(options.desc), avail: off(options.avail), used: off(options.used), eventIdx, indirect },
       kick ? kick.nativeHandle : null,
     );
-    return new Virtqueue(vq, { size, eventIdx, indirect, regionGpa: region.gpa, regionSize: region.size });
+    return new Virtqueue(vq, buffer, mem, { size, eventIdx, indirect, regionGpa: region.gpa, regionSize: region.size });
   }
 
   /** True once close() has run. */
@@ -269,11 +296,43 @@ export class Virtqueue implements Disposable {
     this.#live('disableCallbacks').disableCallbacks();
   }
 
-  /** Forgets the memory and kick references; idempotent. Does not close the memory or the eventfd. */
+  /**
+   * Lends [offset, offset + len) of the queue's memory region (offsets as in
+   * postEncoded) as an ArrayBuffer of its own, without copying, so one buffer
+   * slot can be handed out and taken back alone: revoke() detaches it. A
+   * buffer still lent when the memory is closed (by anyone) is detached
+   * before the unmap, so it reads as empty, never as unmapped memory. The
+   * queue lists each lent buffer until it is revoked (or the memory closed):
+   * revoke every buffer you are done with, or they accumulate.
+   */
+  lend(offset: number, len: number): ArrayBuffer {
+    const buffer = this.#live('lend').lend(offset, len);
+    lentFrom.set(buffer, this.#mapping);
+    this.#lent.add(buffer);
+    return buffer;
+  }
+
+  /** Buffers lend() made that are not revoked yet (neither by revoke() nor by closing the memory). */
+  get lentCount(): number {
+    return this.#lent.size;
+  }
+
+  /** Detaches a buffer lend() made (views of it become empty). Idempotent; works after close(). */
+  revoke(buffer: ArrayBuffer): void {
+    this.#vq.revoke(buffer);
+    if (this.#lent.delete(buffer) && this.#closed && this.#lent.size === 0) this.#forgetUnmap();
+  }
+
+  /**
+   * Forgets the memory and kick references; idempotent. Does not close the
+   * memory or the eventfd; buffers still lent stay valid until revoked or
+   * until the memory is closed.
+   */
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
     this.#vq.close();
+    if (this.#lent.size === 0) this.#forgetUnmap();
   }
 
   /** Same as close(), for `using`. */

@@ -133,6 +133,35 @@ describe('NetResponder', () => {
     fc.assert(fc.property(bytes(200), (junk) => void responder().respond(junk)));
   });
 
+  test('respondInto() writes exactly what respond() returns, at any offsets, and nothing outside the reply', () => {
+    const requests = fc.oneof(
+      fc.record({ srcMac: mac, srcIp: ip4 }).map((o) => buildArpRequest({ ...o, targetIp: IP })),
+      fc.record({ srcMac: mac, srcIp: ip4, id: fc.integer({ min: 0, max: 0xffff }), seq: fc.integer({ min: 0, max: 0xffff }), payload: bytes(1400) }).map((o) => buildIcmpEcho({ ...o, dstMac: MAC, dstIp: IP })),
+      fc.record({ srcMac: mac, srcIp: ip4, srcPort: fc.integer({ min: 1, max: 0xffff }), payload: bytes(1400) }).map((o) => buildUdp({ ...o, dstMac: MAC, dstIp: IP, dstPort: 7 })),
+      bytes(200), // mostly not for us: nothing written
+    );
+    fc.assert(
+      fc.property(requests, fc.nat(40), fc.nat(40), fc.integer({ min: 0, max: 255 }), (req, inAt, outAt, fill) => {
+        const expected = responder().respond(req);
+        const frame = new Uint8Array(inAt + req.length + 7).fill(fill);
+        frame.set(req, inAt);
+        const out = new Uint8Array(outAt + Math.max(60, req.length) + 9).fill(fill ^ 0x55);
+        const r = responder();
+        const n = r.respondInto(frame, inAt, inAt + req.length, out, outAt);
+        if (expected === null) {
+          expect(n).toBe(0);
+          expect(out.every((b) => b === (fill ^ 0x55))).toBe(true);
+        } else {
+          expect(n).toBe(expected.length);
+          expect(out.subarray(outAt, outAt + n)).toEqual(expected);
+          expect(out.subarray(0, outAt).every((b) => b === (fill ^ 0x55))).toBe(true);
+          expect(out.subarray(outAt + n).every((b) => b === (fill ^ 0x55))).toBe(true);
+          expect(r.counts.arp + r.counts.icmp + r.counts.udp).toBe(1);
+        }
+      }),
+    );
+  });
+
   test('validates its options with ERR_VHOST_* naming the option', () => {
     expect(thrown(() => new NetResponder({ mac: MAC, ipv4: '10.77.0' })).message).toMatch(/responder\.ipv4/);
     expect(thrown(() => new NetResponder({ mac: MAC, ipv4: '10.77.0.256' })).code).toBe('ERR_VHOST_INVALID_ARG');

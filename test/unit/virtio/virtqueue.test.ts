@@ -3,7 +3,9 @@
 // memory is a memfd mapping of this process). Checks chain encoding, the
 // free list, indirect tables, EVENT_IDX / NO_NOTIFY kick suppression,
 // callback requests, and that closed memory gives ERR_VHOST_CLOSED.
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as path from 'node:path';
 import fc from 'fast-check';
 import { EventFd } from '../../../lib/core/eventfd';
 import { GuestMemory } from '../../../lib/core/memory';
@@ -14,6 +16,7 @@ import { thrown } from '../../support/helpers';
 const REGION_GPA = 0x100000n;
 const REGION_SIZE = 1 << 20;
 const BUFS = REGION_GPA + 0x80000n; // buffers live here
+const DIST = path.join(__dirname, '../../../dist'); // built by `npm run build:ts`
 
 interface Seen {
   gpa: bigint;
@@ -334,6 +337,104 @@ describe('Virtqueue against a reference device', () => {
     } finally {
       r.close();
     }
+  });
+});
+
+describe('Virtqueue.lend / revoke: one buffer slot as an ArrayBuffer of its own', () => {
+  test('a lent buffer is the memory itself (no copy), and revoke detaches it without touching the rest', () => {
+    const r = rig(16);
+    try {
+      const off = Number(BUFS - REGION_GPA);
+      const a = new Uint8Array(r.vq.lend(off, 100));
+      const b = new Uint8Array(r.vq.lend(off + 100, 50));
+      const mem = r.mem.view(BUFS, 150);
+      a[0] = 0x11;
+      a[99] = 0x22;
+      b[0] = 0x33;
+      expect([mem[0], mem[99], mem[100]]).toEqual([0x11, 0x22, 0x33]);
+      mem[1] = 0x44;
+      expect(a[1]).toBe(0x44);
+      expect([a.length, b.length]).toEqual([100, 50]);
+      r.vq.revoke(a.buffer);
+      expect(a.byteLength).toBe(0);
+      expect(a[0]).toBeUndefined();
+      expect(b[0]).toBe(0x33); // the other loan and the memory are untouched
+      expect(mem[0]).toBe(0x11);
+      r.vq.revoke(a.buffer); // idempotent
+      r.vq.revoke(b.buffer);
+      expect(b.byteLength).toBe(0);
+    } finally {
+      r.close();
+    }
+  });
+
+  test('out-of-region and empty loans throw ERR_VHOST_OUT_OF_RANGE; lend after close ERR_VHOST_CLOSED; revoke wants an ArrayBuffer', () => {
+    const r = rig(16);
+    try {
+      expect(thrown(() => r.vq.lend(REGION_SIZE - 10, 11))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' });
+      expect(thrown(() => r.vq.lend(0, 0))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' });
+      expect(thrown(() => r.vq.lend(-1, 4))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      expect(new Uint8Array(r.vq.lend(REGION_SIZE - 10, 10)).length).toBe(10);
+      expect(thrown(() => r.vq.revoke(new Uint8Array(4) as never))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      const kept = r.vq.lend(0, 8);
+      r.vq.close();
+      expect(thrown(() => r.vq.lend(0, 8))).toMatchObject({ code: 'ERR_VHOST_CLOSED' });
+      r.vq.revoke(kept); // still possible after close: how a guest takes its loans back on the way down
+      expect(kept.byteLength).toBe(0);
+    } finally {
+      r.close();
+    }
+  });
+});
+
+describe('Virtqueue.lend: closing the memory detaches every buffer still lent', () => {
+  test('memory.close() by itself detaches the loans of an open queue and of a closed one, keeps revoked ones revoked', () => {
+    const r = rig(16);
+    const other = Virtqueue.create({ memory: r.mem, size: 8, ...placeVirtqueue(8, REGION_GPA + 0x8000n), kick: null });
+    try {
+      const off = Number(BUFS - REGION_GPA);
+      const loans = [0, 1, 2, 3].map((i) => new Uint8Array(r.vq.lend(off + 256 * i, 200)));
+      loans[0][0] = 0x42;
+      r.vq.revoke(loans[1].buffer);
+      expect(r.vq.lentCount).toBe(3);
+      const fromClosed = new Uint8Array(other.lend(off + 4096, 64));
+      other.close(); // closed with a loan out: the loan must still be taken back by the unmap
+      const plain = r.mem.view(BUFS, 16);
+      expect(plain[0]).toBe(0x42);
+      r.mem.close(); // not the queue's owner, not revoke(): the memory itself
+      for (const view of [...loans, fromClosed, plain]) {
+        expect(view.byteLength).toBe(0);
+        expect(view[0]).toBeUndefined(); // reads nothing rather than unmapped pages
+      }
+      expect(r.vq.lentCount).toBe(0);
+      expect(other.lentCount).toBe(0);
+      r.vq.revoke(loans[0].buffer); // still harmless afterwards
+      expect(thrown(() => r.vq.lend(off, 8))).toMatchObject({ code: 'ERR_VHOST_CLOSED' });
+    } finally {
+      other.close();
+      r.close();
+    }
+  });
+
+  test('a child process that writes through its loans after memory.close() exits normally (no fault): writes dropped, fill() a TypeError', () => {
+    const script = `
+      const { GuestMemory } = require(${JSON.stringify(path.join(DIST, 'core/memory.js'))});
+      const { Virtqueue, placeVirtqueue } = require(${JSON.stringify(path.join(DIST, 'virtio/virtqueue.js'))});
+      const mem = GuestMemory.create({ regions: [{ gpa: 0n, size: 1 << 16 }] });
+      const vq = Virtqueue.create({ memory: mem, size: 8, ...placeVirtqueue(8, 0n), kick: null });
+      const views = [];
+      for (let i = 0; i < 8; i++) views.push(new Uint8Array(vq.lend(0x8000 + 1024 * i, 1000)));
+      mem.close();
+      let sum = 0;
+      for (const v of views) {
+        v[0] = 7; v[999] = 7; // indexed writes to a detached view are dropped
+        sum += v.byteLength + (v[0] ?? 0);
+        try { v.fill(7); } catch (err) { if (!(err instanceof TypeError)) throw err; sum += 1; } // fill() says 'detached'
+      }
+      process.stdout.write(String(sum));
+    `;
+    const out = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
+    expect({ status: out.status, signal: out.signal, stdout: out.stdout }).toEqual({ status: 0, signal: null, stdout: '8' });
   });
 });
 

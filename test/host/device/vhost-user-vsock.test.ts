@@ -4,8 +4,10 @@
 // config space. A python3 agent in the guest is reached from the host through
 // hybrid vsock (socat's UNIX-CONNECT and the library's vsock.connect({ path,
 // port })), 32 MiB each way with SHA-256 on both sides; the guest reaches a
-// Node listener on PATH_P; SEQPACKET boundaries survive both ways; killing
-// QEMU mid-transfer resets the host-side stream with a clear error.
+// Node listener on PATH_P; SEQPACKET boundaries survive both ways; a second
+// guest reaches the first by CID where the allow-list says so and is refused
+// elsewhere; killing one QEMU mid-transfer resets the host-side streams with a
+// clear error while the other guest is still served.
 // AF_VSOCK is used only inside the guest, never on this host.
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -43,6 +45,7 @@ const ng = require('../../../scripts/nested-guest') as NestedGuestModule;
 const QEMU = process.env.QEMU_SYSTEM ?? 'qemu-system-x86_64';
 const TRANSFER = 32 << 20;
 const CID = 7;
+const CID_B = 8;
 const AGENT_PORT = 1234;
 const SEQ_PORT = 1235;
 const HOST_PORT = 5000;
@@ -109,6 +112,27 @@ threading.Thread(target=serve, args=(socket.SOCK_STREAM, ${AGENT_PORT}, stream_c
 threading.Thread(target=serve, args=(socket.SOCK_SEQPACKET, ${SEQ_PORT}, seq_client), daemon=True).start()
 time.sleep(0.5)
 print("LISTENING", flush=True)
+
+if sys.argv[1] == "route":
+    # Guest to guest: stream to CID ${CID}:${AGENT_PORT} (allowed), SEQPACKET to ${CID}:${SEQ_PORT} (not allowed).
+    while not os.path.exists("/run/guest/route-go"): time.sleep(0.05)
+    s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    s.connect((${CID}, ${AGENT_PORT}))
+    data = os.urandom(1 << 20); s.sendall(data); s.shutdown(socket.SHUT_WR)
+    h = hashlib.sha256(); n = 0
+    while True:
+        d = s.recv(1 << 16)
+        if not d: break
+        h.update(d); n += len(d)
+    print("ROUTE-STREAM", n, hashlib.sha256(data).hexdigest(), h.hexdigest(), flush=True)
+    s = socket.socket(socket.AF_VSOCK, socket.SOCK_SEQPACKET)
+    try:
+        s.connect((${CID}, ${SEQ_PORT})); print("ROUTE-DENIED none", flush=True)
+    except OSError as e:
+        print("ROUTE-DENIED", type(e).__name__, e.errno, flush=True)
+    while not os.path.exists("/run/guest/done"): time.sleep(0.1)
+    sys.exit(0)
+
 while not os.path.exists("/run/guest/host-go"): time.sleep(0.05)
 
 # Stream to host port ${HOST_PORT}: 1 MiB, then the host's SHA-256 answer.
@@ -155,6 +179,8 @@ describeWithQemu('vhost-user-vsock: a QEMU guest on a Node back-end', () => {
   let g: Guest;
   let backend: VsockDeviceBackend;
   let dev: VhostUserVsock;
+  let devB: VhostUserVsock;
+  let gB: Guest;
   let hybrid: HybridVsockServer;
   let hostListener: net.Server;
   const messages: string[] = [];
@@ -169,22 +195,29 @@ describeWithQemu('vhost-user-vsock: a QEMU guest on a Node back-end', () => {
     dev = VhostUserVsock.listen(backend, sock, { cid: CID });
     dev.backend!.on('message', (name: string) => messages.push(name));
     hybrid = await HybridVsockServer.listen(backend, path.join(dir, 'hybrid.sock'), { cid: CID });
+    const sockB = path.join(dir, 'vsock-b.sock');
+    devB = VhostUserVsock.listen(backend, sockB, { cid: CID_B });
     const t0 = Date.now();
-    g = ng.bootGuest({
+    // Default vectors (MSI-X): unlike vhost-user-net, QEMU 7.2 TCG runs vhost-user-vsock-pci with it.
+    const boot = (vsockPath: string, mode: string): Guest => ng.bootGuest({
       kernel, initrd, smp: 1, accel: 'tcg', qemu: QEMU, hostShare: true,
-      script: 'python3 /run/guest/agent.py', files: { 'agent.py': AGENT },
+      script: `python3 /run/guest/agent.py ${mode}`, files: { 'agent.py': AGENT },
       qemuArgs: [
         '-object', 'memory-backend-memfd,id=mem,size=256M,share=on', '-machine', 'memory-backend=mem',
-        '-chardev', `socket,id=c0,path=${sock}`, '-device', 'vhost-user-vsock-pci,chardev=c0',
+        '-chardev', `socket,id=c0,path=${vsockPath}`, '-device', 'vhost-user-vsock-pci,chardev=c0',
       ],
     });
-    await g.waitFor(/^LISTENING/, 180_000);
+    g = boot(sock, 'host');
+    gB = boot(sockB, 'route');
+    await Promise.all([g.waitFor(/^LISTENING/, 180_000), gB.waitFor(/^LISTENING/, 180_000)]);
     bootMs = Date.now() - t0;
     console.log(`guest booted, agent listening after ${bootMs} ms`);
   }, 240_000);
 
   afterAll(async () => {
     await g?.stop();
+    await gB?.stop();
+    devB?.close();
     hostListener?.close();
     hybrid?.close();
     dev?.close();
@@ -306,7 +339,23 @@ describeWithQemu('vhost-user-vsock: a QEMU guest on a Node back-end', () => {
     seq.close();
   }, 120_000);
 
-  test('killing QEMU mid-transfer resets the host-side streams with a clear error; the back-end stays up', async () => {
+  test('two guests: CID 8 reaches CID 7 when allowed (1 MiB each way, SHA-256 equal), and is refused where the allow-list says nothing', async () => {
+    backend.allow({ from: CID_B, to: CID, port: AGENT_PORT });
+    const from = g.lines.length;
+    const denied0 = backend.guest(CID_B)!.stats.routeDenied;
+    gB.signal('route-go');
+    const r = await gB.waitFor(/^ROUTE-STREAM (\d+) ([0-9a-f]{64}) ([0-9a-f]{64})/, 60_000);
+    const gotLine = await g.waitFor(/^GOT (\d+) ([0-9a-f]{64})/, 10_000, from);
+    const sentLine = await g.waitFor(/^SENT (\d+) ([0-9a-f]{64})/, 10_000, from);
+    expect(gotLine[2]).toBe(r[2]);
+    expect(Number(r[1])).toBe(1 << 20);
+    expect(r[3]).toBe(sentLine[2]);
+    const d = await gB.waitFor(/^ROUTE-DENIED (.*)$/, 30_000);
+    expect(d[1]).toBe('ConnectionResetError 104'); // Linux's answer to an RST while connecting
+    expect(backend.guest(CID_B)!.stats.routeDenied).toBe(denied0 + 1);
+  }, 120_000);
+
+  test('killing QEMU mid-transfer resets the host-side streams with a clear error; the back-end keeps serving the other guest', async () => {
     const c = backend.connect({ cid: CID, port: AGENT_PORT, timeout: 20_000 });
     const h: Duplex = vsock.connect({ path: hybrid.path, port: AGENT_PORT });
     await new Promise<void>((resolve, reject) => {
@@ -332,7 +381,17 @@ describeWithQemu('vhost-user-vsock: a QEMU guest on a Node back-end', () => {
     expect(h.destroyed).toBe(true);
     await waitFor('the back-end to see QEMU go', () => !dev.backend!.connected, 30_000);
     expect(dev.ready).toBe(false);
-    expect(backend.guests).toEqual([CID]); // the device stays attached, ready for QEMU to come back
+    expect(backend.guests.sort()).toEqual([CID, CID_B]); // the device stays attached, ready for QEMU to come back
     expect(dev.backend!.closed).toBe(false);
+    // The other guest is still served.
+    expect(devB.ready).toBe(true);
+    const fromB = gB.lines.length;
+    const cB = backend.connect({ cid: CID_B, port: AGENT_PORT, timeout: 20_000 });
+    const small = crypto.randomBytes(1 << 16);
+    const backB = drain(cB);
+    cB.end(small);
+    const rB = await backB;
+    expect((await gB.waitFor(/^GOT (\d+) ([0-9a-f]{64})/, 20_000, fromB))[2]).toBe(sha256(small));
+    expect(rB.sha).toBe((await gB.waitFor(/^SENT (\d+) ([0-9a-f]{64})/, 20_000, fromB))[2]);
   }, 120_000);
 });

@@ -7,7 +7,8 @@
 // Node listener on PATH_P; SEQPACKET boundaries survive both ways; a second
 // guest reaches the first by CID where the allow-list says so and is refused
 // elsewhere; killing one QEMU mid-transfer resets the host-side streams with a
-// clear error while the other guest is still served.
+// clear error while the other guest is still served, and a new QEMU on the
+// same socket is served again.
 // AF_VSOCK is used only inside the guest, never on this host.
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
@@ -179,8 +180,11 @@ describeWithQemu('vhost-user-vsock: a QEMU guest on a Node back-end', () => {
   let g: Guest;
   let backend: VsockDeviceBackend;
   let dev: VhostUserVsock;
+  let sockA: string;
   let devB: VhostUserVsock;
   let gB: Guest;
+  let gA2: Guest | undefined;
+  let boot: (vsockPath: string, mode: string) => Guest;
   let hybrid: HybridVsockServer;
   let hostListener: net.Server;
   const messages: string[] = [];
@@ -195,11 +199,12 @@ describeWithQemu('vhost-user-vsock: a QEMU guest on a Node back-end', () => {
     dev = VhostUserVsock.listen(backend, sock, { cid: CID });
     dev.backend!.on('message', (name: string) => messages.push(name));
     hybrid = await HybridVsockServer.listen(backend, path.join(dir, 'hybrid.sock'), { cid: CID });
+    sockA = sock;
     const sockB = path.join(dir, 'vsock-b.sock');
     devB = VhostUserVsock.listen(backend, sockB, { cid: CID_B });
     const t0 = Date.now();
     // Default vectors (MSI-X): unlike vhost-user-net, QEMU 7.2 TCG runs vhost-user-vsock-pci with it.
-    const boot = (vsockPath: string, mode: string): Guest => ng.bootGuest({
+    boot = (vsockPath: string, mode: string): Guest => ng.bootGuest({
       kernel, initrd, smp: 1, accel: 'tcg', qemu: QEMU, hostShare: true,
       script: `python3 /run/guest/agent.py ${mode}`, files: { 'agent.py': AGENT },
       qemuArgs: [
@@ -217,6 +222,7 @@ describeWithQemu('vhost-user-vsock: a QEMU guest on a Node back-end', () => {
   afterAll(async () => {
     await g?.stop();
     await gB?.stop();
+    await gA2?.stop();
     devB?.close();
     hostListener?.close();
     hybrid?.close();
@@ -394,4 +400,20 @@ describeWithQemu('vhost-user-vsock: a QEMU guest on a Node back-end', () => {
     expect((await gB.waitFor(/^GOT (\d+) ([0-9a-f]{64})/, 20_000, fromB))[2]).toBe(sha256(small));
     expect(rB.sha).toBe((await gB.waitFor(/^SENT (\d+) ([0-9a-f]{64})/, 20_000, fromB))[2]);
   }, 120_000);
+
+  test('a new QEMU on the same socket after the kill: the guest gets CID 7 again and is reached through hybrid vsock', async () => {
+    const t0 = Date.now();
+    gA2 = boot(sockA, 'host');
+    await gA2.waitFor(/^LISTENING/, 180_000);
+    expect((await gA2.waitFor(/^LOCAL-CID (\S+)/))[1]).toBe(String(CID));
+    expect(dev.ready).toBe(true);
+    const small = crypto.randomBytes(1 << 20);
+    const c = vsock.connect({ path: hybrid.path, port: AGENT_PORT });
+    const back = drain(c);
+    c.end(small);
+    const r = await back;
+    expect((await gA2.waitFor(/^GOT (\d+) ([0-9a-f]{64})/, 20_000))[2]).toBe(sha256(small));
+    expect(r.sha).toBe((await gA2.waitFor(/^SENT (\d+) ([0-9a-f]{64})/, 20_000))[2]);
+    console.log(`second QEMU on the same socket: served after ${Date.now() - t0} ms`);
+  }, 240_000);
 });

@@ -268,3 +268,32 @@ export class UnixServer extends Watchable {
     }
   }
 }
+
+/**
+ * Makes `path` free for a new listening unix socket, the way a device's front
+ * door must: nothing there is fine; a socket file left by a process that died
+ * (connect is refused) is removed; a live socket (connect succeeds), or a file
+ * that is not a socket, is refused with EADDRINUSE and left untouched. Shared
+ * by the vhost-user back-end and the hybrid vsock server.
+ */
+export function claimSocketPath(path: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(path);
+  } catch {
+    return; // nothing there
+  }
+  const inUse = (why: string): VhostError =>
+    new VhostError(`EADDRINUSE: address already in use, bind '${path}': ${why}`, { code: 'EADDRINUSE', errno: -98, syscall: 'bind', path, hint: why });
+  if (!st.isSocket()) throw inUse('a file that is not a socket is there; remove it or choose another path');
+  try {
+    UnixSocket.connect(path).close();
+  } catch (err) {
+    if ((err as VhostError).code === 'ECONNREFUSED') {
+      fs.rmSync(path, { force: true }); // nobody listens: a dead process's socket
+      return;
+    }
+    throw err;
+  }
+  throw inUse('another process is listening there (a running back-end); stop it or choose another path');
+}

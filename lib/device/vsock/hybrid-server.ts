@@ -13,6 +13,7 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import { checkInt, checkNonEmptyString, checkObject, describe, readOptions } from '../../core/check';
 import { VhostError } from '../../core/errors';
+import { claimSocketPath } from '../../core/unix-socket';
 import { parsePort, takeLine } from '../../vsock/hybrid';
 import { splice, type VsockDeviceBackend } from './backend';
 
@@ -40,35 +41,6 @@ const PORT_MAX = 0xffff_fffe;
 const INT32_MAX = 0x7fff_ffff;
 /** After `ERR`, how long the client may take to read it before the socket is destroyed. */
 const ERR_LINGER_MS = 1000;
-
-/**
- * Makes `path` free for a new unix socket, the way a device's front door
- * must: nothing there is fine; a socket nobody accepts on (a dead process's)
- * is removed; a live socket, or anything that is not a socket, is refused
- * with EADDRINUSE and left alone.
- * @internal Shared front-door rule; vhost-user back-ends follow the same one.
- */
-export async function claimSocketPath(path: string): Promise<void> {
-  let st: fs.Stats;
-  try {
-    st = fs.lstatSync(path);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
-    throw err;
-  }
-  const inUse = (why: string): VhostError => new VhostError(`EADDRINUSE: ${why}, listen '${path}'`, { code: 'EADDRINUSE', syscall: 'listen', path });
-  if (!st.isSocket()) throw inUse('a file that is not a socket is in the way');
-  const live = await new Promise<boolean>((resolve) => {
-    const probe = net.connect({ path });
-    probe.once('connect', () => {
-      probe.destroy();
-      resolve(true);
-    });
-    probe.once('error', (e: NodeJS.ErrnoException) => resolve(e.code !== 'ECONNREFUSED'));
-  });
-  if (live) throw inUse('another process accepts on this socket');
-  fs.rmSync(path, { force: true }); // stale: its owner is gone
-}
 
 /**
  * A guest's hybrid vsock socket. Create with HybridVsockServer.listen();
@@ -107,7 +79,7 @@ export class HybridVsockServer extends EventEmitter {
     const mode = checkInt(o.mode ?? 0o600, 'options.mode', 0, 0o777);
     const handshakeTimeout = checkInt(o.handshakeTimeout ?? 5000, 'options.handshakeTimeout', 1, INT32_MAX);
     if (!backend.guest(cid)) throw new VhostError(`ENODEV: no guest with CID ${cid} is attached to this vsock back-end`, { code: 'ENODEV', path: `vsock:${cid}` });
-    await claimSocketPath(path);
+    claimSocketPath(path);
     const s = new HybridVsockServer(backend, path, cid, handshakeTimeout);
     await new Promise<void>((resolve, reject) => {
       s.#server.once('error', reject);

@@ -20,11 +20,10 @@
 //   'nack' (err)                    a message refused without dropping the connection (REPLY_ACK status 1)
 //   'message' (name, flags)         each message as it arrives (diagnostics: what a front-end really sends)
 import { EventEmitter } from 'node:events';
-import * as fs from 'node:fs';
 import { checkBool, checkInt, checkNonEmptyString, checkObject, describe } from '../../core/check';
 import { closedError, invalidArg, VhostError } from '../../core/errors';
 import { native, POLL_READABLE } from '../../core/native';
-import { UnixServer, UnixSocket, type ReceivedFd } from '../../core/unix-socket';
+import { claimSocketPath, UnixServer, UnixSocket, type ReceivedFd } from '../../core/unix-socket';
 import { DeviceMemory } from '../../virtio/device-memory';
 import { DeviceQueue } from '../../virtio/device-queue';
 import type { VhostUserDevice } from './backend-device';
@@ -152,7 +151,7 @@ export class VhostUserBackend extends EventEmitter implements Disposable {
     checkObject(options, 'options');
     const mode = checkInt(options.mode ?? 0o600, 'options.mode', 0, 0o777);
     const allowReplace = checkBool(options.allowReplace, 'options.allowReplace');
-    removeStaleSocket(path);
+    claimSocketPath(path);
     const server = UnixServer.listen(path, { mode });
     return new VhostUserBackend(path, server, device, allowReplace);
   }
@@ -737,29 +736,3 @@ function checkDevice(device: unknown): asserts device is VhostUserDevice {
   }
 }
 
-/**
- * A socket file at `path` left by a process that died (connect is refused) is
- * removed; a live socket (connect succeeds) or a file that is not a socket is
- * EADDRINUSE, left untouched.
- */
-function removeStaleSocket(path: string): void {
-  let st: fs.Stats;
-  try {
-    st = fs.lstatSync(path);
-  } catch {
-    return; // nothing there
-  }
-  const inUse = (why: string): VhostError =>
-    new VhostError(`EADDRINUSE: address already in use, bind '${path}': ${why}`, { code: 'EADDRINUSE', errno: -98, syscall: 'bind', path, hint: why });
-  if (!st.isSocket()) throw inUse('a file that is not a socket is there; remove it or choose another path');
-  try {
-    UnixSocket.connect(path).close();
-  } catch (err) {
-    if ((err as VhostError).code === 'ECONNREFUSED') {
-      fs.rmSync(path, { force: true }); // nobody listens: a dead process's socket
-      return;
-    }
-    throw err;
-  }
-  throw inUse('another process is listening there (a running back-end); stop it or choose another path');
-}

@@ -1,31 +1,23 @@
 // QEMU (qemu-system-x86_64, TCG) with a QMP socket for the host and kernel
 // suites: a judge nobody here wrote. With CI=true (or
 // LINUX_VHOST_REQUIRE_HOST=1) a missing QEMU fails the suite instead of skipping it.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
-import { requireHost } from './qsd';
+import { describeNeeding, guestKernel, program, type Need } from './host-suite';
 import { sleep } from './helpers';
 import { Qmp, type QmpOptions } from '../../lib/vmm/qmp';
 
 export const QEMU = process.env.QEMU_SYSTEM ?? '/usr/bin/qemu-system-x86_64';
-
-function qemuMissing(): string | null {
-  if (!fs.existsSync(QEMU)) return `${QEMU} not installed (Debian: qemu-system-x86)`;
-  const r = spawnSync(QEMU, ['--version'], { encoding: 'utf8' });
-  return r.status === 0 ? null : `${QEMU} --version failed: ${r.stderr || r.error}`;
-}
+const qemu = program(QEMU, ['--version'], 'Debian: qemu-system-x86');
 
 /** describe() that needs QEMU: skips with the reason, or fails where the host suite is required. */
 export function describeWithQemu(name: string, fn: () => void): void {
-  const missing = qemuMissing();
-  if (missing === null) describe(name, fn);
-  else if (requireHost) {
-    describe(name, () => {
-      test('has qemu-system-x86_64', () => {
-        throw new Error(`host suite required but ${missing}`);
-      });
-    });
-  } else describe.skip(`${name} [skipped: ${missing}]`, fn);
+  describeNeeding(name, 'qemu-system-x86_64', [qemu], fn);
+}
+
+/** describe() that boots guests (scripts/nested-guest.js): QEMU, the guest kernel and initramfs, and `more`. */
+export function describeWithQemuGuest(name: string, fn: () => void, more: { what: string; needs: Need[] } = { what: '', needs: [] }): void {
+  describeNeeding(name, `qemu-system-x86_64, a guest kernel${more.what ? `, ${more.what}` : ''}`, [qemu, guestKernel, ...more.needs], fn);
 }
 
 export interface QemuProcess {

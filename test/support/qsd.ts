@@ -1,30 +1,15 @@
 // qemu-storage-daemon as a vhost-user-blk back-end for the host suite: a back-end
 // nobody here wrote. With CI=true (or LINUX_VHOST_REQUIRE_HOST=1) a missing
 // daemon fails the suite instead of skipping it.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import { sleep } from './helpers';
+import { describeNeeding, program } from './host-suite';
 
 export const QSD = process.env.QEMU_STORAGE_DAEMON ?? '/usr/bin/qemu-storage-daemon';
-export const requireHost = process.env.CI === 'true' || process.env.LINUX_VHOST_REQUIRE_HOST === '1';
-
-function qsdMissing(): string | null {
-  if (!fs.existsSync(QSD)) return `${QSD} not installed (Debian: qemu-system-common / qemu-utils)`;
-  const r = spawnSync(QSD, ['--version'], { encoding: 'utf8' });
-  return r.status === 0 ? null : `${QSD} --version failed: ${r.stderr || r.error}`;
-}
-
 /** describe() that needs qemu-storage-daemon: skips with the reason, or fails where required. */
 export function describeWithQsd(name: string, fn: () => void): void {
-  const missing = qsdMissing();
-  if (missing === null) describe(name, fn);
-  else if (requireHost) {
-    describe(name, () => {
-      test('has qemu-storage-daemon', () => {
-        throw new Error(`host suite required but ${missing}`);
-      });
-    });
-  } else describe.skip(`${name} [skipped: ${missing}]`, fn);
+  describeNeeding(name, 'qemu-storage-daemon', [program(QSD, ['--version'], 'Debian: qemu-system-common / qemu-utils')], fn);
 }
 
 export interface Qsd {

@@ -7,47 +7,14 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawnSync } from 'node:child_process';
 import { VhostUserNet } from '../../../lib/device/net';
 import { NetSwitch } from '../../../lib/device/switch';
 import { openFdCount, waitFor } from '../../support/helpers';
-import { requireHost } from '../../support/qsd';
+import { ng, type Guest } from '../../support/nested-guest';
+import { describeWithQemuGuest, QEMU } from '../../support/qemu';
 
-interface GuestLine extends RegExpExecArray {
-  lineIndex: number;
-}
-interface Guest {
-  lines: string[];
-  exited: Promise<{ code: number | null; signal: string | null }>;
-  waitFor(pattern: RegExp, ms?: number, from?: number): Promise<GuestLine>;
-  signal(name: string): void;
-  why(): string;
-  finished(ms?: number): Promise<number>;
-  stop(): Promise<void>;
-}
-interface NestedGuestModule {
-  buildInitramfs(): { initrd: string; kernel: string };
-  bootGuest(o: Record<string, unknown>): Guest;
-}
-const ng = require('../../../scripts/nested-guest') as NestedGuestModule;
-
-const QEMU = process.env.QEMU_SYSTEM ?? 'qemu-system-x86_64';
 const TRANSFER = 64 << 20;
 const NODE_IP = '10.77.0.1';
-
-function qemuMissing(): string | null {
-  const r = spawnSync(QEMU, ['--version'], { encoding: 'utf8' });
-  if (r.status !== 0) return `${QEMU} --version failed (${r.error?.message ?? r.stderr})`;
-  const b = spawnSync('bash', [path.join(__dirname, '../../../scripts/guest-initramfs.sh')], { encoding: 'utf8' });
-  return b.status === 0 ? null : `no guest kernel/initramfs: ${b.stderr.trim()}`;
-}
-
-function describeWithQemu(name: string, fn: () => void): void {
-  const missing = qemuMissing();
-  if (missing === null) describe(name, fn);
-  else if (requireHost) describe(name, () => test('has QEMU and a guest kernel', () => { throw new Error(`host suite required but ${missing}`); }));
-  else describe.skip(`${name} [skipped: ${missing}]`, fn);
-}
 
 /**
  * QEMU arguments for one guest whose NIC is served at `sock`. Guest memory is
@@ -68,7 +35,7 @@ const netArgs = (sock: string, mac: string): string[] => [
 
 const mapsOf = (pid: number, what: string): number => fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n').filter((l) => l.includes(what)).length;
 
-describeWithQemu('vhost-user-net: QEMU guests on a Node back-end', () => {
+describeWithQemuGuest('vhost-user-net: QEMU guests on a Node back-end', () => {
   let dir: string;
   let kernel: string;
   let initrd: string;

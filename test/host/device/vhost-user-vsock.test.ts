@@ -15,35 +15,17 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import type { Duplex } from 'node:stream';
 import { VsockDeviceBackend } from '../../../lib/device/vsock/backend';
 import { HybridVsockServer } from '../../../lib/device/vsock/hybrid-server';
 import { VhostUserVsock } from '../../../lib/device/vsock/vhost-user-vsock';
 import * as vsock from '../../../lib/vsock/socket';
 import { waitFor } from '../../support/helpers';
-import { requireHost } from '../../support/qsd';
+import { program } from '../../support/host-suite';
+import { describeWithQemuGuest, QEMU } from '../../support/qemu';
+import { ng, type Guest } from '../../support/nested-guest';
 
-interface GuestLine extends RegExpExecArray {
-  lineIndex: number;
-}
-interface Guest {
-  lines: string[];
-  child: { kill(signal: string): void };
-  exited: Promise<{ code: number | null; signal: string | null }>;
-  waitFor(pattern: RegExp, ms?: number, from?: number): Promise<GuestLine>;
-  signal(name: string): void;
-  why(): string;
-  finished(ms?: number): Promise<number>;
-  stop(): Promise<void>;
-}
-interface NestedGuestModule {
-  buildInitramfs(): { initrd: string; kernel: string };
-  bootGuest(o: Record<string, unknown>): Guest;
-}
-const ng = require('../../../scripts/nested-guest') as NestedGuestModule;
-
-const QEMU = process.env.QEMU_SYSTEM ?? 'qemu-system-x86_64';
 const TRANSFER = 32 << 20;
 const CID = 7;
 const CID_B = 8;
@@ -51,22 +33,6 @@ const AGENT_PORT = 1234;
 const SEQ_PORT = 1235;
 const HOST_PORT = 5000;
 const HOST_SEQ_PORT = 5001;
-
-function qemuMissing(): string | null {
-  const r = spawnSync(QEMU, ['--version'], { encoding: 'utf8' });
-  if (r.status !== 0) return `${QEMU} --version failed (${r.error?.message ?? r.stderr})`;
-  const s = spawnSync('socat', ['-V'], { encoding: 'utf8' });
-  if (s.status !== 0) return 'no socat';
-  const b = spawnSync('bash', [path.join(__dirname, '../../../scripts/guest-initramfs.sh')], { encoding: 'utf8' });
-  return b.status === 0 ? null : `no guest kernel/initramfs: ${b.stderr.trim()}`;
-}
-
-function describeWithQemu(name: string, fn: () => void): void {
-  const missing = qemuMissing();
-  if (missing === null) describe(name, fn);
-  else if (requireHost) describe(name, () => test('has QEMU, socat and a guest kernel', () => { throw new Error(`host suite required but ${missing}`); }));
-  else describe.skip(`${name} [skipped: ${missing}]`, fn);
-}
 
 const sha256 = (b: Buffer): string => crypto.createHash('sha256').update(b).digest('hex');
 
@@ -175,7 +141,7 @@ function drain(s: NodeJS.ReadableStream): Promise<{ n: number; sha: string }> {
   });
 }
 
-describeWithQemu('vhost-user-vsock: a QEMU guest on a Node back-end', () => {
+describeWithQemuGuest('vhost-user-vsock: a QEMU guest on a Node back-end', () => {
   let dir: string;
   let g: Guest;
   let backend: VsockDeviceBackend;
@@ -416,4 +382,4 @@ describeWithQemu('vhost-user-vsock: a QEMU guest on a Node back-end', () => {
     expect(r.sha).toBe((await gA2.waitFor(/^SENT (\d+) ([0-9a-f]{64})/, 20_000))[2]);
     console.log(`second QEMU on the same socket: served after ${Date.now() - t0} ms`);
   }, 240_000);
-});
+}, { what: 'socat', needs: [program('socat', ['-V'], 'Debian: socat')] });

@@ -25,29 +25,10 @@ import type { Qmp } from '../../../lib/vmm/qmp';
 import * as vsock from '../../../lib/vsock/socket';
 import { describeKernel, openFdCount, waitFor } from '../../support/helpers';
 import { connectQmp, fdsOf, rootPorts } from '../../support/qemu';
+import { ng, type Guest } from '../../support/nested-guest';
 
 /** QEMU's fds on a tap or a vhost device. */
 const deviceFds = (pid: number): string[] => [...fdsOf(pid)].filter(([, t]) => /^\/dev\/(net\/tun|vhost-net|vhost-vsock)$/.test(t)).map(([fd, t]) => `${fd}=${t}`);
-
-interface GuestLine extends RegExpExecArray {
-  lineIndex: number;
-}
-interface Guest {
-  child: { pid: number };
-  lines: string[];
-  bootSeconds?: number;
-  waitFor(pattern: RegExp, ms?: number, from?: number): Promise<GuestLine>;
-  signal(name: string): void;
-  why(): string;
-  finished(ms?: number): Promise<number>;
-  stop(): Promise<void>;
-}
-interface NestedGuestModule {
-  buildInitramfs(o?: { kernelDir?: string }): { initrd: string; kernel: string };
-  bootGuest(o: Record<string, unknown>): Guest;
-  kvmUsable(): boolean;
-}
-const ng = require('../../../scripts/nested-guest') as NestedGuestModule;
 
 const CYCLES = 20;
 const HOST_IP = '10.81.0.1';

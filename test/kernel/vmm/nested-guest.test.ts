@@ -14,47 +14,7 @@ import * as vm from 'node:vm';
 import { prepareNetForVmm, prepareVsockForVmm, qemuArgs, spawnVmm } from '../../../lib/vmm/handoff';
 import * as vsock from '../../../lib/vsock/socket';
 import { describeKernel, sleep } from '../../support/helpers';
-
-// Plain CommonJS helper shared with bench/qemu-vhost.js; typed here for what the test uses.
-interface GuestLine extends RegExpExecArray {
-  lineIndex: number;
-}
-interface Guest {
-  runDir: string;
-  lines: string[];
-  bootSeconds?: number;
-  exited: Promise<{ code: number | null; signal: string | null }>;
-  waitFor(pattern: RegExp, ms?: number, from?: number): Promise<GuestLine>;
-  whileUp<T>(promise: Promise<T>, what: string): Promise<T>;
-  signal(name: string): void;
-  /** Why the guest ended or has not started, with the console's last lines. */
-  why(): string;
-  finished(ms?: number): Promise<number>;
-  stop(): Promise<void>;
-}
-interface SinkReport {
-  peer: string;
-  bytes: number;
-  seconds: number;
-}
-interface Sink {
-  reports: SinkReport[];
-  next(ms?: number): Promise<SinkReport>;
-  nextFirst(ms?: number): Promise<string>;
-  reportOf(peer: string, ms?: number): Promise<SinkReport>;
-  stop(): void;
-}
-interface NestedGuestModule {
-  buildInitramfs(o?: { kernelDir?: string }): { initrd: string; kernel: string };
-  bootGuest(o: Record<string, unknown>): Guest;
-  kvmUsable(): boolean;
-  selfCpuSeconds(): number;
-  selfThreadsCpu(): unknown[];
-  threadsCpuDelta(before: unknown[], after: unknown[]): string;
-  startSink(host: string, port: number): Promise<Sink>;
-  SEND_PY: string;
-}
-const ng = require('../../../scripts/nested-guest') as NestedGuestModule;
+import { ng, type Guest, type Sink } from '../../support/nested-guest';
 
 const run = promisify(execFile);
 const HOST_IP = '10.79.0.1';

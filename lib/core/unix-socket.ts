@@ -161,6 +161,29 @@ export class UnixSocket extends Watchable {
   }
 
   /**
+   * Sends all of `data` (`fds` with the first byte), waiting with a bounded
+   * poll(2) that blocks this thread while the send buffer is full: for
+   * synchronous request/reply protocols only. True once everything went,
+   * false when `timeoutMs` ran out first (part may have gone: the stream is
+   * then out of step). send()'s errors (EPIPE, ...) are thrown as they come.
+   */
+  sendAll(data: Uint8Array, fds: readonly PassableFd[], timeoutMs: number): boolean {
+    checkInt(timeoutMs, 'timeoutMs', 0, 0x7fff_ffff);
+    const deadline = Date.now() + timeoutMs;
+    let sent = 0;
+    while (sent < data.length) {
+      const n = this.send(sent === 0 ? data : data.subarray(sent), sent === 0 ? fds : []);
+      if (n === null) {
+        const left = deadline - Date.now();
+        if (left <= 0 || !this.waitWritable(left)) return false;
+        continue;
+      }
+      sent += n;
+    }
+    return true;
+  }
+
+  /**
    * Receives into `buf`, accepting up to `maxFds` fds (default 0: any fd sent
    * is an error). Returns null when nothing is pending, bytes 0 at end of
    * stream. More fds than `maxFds`, or a seqpacket message longer than `buf`,

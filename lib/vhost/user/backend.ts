@@ -295,15 +295,7 @@ export class VhostUserBackend extends EventEmitter implements Disposable {
     const sock = this.#conn;
     if (sock === null) return;
     const message = encodeMessage(request, VERSION | FLAG_REPLY, payload);
-    let sent = 0;
-    while (sent < message.length) {
-      const n = sock.send(message.subarray(sent));
-      if (n === null) {
-        if (!sock.waitWritable(REPLY_TIMEOUT_MS)) throw protocolError(requestName(request), `the front-end did not read the reply within ${REPLY_TIMEOUT_MS} ms`);
-        continue;
-      }
-      sent += n;
-    }
+    if (!sock.sendAll(message, [], REPLY_TIMEOUT_MS)) throw protocolError(requestName(request), `the front-end did not read the reply within ${REPLY_TIMEOUT_MS} ms`);
   }
 
   // ---- the messages ----------------------------------------------------------

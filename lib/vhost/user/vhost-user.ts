@@ -274,24 +274,15 @@ export class VhostUser extends EventEmitter implements VhostBackend {
   }
 
   #send(sock: UnixSocket, name: string, message: Buffer, fds: PassableFd[], deadline: number): void {
-    let sent = 0;
-    while (sent < message.length) {
-      let n: number | null;
-      try {
-        n = sock.send(sent === 0 ? message : message.subarray(sent), sent === 0 ? fds : []);
-      } catch (err) {
-        const e = err as VhostError;
-        // The back-end is gone (EPIPE, ECONNRESET): name the message that found out.
-        e.step = name;
-        throw e;
-      }
-      if (n === null) {
-        const left = deadline - Date.now();
-        if (left <= 0 || !sock.waitWritable(left)) throw this.#timeoutError(name, 'take the request');
-        continue;
-      }
-      sent += n;
+    let done: boolean;
+    try {
+      done = sock.sendAll(message, fds, Math.max(0, deadline - Date.now()));
+    } catch (err) {
+      // The back-end is gone (EPIPE, ECONNRESET): name the message that found out.
+      (err as VhostError).step = name;
+      throw err;
     }
+    if (!done) throw this.#timeoutError(name, 'take the request');
   }
 
   #readExactly(sock: UnixSocket, name: string, n: number, deadline: number): Buffer {

@@ -112,6 +112,27 @@ describe('UnixSocket fd passing', () => {
     expect({ code: err.code, syscall: err.syscall }).toEqual({ code: 'EPIPE', syscall: 'sendmsg' });
   });
 
+  test('sendAll: the whole message with its fds once; false when a full buffer outlasts the timeout; EPIPE from a closed peer', () => {
+    const [a, b] = UnixSocket.pair().map(track);
+    const efd = track(EventFd.create());
+    expect(a.sendAll(Buffer.from('whole'), [efd], 1000)).toBe(true);
+    const buf = Buffer.alloc(8);
+    const msg = b.receive(buf, 1)!;
+    msg.fds.forEach(track);
+    expect([buf.subarray(0, msg.bytes).toString(), msg.fds.length]).toEqual(['whole', 1]);
+    expect(sameFile(msg.fds[0].fd, efd.fd)).toBe(true);
+    // Nobody reads b: the send buffer fills and stays full.
+    const big = Buffer.alloc(8 << 20);
+    const t0 = Date.now();
+    expect(a.sendAll(big, [], 100)).toBe(false);
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(95);
+    expect(thrown(() => a.sendAll(big, [], -1)).code).toBe('ERR_VHOST_OUT_OF_RANGE');
+    const [c, d] = UnixSocket.pair();
+    track(c);
+    d.close();
+    expect(thrown(() => c.sendAll(Buffer.from('x'), [], 1000)).code).toBe('EPIPE');
+  });
+
   test('use after close throws ERR_VHOST_CLOSED', () => {
     const [a, b] = UnixSocket.pair();
     track(b);

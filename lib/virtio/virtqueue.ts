@@ -137,8 +137,12 @@ export class Virtqueue implements Disposable {
   #used: Uint32Array;
   /** The mapping's ArrayBuffer (what lent buffers keep alive). */
   readonly #mapping: ArrayBuffer;
-  /** Buffers lend() made and revoke() has not taken back: the memory's unmap hook detaches them. */
+  /** Buffers lend()/lendBatch() made and revoke() has not taken back: the memory's unmap hook detaches them. */
   readonly #lent = new Set<ArrayBuffer>();
+  // Scratch arrays handed to native lendBatch/revokeAll: this object's own, only ever holding plain
+  // data elements (null when unused), so native stores and loads never reach an inherited accessor.
+  readonly #lendOut: (ArrayBuffer | null)[] = [];
+  readonly #revokeOut: (ArrayBuffer | null)[] = [];
   /** Unregisters that hook (once closed with nothing lent, the memory need not remember this queue). */
   readonly #forgetUnmap: () => void;
 
@@ -155,8 +159,9 @@ export class Virtqueue implements Disposable {
     // queue and the set, never this object.
     const lent = this.#lent;
     this.#forgetUnmap = memory.onUnmap(() => {
-      for (const buffer of lent) vq.revoke(buffer);
+      const all = Array.from(lent);
       lent.clear();
+      vq.revokeAll(all, all.length);
     });
     this.size = o.size;
     this.eventIdx = o.eventIdx;
@@ -312,15 +317,84 @@ export class Virtqueue implements Disposable {
     return buffer;
   }
 
+  /**
+   * lend() for many slots in one addon call: `ranges` holds `n` pairs
+   * (offset, len), and buffer i of the result covers pair i. Every pair is
+   * checked before anything is lent (ERR_VHOST_OUT_OF_RANGE for an empty or
+   * out-of-region one, nothing lent then). Give them back with revokeAll()
+   * (or revoke()).
+   */
+  lendBatch(ranges: Uint32Array, n: number): ArrayBuffer[] {
+    const vq = this.#live('lendBatch');
+    if (!(ranges instanceof Uint32Array)) throw invalidArg('ranges', 'must be a Uint32Array of (offset, len) pairs');
+    checkInt(n, 'n', 0, ranges.length >> 1, plain);
+    const out = this.#lendOut;
+    while (out.length < n) out.push(null);
+    vq.lendBatch(ranges, n, out);
+    const lent = this.#lent;
+    const buffers: ArrayBuffer[] = [];
+    for (let i = 0; i < n; i++) {
+      const buffer = out[i]!;
+      out[i] = null;
+      lentFrom.set(buffer, this.#mapping);
+      lent.add(buffer);
+      buffers.push(buffer);
+    }
+    return buffers;
+  }
+
   /** Buffers lend() made that are not revoked yet (neither by revoke() nor by closing the memory). */
   get lentCount(): number {
     return this.#lent.size;
   }
 
-  /** Detaches a buffer lend() made (views of it become empty). Idempotent; works after close(). */
+  /**
+   * Detaches a buffer lend() made (views of it become empty). Idempotent;
+   * works after close(). An ArrayBuffer this queue did not lend (or lent
+   * and already revoked) is left alone.
+   */
   revoke(buffer: ArrayBuffer): void {
+    if (!(buffer instanceof ArrayBuffer)) throw invalidArg('buffer', 'must be an ArrayBuffer lend() made');
+    if (!this.#lent.delete(buffer)) return;
     this.#vq.revoke(buffer);
-    if (this.#lent.delete(buffer) && this.#closed && this.#lent.size === 0) this.#forgetUnmap();
+    if (this.#closed && this.#lent.size === 0) this.#forgetUnmap();
+  }
+
+  /**
+   * revoke() for buffers[0..n) (default: all) in one addon call; every entry
+   * must be an ArrayBuffer (checked before any is detached). Returns how many
+   * were still lent by this queue (those are detached; the others are left
+   * alone). Works after close().
+   */
+  revokeAll(buffers: readonly ArrayBuffer[], n: number = Array.isArray(buffers) ? buffers.length : 0): number {
+    if (!Array.isArray(buffers)) throw invalidArg('buffers', 'must be an array of ArrayBuffers lend() made');
+    checkInt(n, 'n', 0, buffers.length, plain);
+    // Each entry read once, all checked before any is taken back; then the ones still lent kept, in place.
+    const doomed = this.#revokeOut;
+    while (doomed.length < n) doomed.push(null);
+    for (let i = 0; i < n; i++) {
+      const buffer = buffers[i];
+      if (!(buffer instanceof ArrayBuffer)) {
+        doomed.fill(null, 0, i);
+        throw invalidArg(`buffers[${i}]`, 'must be an ArrayBuffer lend() made');
+      }
+      doomed[i] = buffer;
+    }
+    const lent = this.#lent;
+    let k = 0;
+    for (let i = 0; i < n; i++) {
+      const buffer = doomed[i]!;
+      doomed[i] = null;
+      if (lent.delete(buffer)) doomed[k++] = buffer;
+    }
+    if (k === 0) return 0;
+    try {
+      this.#vq.revokeAll(doomed, k);
+    } finally {
+      doomed.fill(null, 0, k);
+    }
+    if (this.#closed && lent.size === 0) this.#forgetUnmap();
+    return k;
   }
 
   /**

@@ -17,13 +17,6 @@ function countChains(segs: Uint32Array): number {
   return n;
 }
 
-/**
- * Each buffer Virtqueue.lend() made → the mapping's buffer it points into:
- * the pages stay mapped as long as a lent buffer lives (module-wide, so the
- * link outlives the Virtqueue).
- */
-const lentFrom = new WeakMap<ArrayBuffer, ArrayBuffer>();
-
 /** Descriptors per indirect table (native kIndirectMax). */
 export const INDIRECT_MAX = 16;
 
@@ -135,9 +128,13 @@ export class Virtqueue implements Disposable {
   #closed = false;
   #heads: Uint32Array;
   #used: Uint32Array;
-  /** The mapping's ArrayBuffer (what lent buffers keep alive). */
-  readonly #mapping: ArrayBuffer;
-  /** Buffers lend()/lendBatch() made and revoke() has not taken back: the memory's unmap hook detaches them. */
+  /**
+   * Buffers lend()/lendBatch() made and revoke() has not taken back: the
+   * memory's unmap hook detaches them. That hook is what keeps a lent buffer
+   * from outliving the pages: the memory unmaps only from close() or its GC
+   * safety net, and both run the hooks first (the mapping objects stay
+   * reachable from the memory's GC record until then).
+   */
   readonly #lent = new Set<ArrayBuffer>();
   // Scratch arrays handed to native lendBatch/revokeAll: this object's own, only ever holding plain
   // data elements (null when unused), so native stores and loads never reach an inherited accessor.
@@ -148,12 +145,10 @@ export class Virtqueue implements Disposable {
 
   private constructor(
     vq: NativeVirtqueue,
-    mapping: ArrayBuffer,
     memory: GuestMemory,
     o: { size: number; eventIdx: boolean; indirect: boolean; regionGpa: bigint; regionSize: bigint },
   ) {
     this.#vq = vq;
-    this.#mapping = mapping;
     // One hook per queue (not per buffer): whoever closes the memory, every
     // buffer still lent is detached before the pages go. It holds the native
     // queue and the set, never this object.
@@ -208,7 +203,7 @@ export class Virtqueue implements Disposable {
       { size, desc: off(options.desc), avail: off(options.avail), used: off(options.used), eventIdx, indirect },
       kick ? kick.nativeHandle : null,
     );
-    return new Virtqueue(vq, buffer, mem, { size, eventIdx, indirect, regionGpa: region.gpa, regionSize: region.size });
+    return new Virtqueue(vq, mem, { size, eventIdx, indirect, regionGpa: region.gpa, regionSize: region.size });
   }
 
   /** True once close() has run. */
@@ -312,7 +307,6 @@ export class Virtqueue implements Disposable {
    */
   lend(offset: number, len: number): ArrayBuffer {
     const buffer = this.#live('lend').lend(offset, len);
-    lentFrom.set(buffer, this.#mapping);
     this.#lent.add(buffer);
     return buffer;
   }
@@ -336,7 +330,6 @@ export class Virtqueue implements Disposable {
     for (let i = 0; i < n; i++) {
       const buffer = out[i]!;
       out[i] = null;
-      lentFrom.set(buffer, this.#mapping);
       lent.add(buffer);
       buffers.push(buffer);
     }

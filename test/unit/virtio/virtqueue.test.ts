@@ -554,6 +554,40 @@ describe('Virtqueue.lend: closing the memory detaches every buffer still lent', 
   });
 });
 
+describe('Virtqueue.lend: nothing but the unmap hook keeps a loan from outliving the pages', () => {
+  test('a child process that drops the memory and the queue while holding loans: the GC safety net detaches them before it unmaps (no fault), with its warning', () => {
+    // The loans are the only thing the script keeps. Whether the collector unmaps (GuestMemory's GC
+    // net) or not, a loan must never read unmapped pages: detached first, or still mapped.
+    const script = `
+      const { GuestMemory } = require(${JSON.stringify(path.join(DIST, 'core/memory.js'))});
+      const { Virtqueue, placeVirtqueue } = require(${JSON.stringify(path.join(DIST, 'virtio/virtqueue.js'))});
+      const warnings = [];
+      process.on('warning', (w) => warnings.push(w.code));
+      function lendAndDrop() {
+        const mem = GuestMemory.create({ regions: [{ gpa: 0n, size: 1 << 16 }] });
+        const vq = Virtqueue.create({ memory: mem, size: 8, ...placeVirtqueue(8, 0n), kick: null });
+        const views = vq.lendBatch(Uint32Array.of(0x8000, 1000, 0x9000, 1000), 2).map((b) => new Uint8Array(b));
+        views.push(new Uint8Array(vq.lend(0xa000, 1000)));
+        for (const v of views) v.fill(7);
+        return views;
+      }
+      const views = lendAndDrop();
+      (async () => {
+        for (let i = 0; i < 50 && !warnings.includes('LINUX_VHOST_GC_CLOSE'); i++) {
+          global.gc();
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        let sum = 0;
+        for (const v of views) { v[0] = 9; sum += v.byteLength + (v[0] ?? 0); }
+        process.stdout.write(JSON.stringify({ sum, warned: warnings.includes('LINUX_VHOST_GC_CLOSE') }));
+      })();
+    `;
+    const out = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8' });
+    expect({ status: out.status, signal: out.signal, stderr: out.stderr.includes('Error') ? out.stderr : '' }).toEqual({ status: 0, signal: null, stderr: '' });
+    expect(JSON.parse(out.stdout)).toEqual({ sum: 0, warned: true }); // collected, warned, every loan detached
+  });
+});
+
 describe('encodeChains and Virtqueue.create validation', () => {
   test('encodes (offset, len, flags) triples with SEG_END on each chain’s last segment', () => {
     const segs = encodeChains([[{ gpa: 0x1010n, len: 5 }, { gpa: 0x2000n, len: 6, writable: true }], [{ gpa: 0x1000, len: 1 }]], 0x1000n, 0x2000n);

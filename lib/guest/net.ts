@@ -388,8 +388,10 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
   #ringFull(): void {
     this.#stats.txRingFull++;
     this.#needDrain = true;
-    // Delayed: one call once ~3/4 of what is in flight is done, so 'drain' comes with room for a batch, not one slot.
-    if (this.rings.txq.enableCallbacks(true)) setImmediate(() => this.#onTxSpace());
+    // A call at the first used buffer, not a delayed one (at ~3/4 of those in flight): waiting for
+    // 3/4 let the device run the ring nearly dry before Node refilled it, and sendBatch was 25-30%
+    // slower for it (bench: 0.69/0.62 of the C loop delayed vs 0.99/0.92 at 64/1500 B, one run, 9 rounds).
+    if (this.rings.txq.enableCallbacks(false)) setImmediate(() => this.#onTxSpace());
   }
 
   /**

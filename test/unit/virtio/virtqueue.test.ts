@@ -450,6 +450,32 @@ describe('Virtqueue.lendBatch / revokeAll: one addon call per batch', () => {
     }
   });
 
+  test('the addon door itself checks what lib/virtio already does: out and buffers arrays, n against them, ArrayBuffer entries', () => {
+    const mem = GuestMemory.create({ regions: [{ gpa: 0n, size: 1 << 16 }] });
+    try {
+      const place = placeVirtqueue(8, 0n);
+      const vq = native.virtqueueCreate(mem.view(0n, 1 << 16).buffer as ArrayBuffer, 0n, { size: 8, desc: Number(place.desc), avail: Number(place.avail), used: Number(place.used), eventIdx: true, indirect: false }, null);
+      const ranges = Uint32Array.of(0x8000, 16, 0x9000, 16);
+      expect(thrown(() => vq.lendBatch(ranges, 2, {} as never))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      expect(thrown(() => vq.lendBatch(ranges, 2, [null]))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' }); // out shorter than n
+      expect(thrown(() => vq.lendBatch(ranges, 3, [null, null, null]))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' }); // ranges shorter than n
+      expect(thrown(() => vq.lendBatch(Int32Array.of(0x8000, 16) as never, 1, [null]))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      const out: unknown[] = [null, null, 'kept'];
+      expect(vq.lendBatch(ranges, 2, out)).toBe(2);
+      expect(out.map((b) => (b instanceof ArrayBuffer ? b.byteLength : b))).toEqual([16, 16, 'kept']);
+      expect(thrown(() => vq.revokeAll(out, 3))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' }); // 'kept' is no ArrayBuffer: nothing detached
+      expect((out[0] as ArrayBuffer).byteLength).toBe(16);
+      expect(thrown(() => vq.revokeAll(out, 4))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' });
+      expect(thrown(() => vq.revokeAll('x' as never, 0))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      vq.revokeAll(out, 2);
+      expect([(out[0] as ArrayBuffer).byteLength, (out[1] as ArrayBuffer).byteLength]).toEqual([0, 0]);
+      vq.close();
+      expect(thrown(() => vq.lendBatch(ranges, 1, [null]))).toMatchObject({ code: 'ERR_VHOST_CLOSED' });
+    } finally {
+      mem.close();
+    }
+  });
+
   test('revoke() leaves alone an ArrayBuffer the queue did not lend (it used to detach any)', () => {
     const r = rig(16);
     try {

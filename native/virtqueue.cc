@@ -73,6 +73,8 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
                         InstanceMethod<&Virtqueue::Close>("close"),
                         InstanceMethod<&Virtqueue::Lend>("lend"),
                         InstanceMethod<&Virtqueue::Revoke>("revoke"),
+                        InstanceMethod<&Virtqueue::LendBatch>("lendBatch"),
+                        InstanceMethod<&Virtqueue::RevokeAll>("revokeAll"),
                         InstanceAccessor<&Virtqueue::GetSize>("size"),
                         InstanceAccessor<&Virtqueue::GetNumFree>("numFree"),
                         InstanceAccessor<&Virtqueue::GetAvailIdx>("availIdx"),
@@ -386,12 +388,13 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
   // taken back on its own: revoke() detaches it without touching the others.
   // A plain N-API external ArrayBuffer with no finalizer (the memory belongs
   // to the mapping), so prebuilds stay ABI-stable. The cost is Node's: each
-  // external buffer carries a weak handle and a cleanup hook, and freeing or
-  // detaching it wakes the event loop once; that is why lent frames are slower
-  // than the copy path (bench/README.md, packets). Nothing here keeps the
-  // pages mapped: lib/virtio's Virtqueue.lend links the lent buffer to the
-  // mapping's buffer (a WeakMap) and registers with GuestMemory, whose
-  // close() revokes every buffer still lent before it unmaps.
+  // external buffer carries a weak handle, a cleanup hook and a record that
+  // is freed from an immediate once the buffer is detached or collected;
+  // that is why lent frames are slower than the copy path (bench/README.md,
+  // packets). lendBatch()/revokeAll() at least pay one addon call per batch.
+  // Nothing here keeps the pages mapped: lib/virtio's Virtqueue registers
+  // with GuestMemory, whose close() (and GC safety net) revokes every buffer
+  // still lent before it unmaps.
   Napi::Value Lend(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     uint32_t off = U32Arg(info[0], "offset");
@@ -401,12 +404,69 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
     return Napi::ArrayBuffer::New(env, base + off, len);
   }
 
+  // lendBatch(ranges, n, out): lend() for n (offset, len) pairs of ranges in
+  // one call; out[i] gets the buffer of pair i. Every pair is checked before
+  // any buffer is made, so a bad one lends nothing; if making one fails,
+  // those made so far are detached again before the error goes up. Returns n.
+  // out must be the caller's own array whose first n elements are already
+  // plain data properties (lib/virtio keeps one private, pre-filled): storing
+  // into a hole could call an index setter inherited from Array.prototype,
+  // i.e. run JS (which could unmap the memory) between two buffers.
+  Napi::Value LendBatch(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Uint32Array ranges = U32ArrayArg(info[0], "ranges");
+    uint32_t n = U32Arg(info[1], "n");
+    if (!info[2].IsArray()) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "lendBatch: out must be an array");
+    Napi::Array out = info[2].As<Napi::Array>();
+    if (static_cast<uint64_t>(n) * 2 > ranges.ElementLength())
+      throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "lendBatch: n is larger than ranges holds (2 entries each)");
+    if (n > out.Length()) throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "lendBatch: n is larger than out");
+    uint8_t* base = Base(env, "lendBatch");
+    // A private copy, as post() does: nothing below may see the pairs change after the checks.
+    lendScratch_.assign(ranges.Data(), ranges.Data() + static_cast<size_t>(n) * 2);
+    const uint32_t* r = lendScratch_.data();
+    for (uint32_t i = 0; i < n; i++) {
+      if (r[2 * i + 1] == 0 || !Inside(r[2 * i], r[2 * i + 1]))
+        throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "lendBatch: range " + std::to_string(i) + " is empty or outside the memory region");
+    }
+    uint32_t made = 0;
+    try {
+      for (; made < n; made++) out.Set(made, Napi::ArrayBuffer::New(env, base + r[2 * made], r[2 * made + 1]));
+    } catch (const Napi::Error&) {
+      // Never leave a buffer over the mapping that the caller does not know of.
+      for (uint32_t i = 0; i < made; i++) {
+        Napi::Value v = out.Get(i);
+        if (v.IsArrayBuffer() && !v.As<Napi::ArrayBuffer>().IsDetached()) v.As<Napi::ArrayBuffer>().Detach();
+      }
+      throw;
+    }
+    return Napi::Number::New(env, n);
+  }
+
   // revoke(buffer): detaches a buffer lend() made (every view of it reads as
   // empty from now on). Idempotent.
   void Revoke(const Napi::CallbackInfo& info) {
     if (!info[0].IsArrayBuffer()) throw CodeError(info.Env(), "ERR_VHOST_INVALID_ARG", "revoke: buffer must be an ArrayBuffer");
     Napi::ArrayBuffer buffer = info[0].As<Napi::ArrayBuffer>();
     if (!buffer.IsDetached()) buffer.Detach();
+  }
+
+  // revokeAll(buffers, n): revoke() for buffers[0..n) in one call. Every
+  // entry must be an ArrayBuffer (checked before any is detached).
+  void RevokeAll(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (!info[0].IsArray()) throw CodeError(env, "ERR_VHOST_INVALID_ARG", "revokeAll: buffers must be an array");
+    Napi::Array buffers = info[0].As<Napi::Array>();
+    uint32_t n = U32Arg(info[1], "n");
+    if (n > buffers.Length()) throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "revokeAll: n is larger than the array");
+    for (uint32_t i = 0; i < n; i++) {
+      if (!buffers.Get(i).IsArrayBuffer())
+        throw CodeError(env, "ERR_VHOST_INVALID_ARG", "revokeAll: buffers[" + std::to_string(i) + "] must be an ArrayBuffer");
+    }
+    for (uint32_t i = 0; i < n; i++) {
+      Napi::ArrayBuffer buffer = buffers.Get(i).As<Napi::ArrayBuffer>();
+      if (!buffer.IsDetached()) buffer.Detach();
+    }
   }
 
   // Drops the references (the mapping may be unmapped now); idempotent.
@@ -439,6 +499,7 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
   std::vector<uint16_t> next_;      // driver's copy of each descriptor's next
   std::vector<uint16_t> chainLen_;  // descriptors held by each head in flight (0: free)
   std::vector<uint32_t> segScratch_;  // post()'s copy of segs, kept for its capacity
+  std::vector<uint32_t> lendScratch_;  // lendBatch()'s copy of ranges, likewise
   uint16_t freeHead_ = 0;
   uint32_t numFree_ = 0;
   uint16_t availIdx_ = 0;  // shadow of avail->idx

@@ -110,6 +110,10 @@ export interface NativeVirtqueue {
   lend(offset: number, len: number): ArrayBuffer;
   /** Detaches a buffer lend() made. Idempotent. */
   revoke(buffer: ArrayBuffer): void;
+  /** lend() for the n (offset, len) pairs of `ranges` in one call: out[i] gets pair i's buffer. All pairs are checked first; `out` must hold n plain data elements already (no holes: a hole's store could reach an inherited setter). Returns n. */
+  lendBatch(ranges: Uint32Array, n: number, out: unknown[]): number;
+  /** revoke() for buffers[0..n) in one call (each must be an ArrayBuffer, checked before any is detached). */
+  revokeAll(buffers: readonly unknown[], n: number): void;
 }
 
 /** One region for NativeBinding.deviceMemoryMap (see DeviceMemoryRegion in virtio/device-memory.ts). */

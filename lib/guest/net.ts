@@ -100,6 +100,9 @@ interface Consumer {
   wake: (() => void) | null;
 }
 
+/** Where a frame to be lent waits in a 'loans' batch until the batch's loans are made. */
+const EMPTY = new Uint8Array(0);
+
 /** A copy of view[start, end) as a Buffer of its own. */
 function copyOut(view: Uint8Array, start: number, end: number): Buffer {
   const out = Buffer.allocUnsafe(end - start);
@@ -216,6 +219,13 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
   #resCount = 0;
   /** RX frames lent in place: the lent buffer → its RX pool slot. */
   readonly #loans = new Map<ArrayBuffer, number>();
+  // Loans of the batch being collected, lent together at its end (one addon call): (offset, len) of each
+  // frame, its RX slot and its place in #lent. Buffers being revoked together go through #revoking.
+  readonly #lendRanges: Uint32Array;
+  readonly #lendSlots: Int32Array;
+  readonly #lendAt: Int32Array;
+  #lendCount = 0;
+  readonly #revoking: (ArrayBuffer | null)[] = [];
   /** The batch being collected: copies for 'frames', frames for 'loans' (null when nobody listens). */
   #copies: Buffer[] | null = null;
   #lent: Uint8Array[] | null = null;
@@ -244,6 +254,9 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     this.#resLens = new Int32Array(n);
     this.#resBufs = new Array<ArrayBuffer | null>(n).fill(null);
     this.#resSegs = new Uint32Array(3 * n);
+    this.#lendRanges = new Uint32Array(2 * n);
+    this.#lendSlots = new Int32Array(n);
+    this.#lendAt = new Int32Array(n);
     this.#stats = { txFrames: 0, txBytes: 0, txCompleted: 0, txRingFull: 0, rxFrames: 0, rxBytes: 0, rxBuffersPosted: 0, rxAnswered: 0, rxUnclaimed: 0, rxLent: 0, rxBatches: 0, txRepliesDropped: 0, calls: { rx: 0, tx: 0 } };
   }
 
@@ -375,8 +388,10 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
   #ringFull(): void {
     this.#stats.txRingFull++;
     this.#needDrain = true;
-    // Delayed: one call once ~3/4 of what is in flight is done, so 'drain' comes with room for a batch, not one slot.
-    if (this.rings.txq.enableCallbacks(true)) setImmediate(() => this.#onTxSpace());
+    // A call at the first used buffer, not a delayed one (at ~3/4 of those in flight): waiting for
+    // 3/4 let the device run the ring nearly dry before Node refilled it, and sendBatch was 25-30%
+    // slower for it (bench: 0.69/0.62 of the C loop delayed vs 0.99/0.92 at 64/1500 B, one run, 9 rounds).
+    if (this.rings.txq.enableCallbacks(false)) setImmediate(() => this.#onTxSpace());
   }
 
   /**
@@ -422,9 +437,8 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     this.#resCount = 0;
     const pool = this.rings.txPool;
     const segs = this.#resSegs;
+    this.#revokeReserved(k);
     for (let i = 0; i < k; i++) {
-      this.rings.txq.revoke(this.#resBufs[i]!);
-      this.#resBufs[i] = null;
       segs[3 * i] = pool.offset(this.#resSlots[i]);
       segs[3 * i + 1] = VIRTIO_NET_HDR_SIZE + this.#resLens[i];
       segs[3 * i + 2] = SEG_END;
@@ -437,15 +451,19 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     return posted;
   }
 
+  /** Detaches the views of the first k reservations (one addon call). */
+  #revokeReserved(k: number): void {
+    this.rings.txq.revokeAll(this.#resBufs as ArrayBuffer[], k);
+    this.#resBufs.fill(null, 0, k);
+  }
+
   /** Detaches every reserved view and frees its slot (the frames are not sent). */
   #dropReservations(): void {
-    const pool = this.rings.txPool;
-    for (let i = 0; i < this.#resCount; i++) {
-      this.rings.txq.revoke(this.#resBufs[i]!);
-      this.#resBufs[i] = null;
-      pool.release(this.#resSlots[i]);
-    }
+    const k = this.#resCount;
     this.#resCount = 0;
+    if (k === 0) return;
+    this.#revokeReserved(k);
+    for (let i = 0; i < k; i++) this.rings.txPool.release(this.#resSlots[i]);
   }
 
   #reclaimTx(): void {
@@ -512,6 +530,7 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     try {
       for (let i = 0; i < n && !this.closed; i++) this.#rxBuffer(this.#rxUsed[2 * i], this.#rxUsed[2 * i + 1], lending);
       if (this.closed) return;
+      if (this.#lendCount > 0) this.#lendBatch();
       this.#flushReplies();
       const copies = this.#copies;
       const lent = this.#lent;
@@ -520,13 +539,31 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
       if (copies !== null && copies.length > 0) this.emit('frames', copies);
       if (lent !== null && lent.length > 0 && !this.closed) this.emit('loans', lent);
     } catch (e) {
-      // A throwing listener: frames lent in this batch and not yet delivered go back now.
-      if (this.#lent !== null && !this.closed) this.#giveBackAll(this.#lent);
+      // A throwing listener: frames lent in this batch and not yet delivered go back now, and so do
+      // the slots of frames that were to be lent at its end.
+      if (!this.closed) {
+        for (let i = 0; i < this.#lendCount; i++) this.rings.rxPool.release(this.#lendSlots[i]);
+        if (this.#lent !== null) this.#giveBackAll(this.#lent);
+      }
       throw e;
     } finally {
+      this.#lendCount = 0;
       this.#copies = null;
       this.#lent = null;
     }
+  }
+
+  /** Lends the frames of this batch noted by #rxBuffer, in one addon call, into their places in #lent. */
+  #lendBatch(): void {
+    const k = this.#lendCount;
+    const buffers = this.rings.rxq.lendBatch(this.#lendRanges, k);
+    this.#lendCount = 0;
+    const lent = this.#lent!;
+    for (let i = 0; i < k; i++) {
+      this.#loans.set(buffers[i], this.#lendSlots[i]);
+      lent[this.#lendAt[i]] = new Uint8Array(buffers[i]);
+    }
+    this.#stats.rxLent += k;
   }
 
   /** Whether anyone takes copies: 'frame', 'frames' or a frames() iterator. */
@@ -575,10 +612,13 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     }
     const copy = copies ? copyOut(view, VIRTIO_NET_HDR_SIZE, end) : null;
     if (lending) {
-      const buffer = this.rings.rxq.lend(pool.offset(slot) + VIRTIO_NET_HDR_SIZE, end - VIRTIO_NET_HDR_SIZE);
-      this.#loans.set(buffer, slot);
-      this.#stats.rxLent++;
-      this.#lent!.push(new Uint8Array(buffer));
+      // Lent with the batch's others once it is collected (#lendBatch); its place in the batch is kept now.
+      const k = this.#lendCount++;
+      this.#lendRanges[2 * k] = pool.offset(slot) + VIRTIO_NET_HDR_SIZE;
+      this.#lendRanges[2 * k + 1] = end - VIRTIO_NET_HDR_SIZE;
+      this.#lendSlots[k] = slot;
+      this.#lendAt[k] = this.#lent!.length;
+      this.#lent!.push(EMPTY);
     } else {
       pool.release(slot);
     }
@@ -677,9 +717,22 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     return n;
   }
 
+  /** Ends the loans among `frames`: slots freed, views detached with one addon call. Returns how many. */
   #giveBackAll(frames: readonly Uint8Array[]): number {
+    const revoking = this.#revoking;
     let n = 0;
-    for (let i = 0; i < frames.length; i++) if (frames[i] instanceof Uint8Array) n += this.#endLoan(frames[i]);
+    for (let i = 0; i < frames.length; i++) {
+      const view = frames[i];
+      if (!(view instanceof Uint8Array)) continue;
+      const buffer = view.buffer as ArrayBuffer;
+      const slot = this.#loans.get(buffer);
+      if (slot === undefined) continue;
+      this.#loans.delete(buffer);
+      this.rings.rxPool.release(slot);
+      if (n === revoking.length) revoking.push(null);
+      revoking[n++] = buffer;
+    }
+    if (n > 0) this.#revokeNow(n);
     return n;
   }
 
@@ -693,13 +746,26 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     return 1;
   }
 
+  /** Detaches the first n buffers of #revoking (one addon call) and forgets them. */
+  #revokeNow(n: number): void {
+    try {
+      this.rings.rxq.revokeAll(this.#revoking as ArrayBuffer[], n);
+    } finally {
+      this.#revoking.fill(null, 0, n);
+    }
+  }
+
   /** Detaches every lent RX view and frees its slot. */
   #revokeLoans(): void {
+    const revoking = this.#revoking;
+    let n = 0;
     for (const [buffer, slot] of this.#loans) {
-      this.rings.rxq.revoke(buffer);
       this.rings.rxPool.release(slot);
+      if (n === revoking.length) revoking.push(null);
+      revoking[n++] = buffer;
     }
     this.#loans.clear();
+    if (n > 0) this.#revokeNow(n);
   }
 
   #scheduleRx(): void {

@@ -17,13 +17,6 @@ function countChains(segs: Uint32Array): number {
   return n;
 }
 
-/**
- * Each buffer Virtqueue.lend() made → the mapping's buffer it points into:
- * the pages stay mapped as long as a lent buffer lives (module-wide, so the
- * link outlives the Virtqueue).
- */
-const lentFrom = new WeakMap<ArrayBuffer, ArrayBuffer>();
-
 /** Descriptors per indirect table (native kIndirectMax). */
 export const INDIRECT_MAX = 16;
 
@@ -135,28 +128,35 @@ export class Virtqueue implements Disposable {
   #closed = false;
   #heads: Uint32Array;
   #used: Uint32Array;
-  /** The mapping's ArrayBuffer (what lent buffers keep alive). */
-  readonly #mapping: ArrayBuffer;
-  /** Buffers lend() made and revoke() has not taken back: the memory's unmap hook detaches them. */
+  /**
+   * Buffers lend()/lendBatch() made and revoke() has not taken back: the
+   * memory's unmap hook detaches them. That hook is what keeps a lent buffer
+   * from outliving the pages: the memory unmaps only from close() or its GC
+   * safety net, and both run the hooks first (the mapping objects stay
+   * reachable from the memory's GC record until then).
+   */
   readonly #lent = new Set<ArrayBuffer>();
+  // Scratch arrays handed to native lendBatch/revokeAll: this object's own, only ever holding plain
+  // data elements (null when unused), so native stores and loads never reach an inherited accessor.
+  readonly #lendOut: (ArrayBuffer | null)[] = [];
+  readonly #revokeOut: (ArrayBuffer | null)[] = [];
   /** Unregisters that hook (once closed with nothing lent, the memory need not remember this queue). */
   readonly #forgetUnmap: () => void;
 
   private constructor(
     vq: NativeVirtqueue,
-    mapping: ArrayBuffer,
     memory: GuestMemory,
     o: { size: number; eventIdx: boolean; indirect: boolean; regionGpa: bigint; regionSize: bigint },
   ) {
     this.#vq = vq;
-    this.#mapping = mapping;
     // One hook per queue (not per buffer): whoever closes the memory, every
     // buffer still lent is detached before the pages go. It holds the native
     // queue and the set, never this object.
     const lent = this.#lent;
     this.#forgetUnmap = memory.onUnmap(() => {
-      for (const buffer of lent) vq.revoke(buffer);
+      const all = Array.from(lent);
       lent.clear();
+      vq.revokeAll(all, all.length);
     });
     this.size = o.size;
     this.eventIdx = o.eventIdx;
@@ -203,7 +203,7 @@ export class Virtqueue implements Disposable {
       { size, desc: off(options.desc), avail: off(options.avail), used: off(options.used), eventIdx, indirect },
       kick ? kick.nativeHandle : null,
     );
-    return new Virtqueue(vq, buffer, mem, { size, eventIdx, indirect, regionGpa: region.gpa, regionSize: region.size });
+    return new Virtqueue(vq, mem, { size, eventIdx, indirect, regionGpa: region.gpa, regionSize: region.size });
   }
 
   /** True once close() has run. */
@@ -307,9 +307,33 @@ export class Virtqueue implements Disposable {
    */
   lend(offset: number, len: number): ArrayBuffer {
     const buffer = this.#live('lend').lend(offset, len);
-    lentFrom.set(buffer, this.#mapping);
     this.#lent.add(buffer);
     return buffer;
+  }
+
+  /**
+   * lend() for many slots in one addon call: `ranges` holds `n` pairs
+   * (offset, len), and buffer i of the result covers pair i. Every pair is
+   * checked before anything is lent (ERR_VHOST_OUT_OF_RANGE for an empty or
+   * out-of-region one, nothing lent then). Give them back with revokeAll()
+   * (or revoke()).
+   */
+  lendBatch(ranges: Uint32Array, n: number): ArrayBuffer[] {
+    const vq = this.#live('lendBatch');
+    if (!(ranges instanceof Uint32Array)) throw invalidArg('ranges', 'must be a Uint32Array of (offset, len) pairs');
+    checkInt(n, 'n', 0, ranges.length >> 1, plain);
+    const out = this.#lendOut;
+    while (out.length < n) out.push(null);
+    vq.lendBatch(ranges, n, out);
+    const lent = this.#lent;
+    const buffers: ArrayBuffer[] = [];
+    for (let i = 0; i < n; i++) {
+      const buffer = out[i]!;
+      out[i] = null;
+      lent.add(buffer);
+      buffers.push(buffer);
+    }
+    return buffers;
   }
 
   /** Buffers lend() made that are not revoked yet (neither by revoke() nor by closing the memory). */
@@ -317,10 +341,53 @@ export class Virtqueue implements Disposable {
     return this.#lent.size;
   }
 
-  /** Detaches a buffer lend() made (views of it become empty). Idempotent; works after close(). */
+  /**
+   * Detaches a buffer lend() made (views of it become empty). Idempotent;
+   * works after close(). An ArrayBuffer this queue did not lend (or lent
+   * and already revoked) is left alone.
+   */
   revoke(buffer: ArrayBuffer): void {
+    if (!(buffer instanceof ArrayBuffer)) throw invalidArg('buffer', 'must be an ArrayBuffer lend() made');
+    if (!this.#lent.delete(buffer)) return;
     this.#vq.revoke(buffer);
-    if (this.#lent.delete(buffer) && this.#closed && this.#lent.size === 0) this.#forgetUnmap();
+    if (this.#closed && this.#lent.size === 0) this.#forgetUnmap();
+  }
+
+  /**
+   * revoke() for buffers[0..n) (default: all) in one addon call; every entry
+   * must be an ArrayBuffer (checked before any is detached). Returns how many
+   * were still lent by this queue (those are detached; the others are left
+   * alone). Works after close().
+   */
+  revokeAll(buffers: readonly ArrayBuffer[], n: number = Array.isArray(buffers) ? buffers.length : 0): number {
+    if (!Array.isArray(buffers)) throw invalidArg('buffers', 'must be an array of ArrayBuffers lend() made');
+    checkInt(n, 'n', 0, buffers.length, plain);
+    // Each entry read once, all checked before any is taken back; then the ones still lent kept, in place.
+    const doomed = this.#revokeOut;
+    while (doomed.length < n) doomed.push(null);
+    for (let i = 0; i < n; i++) {
+      const buffer = buffers[i];
+      if (!(buffer instanceof ArrayBuffer)) {
+        doomed.fill(null, 0, i);
+        throw invalidArg(`buffers[${i}]`, 'must be an ArrayBuffer lend() made');
+      }
+      doomed[i] = buffer;
+    }
+    const lent = this.#lent;
+    let k = 0;
+    for (let i = 0; i < n; i++) {
+      const buffer = doomed[i]!;
+      doomed[i] = null;
+      if (lent.delete(buffer)) doomed[k++] = buffer;
+    }
+    if (k === 0) return 0;
+    try {
+      this.#vq.revokeAll(doomed, k);
+    } finally {
+      doomed.fill(null, 0, k);
+    }
+    if (this.#closed && lent.size === 0) this.#forgetUnmap();
+    return k;
   }
 
   /**

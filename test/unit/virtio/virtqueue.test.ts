@@ -387,6 +387,148 @@ describe('Virtqueue.lend / revoke: one buffer slot as an ArrayBuffer of its own'
   });
 });
 
+describe('Virtqueue.lendBatch / revokeAll: one addon call per batch', () => {
+  test('lendBatch lends each (offset, len) pair as its own buffer over the memory; revokeAll detaches exactly those still lent', () => {
+    const r = rig(16);
+    try {
+      const off = Number(BUFS - REGION_GPA);
+      const ranges = Uint32Array.of(off, 100, off + 512, 60, off + 1024, 1, 0, 0); // the last pair is beyond n
+      const buffers = r.vq.lendBatch(ranges, 3);
+      expect(buffers.map((b) => b.byteLength)).toEqual([100, 60, 1]);
+      expect(r.vq.lentCount).toBe(3);
+      const views = buffers.map((b) => new Uint8Array(b));
+      views[0][99] = 0x11;
+      views[1][0] = 0x22;
+      views[2][0] = 0x33;
+      const mem = r.mem.view(BUFS, 1025);
+      expect([mem[99], mem[512], mem[1024]]).toEqual([0x11, 0x22, 0x33]); // the memory itself, not a copy
+      mem[513] = 0x44;
+      expect(views[1][1]).toBe(0x44);
+      const single = r.vq.lend(off + 2048, 8); // lend() and lendBatch() loans mix
+      const foreign = new ArrayBuffer(8); // never lent: left alone
+      expect(r.vq.revokeAll([buffers[0], buffers[2], foreign, buffers[0]])).toBe(2);
+      expect([views[0].byteLength, views[2].byteLength, foreign.byteLength]).toEqual([0, 0, 8]);
+      expect(views[1][0]).toBe(0x22); // untouched
+      expect(r.vq.lentCount).toBe(2);
+      expect(r.vq.revokeAll([buffers[0], buffers[2]])).toBe(0); // idempotent
+      expect(r.vq.revokeAll([buffers[1], single], 1)).toBe(1); // only the first n
+      expect(single.byteLength).toBe(8);
+      r.vq.revoke(single);
+      expect(single.byteLength).toBe(0);
+      expect(r.vq.lentCount).toBe(0);
+      expect(r.vq.lendBatch(ranges, 0)).toEqual([]);
+    } finally {
+      r.close();
+    }
+  });
+
+  test('a bad pair anywhere lends nothing (ERR_VHOST_OUT_OF_RANGE); bad arguments are typed errors; after close lendBatch throws ERR_VHOST_CLOSED and revokeAll still works', () => {
+    const r = rig(16);
+    try {
+      const off = Number(BUFS - REGION_GPA);
+      for (const bad of [[REGION_SIZE - 10, 11], [off, 0], [REGION_SIZE, 1], [0xffff_ffff, 2]]) {
+        const ranges = Uint32Array.of(off, 64, off + 64, 64, bad[0], bad[1]);
+        expect(thrown(() => r.vq.lendBatch(ranges, 3))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' });
+        expect(r.vq.lentCount).toBe(0); // the good pairs before it were not lent either
+      }
+      expect(thrown(() => r.vq.lendBatch(Uint32Array.of(off, 4), 2))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' }); // n beyond the pairs given
+      expect(thrown(() => r.vq.lendBatch([off, 4] as never, 1))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      expect(thrown(() => r.vq.lendBatch(Uint32Array.of(off, 4), 0.5))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      const [kept] = r.vq.lendBatch(Uint32Array.of(off, 8), 1);
+      expect(thrown(() => r.vq.revokeAll([kept, new Uint8Array(4) as never]))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      expect(kept.byteLength).toBe(8); // checked before anything was detached
+      expect(thrown(() => r.vq.revokeAll([kept], 2))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' });
+      expect(thrown(() => r.vq.revokeAll(kept as never))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      expect(thrown(() => r.vq.revoke(new Uint8Array(4) as never))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      r.vq.close();
+      expect(thrown(() => r.vq.lendBatch(Uint32Array.of(off, 8), 1))).toMatchObject({ code: 'ERR_VHOST_CLOSED' });
+      expect(r.vq.revokeAll([kept])).toBe(1); // how a guest takes its loans back on the way down
+      expect(kept.byteLength).toBe(0);
+      expect(r.vq.revokeAll([kept])).toBe(0);
+    } finally {
+      r.close();
+    }
+  });
+
+  test('the addon door itself checks what lib/virtio already does: out and buffers arrays, n against them, ArrayBuffer entries', () => {
+    const mem = GuestMemory.create({ regions: [{ gpa: 0n, size: 1 << 16 }] });
+    try {
+      const place = placeVirtqueue(8, 0n);
+      const vq = native.virtqueueCreate(mem.view(0n, 1 << 16).buffer as ArrayBuffer, 0n, { size: 8, desc: Number(place.desc), avail: Number(place.avail), used: Number(place.used), eventIdx: true, indirect: false }, null);
+      const ranges = Uint32Array.of(0x8000, 16, 0x9000, 16);
+      expect(thrown(() => vq.lendBatch(ranges, 2, {} as never))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      expect(thrown(() => vq.lendBatch(ranges, 2, [null]))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' }); // out shorter than n
+      expect(thrown(() => vq.lendBatch(ranges, 3, [null, null, null]))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' }); // ranges shorter than n
+      expect(thrown(() => vq.lendBatch(Int32Array.of(0x8000, 16) as never, 1, [null]))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      const out: unknown[] = [null, null, 'kept'];
+      expect(vq.lendBatch(ranges, 2, out)).toBe(2);
+      expect(out.map((b) => (b instanceof ArrayBuffer ? b.byteLength : b))).toEqual([16, 16, 'kept']);
+      expect(thrown(() => vq.revokeAll(out, 3))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' }); // 'kept' is no ArrayBuffer: nothing detached
+      expect((out[0] as ArrayBuffer).byteLength).toBe(16);
+      expect(thrown(() => vq.revokeAll(out, 4))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' });
+      expect(thrown(() => vq.revokeAll('x' as never, 0))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      vq.revokeAll(out, 2);
+      expect([(out[0] as ArrayBuffer).byteLength, (out[1] as ArrayBuffer).byteLength]).toEqual([0, 0]);
+      vq.close();
+      expect(thrown(() => vq.lendBatch(ranges, 1, [null]))).toMatchObject({ code: 'ERR_VHOST_CLOSED' });
+    } finally {
+      mem.close();
+    }
+  });
+
+  test('revoke() leaves alone an ArrayBuffer the queue did not lend (it used to detach any)', () => {
+    const r = rig(16);
+    try {
+      const mine = new ArrayBuffer(16);
+      r.vq.revoke(mine);
+      expect(mine.byteLength).toBe(16);
+      const whole = r.mem.view(BUFS, 16);
+      r.vq.revoke(whole.buffer as ArrayBuffer); // the mapping's own buffer: detaching it would cut every view
+      expect(whole.byteLength).toBe(16);
+    } finally {
+      r.close();
+    }
+  });
+
+  test('memory.close() detaches lendBatch loans too', () => {
+    const r = rig(16);
+    try {
+      const off = Number(BUFS - REGION_GPA);
+      const views = r.vq.lendBatch(Uint32Array.of(off, 32, off + 32, 32), 2).map((b) => new Uint8Array(b));
+      r.mem.close();
+      expect(views.map((v) => v.byteLength)).toEqual([0, 0]);
+      expect(r.vq.lentCount).toBe(0);
+    } finally {
+      r.close();
+    }
+  });
+
+  test('lendBatch and revokeAll under random pairs: the good batches lend exactly what was asked, a bad pair lends nothing', () => {
+    const r = rig(16);
+    try {
+      fc.assert(
+        fc.property(fc.array(fc.tuple(fc.nat(REGION_SIZE + 16), fc.nat(4096)), { maxLength: 20 }), (pairs) => {
+          const ranges = Uint32Array.from(pairs.flat());
+          const ok = pairs.every(([o, l]) => l > 0 && o + l <= REGION_SIZE);
+          if (!ok) {
+            expect(thrown(() => r.vq.lendBatch(ranges, pairs.length))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' });
+            expect(r.vq.lentCount).toBe(0);
+            return;
+          }
+          const buffers = r.vq.lendBatch(ranges, pairs.length);
+          expect(buffers.map((b) => b.byteLength)).toEqual(pairs.map(([, l]) => l));
+          expect(r.vq.revokeAll(buffers)).toBe(pairs.length);
+          expect(buffers.every((b) => b.byteLength === 0)).toBe(true);
+          expect(r.vq.lentCount).toBe(0);
+        }),
+        { numRuns: 200 },
+      );
+    } finally {
+      r.close();
+    }
+  });
+});
+
 describe('Virtqueue.lend: closing the memory detaches every buffer still lent', () => {
   test('memory.close() by itself detaches the loans of an open queue and of a closed one, keeps revoked ones revoked', () => {
     const r = rig(16);
@@ -435,6 +577,40 @@ describe('Virtqueue.lend: closing the memory detaches every buffer still lent', 
     `;
     const out = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' });
     expect({ status: out.status, signal: out.signal, stdout: out.stdout }).toEqual({ status: 0, signal: null, stdout: '8' });
+  });
+});
+
+describe('Virtqueue.lend: nothing but the unmap hook keeps a loan from outliving the pages', () => {
+  test('a child process that drops the memory and the queue while holding loans: the GC safety net detaches them before it unmaps (no fault), with its warning', () => {
+    // The loans are the only thing the script keeps. Whether the collector unmaps (GuestMemory's GC
+    // net) or not, a loan must never read unmapped pages: detached first, or still mapped.
+    const script = `
+      const { GuestMemory } = require(${JSON.stringify(path.join(DIST, 'core/memory.js'))});
+      const { Virtqueue, placeVirtqueue } = require(${JSON.stringify(path.join(DIST, 'virtio/virtqueue.js'))});
+      const warnings = [];
+      process.on('warning', (w) => warnings.push(w.code));
+      function lendAndDrop() {
+        const mem = GuestMemory.create({ regions: [{ gpa: 0n, size: 1 << 16 }] });
+        const vq = Virtqueue.create({ memory: mem, size: 8, ...placeVirtqueue(8, 0n), kick: null });
+        const views = vq.lendBatch(Uint32Array.of(0x8000, 1000, 0x9000, 1000), 2).map((b) => new Uint8Array(b));
+        views.push(new Uint8Array(vq.lend(0xa000, 1000)));
+        for (const v of views) v.fill(7);
+        return views;
+      }
+      const views = lendAndDrop();
+      (async () => {
+        for (let i = 0; i < 50 && !warnings.includes('LINUX_VHOST_GC_CLOSE'); i++) {
+          global.gc();
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        let sum = 0;
+        for (const v of views) { v[0] = 9; sum += v.byteLength + (v[0] ?? 0); }
+        process.stdout.write(JSON.stringify({ sum, warned: warnings.includes('LINUX_VHOST_GC_CLOSE') }));
+      })();
+    `;
+    const out = spawnSync(process.execPath, ['--expose-gc', '-e', script], { encoding: 'utf8' });
+    expect({ status: out.status, signal: out.signal, stderr: out.stderr.includes('Error') ? out.stderr : '' }).toEqual({ status: 0, signal: null, stderr: '' });
+    expect(JSON.parse(out.stdout)).toEqual({ sum: 0, warned: true }); // collected, warned, every loan detached
   });
 });
 

@@ -464,7 +464,10 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
         throw CodeError(env, "ERR_VHOST_INVALID_ARG", "revokeAll: buffers[" + std::to_string(i) + "] must be an ArrayBuffer");
     }
     for (uint32_t i = 0; i < n; i++) {
-      Napi::ArrayBuffer buffer = buffers.Get(i).As<Napi::ArrayBuffer>();
+      // Read again, not assumed: an accessor on the array could answer differently the second time.
+      Napi::Value v = buffers.Get(i);
+      if (!v.IsArrayBuffer()) continue;
+      Napi::ArrayBuffer buffer = v.As<Napi::ArrayBuffer>();
       if (!buffer.IsDetached()) buffer.Detach();
     }
   }

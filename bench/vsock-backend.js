@@ -19,12 +19,14 @@
 // Gbit/s host → guest at 64 B / 4 KiB / 64 KiB), and MET/MISSED (the goal:
 // Node/kernel at least that ratio; a miss does not change the exit status).
 //
-//   node bench/vsock-backend.js [--rounds N] [--mib N] [--small-kib N] [--pings N]
+//   node bench/vsock-backend.js [--rounds N] [--mib N] [--small-kib N] [--pings N] [--profile]
 //
 //   --rounds     rounds, each one transfer per mode and test (default 3)
 //   --mib        MiB per transfer at 4 KiB and 64 KiB writes, and guest → host (default 8)
 //   --small-kib  KiB per transfer at 64 B writes (default 512)
 //   --pings      round trips per latency run (default 300, after 20 untimed)
+//   --profile    then one more node transfer per size under the V8 CPU profiler:
+//                build/bench/vsock-backend-node-<size>.cpuprofile and where the time went
 //
 // Kernel vhost-vsock exists only inside the test VM: as root with
 // /dev/vhost-vsock the bench runs here, else it re-runs itself in the test VM
@@ -38,6 +40,7 @@ const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
 const { runHereOrInVm } = require('./here-or-vm');
+const { summarize } = require('./profile-summary');
 const ng = require('../scripts/nested-guest');
 
 const root = path.resolve(__dirname, '..');
@@ -61,7 +64,7 @@ const PING_MS = 4 * 60_000;
 
 function usage(msg) {
   if (msg) console.error(`bench/vsock-backend: ${msg}`);
-  console.error('usage: node bench/vsock-backend.js [--rounds N] [--mib N] [--small-kib N] [--pings N]');
+  console.error('usage: node bench/vsock-backend.js [--rounds N] [--mib N] [--small-kib N] [--pings N] [--profile]');
   process.exit(2);
 }
 
@@ -69,8 +72,13 @@ function parseArgs(argv) {
   const opts = { rounds: 3, mib: 8, 'small-kib': 512, pings: 300 };
   for (let i = 0; i < argv.length; i += 2) {
     const [flag, value] = [argv[i], argv[i + 1]];
+    if (flag === '--profile') {
+      opts.profile = true;
+      i--;
+      continue;
+    }
     const name = flag?.replace(/^--/, '');
-    if (!flag?.startsWith('--') || !(name in opts)) usage(`unknown option ${flag}`);
+    if (!flag?.startsWith('--') || !Object.hasOwn(opts, name)) usage(`unknown option ${flag}`);
     const n = Number(value);
     if (!Number.isInteger(n) || n < 1 || n > 65536) usage(`${flag} must be an integer in 1..65536`);
     opts[name] = n;
@@ -143,6 +151,13 @@ function openFds() {
     }
   }
   return fds;
+}
+
+/** CPU seconds (user + system, all threads) of process `pid` so far. */
+function cpuSeconds(pid) {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' '); // f[0] is field 3 (state)
+  return (Number(f[11]) + Number(f[12])) / 100; // USER_HZ
 }
 
 /** `promise`, or a rejection naming `what` after `ms` (or when the guest's QEMU exits first). */
@@ -226,6 +241,7 @@ async function main(opts) {
     kernel: (port) => lib.vsock.connect({ cid: KERNEL_CID, port, timeout: CONNECT_MS }),
   };
   const h2g = Object.fromEntries(MODES.map((m) => [m, Object.fromEntries(SIZES.map((s) => [s, []]))]));
+  const cpuShare = Object.fromEntries(MODES.map((m) => [m, Object.fromEntries(SIZES.map((s) => [s, { node: [], qemu: [] }]))]));
   const g2h = Object.fromEntries(MODES.map((m) => [m, []]));
   const rtts = Object.fromEntries(MODES.map((m) => [m, []]));
   console.log(
@@ -250,18 +266,23 @@ async function main(opts) {
       console.log(`  ${m}: guest booted, agent listening after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
     }
 
-    /** One host → guest transfer: seconds from the first write to the guest's "done <bytes>". */
+    /**
+     * One host → guest transfer: seconds from the first write to the guest's "done <bytes>",
+     * and the CPU this process and the guest's QEMU used meanwhile (shares of that time).
+     */
     const sendTo = async (mode, size, total) => {
       const g = guests[mode];
       const sock = await bounded(g, connected(open[mode](SINK_PORT)), CONNECT_MS, `${mode}: connect to the guest's sink`);
       try {
         const answer = readAll(sock);
+        const cpu0 = [cpuSeconds(process.pid), cpuSeconds(g.child.pid)];
         const start = process.hrtime.bigint();
         await bounded(g, writeAll(sock, pattern, size, total), TRANSFER_MS, `${mode}: writing ${total} B in ${size} B writes`);
         const text = await bounded(g, answer, TRANSFER_MS, `${mode}: the guest's "done" after ${total} B in ${size} B writes`);
         const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+        const cpu = { node: (cpuSeconds(process.pid) - cpu0[0]) / seconds, qemu: (cpuSeconds(g.child.pid) - cpu0[1]) / seconds };
         if (text.trim() !== `done ${total}`) throw new Error(`${mode}: the guest counted ${JSON.stringify(text.trim())}, expected "done ${total}" (${size} B writes)`);
-        return seconds;
+        return { seconds, cpu };
       } finally {
         sock.destroy();
       }
@@ -334,8 +355,10 @@ async function main(opts) {
       for (const size of SIZES) {
         const total = size === 64 ? small : big;
         for (const mode of order) {
-          const s = await sendTo(mode, size, total);
-          h2g[mode][size].push((total * 8) / s / 1e9);
+          const { seconds, cpu } = await sendTo(mode, size, total);
+          h2g[mode][size].push((total * 8) / seconds / 1e9);
+          cpuShare[mode][size].node.push(cpu.node);
+          cpuShare[mode][size].qemu.push(cpu.qemu);
         }
         row.push(`${fmtSize(size)} ${order.map((m) => `${m} ${fmtG(h2g[m][size].at(-1))}`).join(' ')}`);
       }
@@ -344,6 +367,10 @@ async function main(opts) {
       for (const mode of order) rtts[mode].push(...(await pingPong(mode, opts.pings)));
       console.log(`  round ${r}: ${row.join(' | ')} Gbit/s`);
     }
+    if (opts.profile) {
+      console.log('  CPU profiles of one more node transfer per size (self time; N-API calls = the ring / eventfd wrappers whose time is native):');
+      for (const size of SIZES) await profiled(`node-${size}`, () => sendTo('node', size, size === 64 ? small : big));
+    }
   } finally {
     await Promise.all(Object.values(guests).map((g) => g.stop()));
     dev.close();
@@ -351,7 +378,7 @@ async function main(opts) {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 
-  report(h2g, g2h, rtts, dev);
+  report(h2g, cpuShare, g2h, rtts, dev);
   await sleep(200); // closes that complete on the next turns of the loop
   const fdsAfter = openFds();
   const leaked = [...fdsAfter].filter(([fd, target]) => fdsBefore.get(fd) !== target);
@@ -361,6 +388,28 @@ async function main(opts) {
   }
   console.log(`  fds: ${fdsAfter.size} before and after (no leak)`);
   return 0;
+}
+
+/** `fn()` under the V8 CPU profiler; writes the profile and prints where the time went. */
+async function profiled(name, fn) {
+  const inspector = require('node:inspector');
+  const session = new inspector.Session();
+  session.connect();
+  const post = (method, params) => new Promise((resolve, reject) => session.post(method, params, (err, r) => (err ? reject(err) : resolve(r))));
+  try {
+    await post('Profiler.enable');
+    await post('Profiler.setSamplingInterval', { interval: 200 });
+    await post('Profiler.start');
+    await fn();
+    const { profile } = await post('Profiler.stop');
+    const file = path.join(root, 'build', 'bench', `vsock-backend-${name}.cpuprofile`);
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, JSON.stringify(profile));
+    console.log(`  profile ${name} (${path.relative(root, file)}):`);
+    for (const line of summarize(profile, 12)) console.log(`    ${line}`);
+  } finally {
+    session.disconnect();
+  }
 }
 
 function fmtSize(size) {
@@ -375,7 +424,7 @@ function spread(xs) {
   return `${fmtG(median(xs))} (${fmtG(Math.min(...xs))}–${fmtG(Math.max(...xs))})`;
 }
 
-function report(h2g, g2h, rtts, dev) {
+function report(h2g, cpuShare, g2h, rtts, dev) {
   console.log('\n  host → guest, Gbit/s: median (min–max)');
   console.log(`  ${'write'.padEnd(8)} ${'node'.padEnd(24)} ${'kernel'.padEnd(24)} node/kernel  published vhost-device-vsock/vhost-vsock  goal`);
   for (const size of SIZES) {
@@ -386,6 +435,11 @@ function report(h2g, g2h, rtts, dev) {
       `  ${fmtSize(size).padEnd(8)} ${spread(h2g.node[size]).padEnd(24)} ${spread(h2g.kernel[size]).padEnd(24)} ${ratio.toFixed(2).padStart(11)}  ` +
         `${`${dv}/${kv} = ${goal.toFixed(2)}`.padEnd(39)} ${ratio >= goal ? 'MET' : 'MISSED'}`,
     );
+  }
+  console.log('  CPU during host → guest transfers, median share of one CPU: this process (device + host client) / the guest\'s QEMU (vCPU + I/O threads)');
+  for (const size of SIZES) {
+    const pct = (m, who) => `${(median(cpuShare[m][size][who]) * 100).toFixed(0)}%`;
+    console.log(`  ${fmtSize(size).padEnd(8)} node: ${pct('node', 'node')} / ${pct('node', 'qemu')}   kernel: ${pct('kernel', 'node')} / ${pct('kernel', 'qemu')}`);
   }
   const gr = median(g2h.node) / median(g2h.kernel);
   console.log(`  guest → host (64 KiB sendall): node ${spread(g2h.node)}, kernel ${spread(g2h.kernel)} Gbit/s, node/kernel ${gr.toFixed(2)}`);

@@ -349,6 +349,12 @@ async function main(opts) {
       }
     };
 
+    // Untimed: the first transfers of a mode run colder code (JIT) on both sides.
+    for (const mode of MODES) {
+      for (const size of SIZES) await sendTo(mode, size, Math.max(size, (size === 64 ? small : big) >> 2));
+      await receiveFrom(mode, Math.max(G2H_WRITE, big >> 2));
+    }
+    console.log('  warm-up: one untimed quarter-size transfer per mode, size and direction');
     for (let r = 1; r <= opts.rounds; r++) {
       const order = r % 2 === 1 ? MODES : [...MODES].reverse();
       const row = [];

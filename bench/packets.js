@@ -41,6 +41,7 @@ const { PerformanceObserver } = require('node:perf_hooks');
 const v8 = require('node:v8');
 const { buildC, runHereOrInVm } = require('./here-or-vm');
 const { summarize } = require('./profile-summary');
+const { parseOptions } = require('./options');
 
 const root = path.resolve(__dirname, '..');
 const cBin = path.join(root, 'build', 'bench', 'packets');
@@ -52,27 +53,13 @@ const TARGET_RATIO = 2;
 const TARGET_C_RATIO = 0.8;
 const TARGET_TAKEN = 95;
 
-function usage(msg) {
-  if (msg) console.error(`bench/packets: ${msg}`);
-  console.error('usage: node [--expose-gc] bench/packets.js [--frames N] [--runs N] [--profile]');
-  process.exit(2);
-}
-
 function parseArgs(argv) {
-  const opts = { frames: 50_000, runs: 5, profile: false };
-  for (let i = 0; i < argv.length; i += 2) {
-    const [flag, value] = [argv[i], argv[i + 1]];
-    if (flag === '--profile') {
-      opts.profile = true;
-      i--;
-      continue;
-    }
-    if (flag !== '--frames' && flag !== '--runs') usage(`unknown option ${flag}`);
-    const n = Number(value);
-    if (!Number.isInteger(n) || n < 1) usage(`${flag} must be a positive integer`);
-    opts[flag.slice(2)] = n;
-  }
-  return opts;
+  return parseOptions(argv, {
+    name: 'bench/packets',
+    usageLine: 'node [--expose-gc] bench/packets.js [--frames N] [--runs N] [--profile]',
+    defaults: { frames: 50_000, runs: 5 },
+    flags: ['profile'],
+  });
 }
 
 /** Parses the C program's "key=value ..." line. */

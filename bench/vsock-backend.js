@@ -41,6 +41,7 @@ const os = require('node:os');
 const path = require('node:path');
 const { runHereOrInVm } = require('./here-or-vm');
 const { summarize } = require('./profile-summary');
+const { parseOptions } = require('./options');
 const ng = require('../scripts/nested-guest');
 
 const root = path.resolve(__dirname, '..');
@@ -62,28 +63,14 @@ const CONNECT_MS = 60_000;
 const TRANSFER_MS = 4 * 60_000;
 const PING_MS = 4 * 60_000;
 
-function usage(msg) {
-  if (msg) console.error(`bench/vsock-backend: ${msg}`);
-  console.error('usage: node bench/vsock-backend.js [--rounds N] [--mib N] [--small-kib N] [--pings N] [--profile]');
-  process.exit(2);
-}
-
 function parseArgs(argv) {
-  const opts = { rounds: 3, mib: 8, 'small-kib': 512, pings: 300 };
-  for (let i = 0; i < argv.length; i += 2) {
-    const [flag, value] = [argv[i], argv[i + 1]];
-    if (flag === '--profile') {
-      opts.profile = true;
-      i--;
-      continue;
-    }
-    const name = flag?.replace(/^--/, '');
-    if (!flag?.startsWith('--') || !Object.hasOwn(opts, name)) usage(`unknown option ${flag}`);
-    const n = Number(value);
-    if (!Number.isInteger(n) || n < 1 || n > 65536) usage(`${flag} must be an integer in 1..65536`);
-    opts[name] = n;
-  }
-  return opts;
+  return parseOptions(argv, {
+    name: 'bench/vsock-backend',
+    usageLine: 'node bench/vsock-backend.js [--rounds N] [--mib N] [--small-kib N] [--pings N] [--profile]',
+    defaults: { rounds: 3, mib: 8, 'small-kib': 512, pings: 300 },
+    flags: ['profile'],
+    max: 65536,
+  });
 }
 
 // The guest agent: one thread per connection on three ports.

@@ -719,31 +719,34 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
 
   /** Ends the loans among `frames`: slots freed, views detached with one addon call. Returns how many. */
   #giveBackAll(frames: readonly Uint8Array[]): number {
-    const revoking = this.#revoking;
     let n = 0;
-    for (let i = 0; i < frames.length; i++) {
-      const view = frames[i];
-      if (!(view instanceof Uint8Array)) continue;
-      const buffer = view.buffer as ArrayBuffer;
-      const slot = this.#loans.get(buffer);
-      if (slot === undefined) continue;
-      this.#loans.delete(buffer);
-      this.rings.rxPool.release(slot);
-      if (n === revoking.length) revoking.push(null);
-      revoking[n++] = buffer;
-    }
+    for (let i = 0; i < frames.length; i++) if (frames[i] instanceof Uint8Array) n = this.#stageLoanEnd(frames[i], n);
     if (n > 0) this.#revokeNow(n);
     return n;
   }
 
+  /** giveBack() of one view: its loan ended and detached, 1; or 0 when it is not one. */
   #endLoan(view: Uint8Array): number {
+    const n = this.#stageLoanEnd(view, 0);
+    if (n > 0) this.#revokeNow(n);
+    return n;
+  }
+
+  /** If `view` is a loan: ends it (slot freed, buffer put at #revoking[n] for #revokeNow) and returns n + 1; else n. */
+  #stageLoanEnd(view: Uint8Array, n: number): number {
     const buffer = view.buffer as ArrayBuffer;
     const slot = this.#loans.get(buffer);
-    if (slot === undefined) return 0;
+    if (slot === undefined) return n;
     this.#loans.delete(buffer);
-    this.rings.rxq.revoke(buffer);
+    return this.#stageRevoke(buffer, slot, n);
+  }
+
+  /** Frees `slot` and puts `buffer` at #revoking[n]; returns n + 1. */
+  #stageRevoke(buffer: ArrayBuffer, slot: number, n: number): number {
     this.rings.rxPool.release(slot);
-    return 1;
+    if (n === this.#revoking.length) this.#revoking.push(null);
+    this.#revoking[n] = buffer;
+    return n + 1;
   }
 
   /** Detaches the first n buffers of #revoking (one addon call) and forgets them. */
@@ -757,13 +760,8 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
 
   /** Detaches every lent RX view and frees its slot. */
   #revokeLoans(): void {
-    const revoking = this.#revoking;
     let n = 0;
-    for (const [buffer, slot] of this.#loans) {
-      this.rings.rxPool.release(slot);
-      if (n === revoking.length) revoking.push(null);
-      revoking[n++] = buffer;
-    }
+    for (const [buffer, slot] of this.#loans) n = this.#stageRevoke(buffer, slot, n);
     this.#loans.clear();
     if (n > 0) this.#revokeNow(n);
   }

@@ -51,7 +51,10 @@ function failsClean(regions: DeviceMemoryRegion[]): ReturnType<typeof thrown> {
   const maps = ourMappings(regions);
   const fds = openFdCount();
   const e = thrown(() => DeviceMemory.map(regions));
-  expect(ourMappings(regions)).toEqual(maps);
+  // Nothing added: a mapping map() left behind is a new line. A line may also go (a sanitizer's
+  // or V8's own PROT_NONE block of the same size, freed meanwhile: seen once under ASan in CI).
+  const before = new Set(maps);
+  expect(ourMappings(regions).filter((l) => !before.has(l))).toEqual([]);
   expect(openFdCount()).toBe(fds);
   return e;
 }

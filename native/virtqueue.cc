@@ -75,6 +75,7 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
                         InstanceMethod<&Virtqueue::Revoke>("revoke"),
                         InstanceMethod<&Virtqueue::LendBatch>("lendBatch"),
                         InstanceMethod<&Virtqueue::RevokeAll>("revokeAll"),
+                        InstanceMethod<&Virtqueue::CopyOut>("copyOut"),
                         InstanceAccessor<&Virtqueue::GetSize>("size"),
                         InstanceAccessor<&Virtqueue::GetNumFree>("numFree"),
                         InstanceAccessor<&Virtqueue::GetAvailIdx>("availIdx"),
@@ -423,8 +424,8 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
     if (n > out.Length()) throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "lendBatch: n is larger than out");
     uint8_t* base = Base(env, "lendBatch");
     // A private copy, as post() does: nothing below may see the pairs change after the checks.
-    lendScratch_.assign(ranges.Data(), ranges.Data() + static_cast<size_t>(n) * 2);
-    const uint32_t* r = lendScratch_.data();
+    rangeScratch_.assign(ranges.Data(), ranges.Data() + static_cast<size_t>(n) * 2);
+    const uint32_t* r = rangeScratch_.data();
     for (uint32_t i = 0; i < n; i++) {
       if (r[2 * i + 1] == 0 || !Inside(r[2 * i], r[2 * i + 1]))
         throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "lendBatch: range " + std::to_string(i) + " is empty or outside the memory region");
@@ -472,6 +473,41 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
     }
   }
 
+  // copyOut(ranges, n, dst): copies the n (offset, len) pairs of ranges one
+  // after the other into dst (a Uint8Array) from its byte 0, and returns the
+  // bytes copied. Every pair is checked (inside the region; the total fits
+  // dst) before anything is copied. One call copies a whole RX batch out of
+  // its slots: per frame, JS then makes only a view of dst, where a copy of
+  // its own cost an allocation, a view of the slot and a set() (issue 18).
+  Napi::Value CopyOut(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Napi::Uint32Array ranges = U32ArrayArg(info[0], "ranges");
+    uint32_t n = U32Arg(info[1], "n");
+    if (!info[2].IsTypedArray() || info[2].As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array)
+      throw CodeError(env, "ERR_VHOST_INVALID_ARG", "copyOut: dst must be a Uint8Array");
+    Napi::Uint8Array dst = info[2].As<Napi::Uint8Array>();
+    if (static_cast<uint64_t>(n) * 2 > ranges.ElementLength())
+      throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "copyOut: n is larger than ranges holds (2 entries each)");
+    uint8_t* base = Base(env, "copyOut");
+    // A private copy, as lendBatch() takes: the pairs cannot change (or be overwritten by the copies) after the checks.
+    rangeScratch_.assign(ranges.Data(), ranges.Data() + static_cast<size_t>(n) * 2);
+    const uint32_t* r = rangeScratch_.data();
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < n; i++) {
+      if (!Inside(r[2 * i], r[2 * i + 1]))
+        throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "copyOut: range " + std::to_string(i) + " is outside the memory region");
+      total += r[2 * i + 1];
+    }
+    if (total > dst.ByteLength())
+      throw CodeError(env, "ERR_VHOST_OUT_OF_RANGE", "copyOut: the ranges hold " + std::to_string(total) + " bytes, dst only " + std::to_string(dst.ByteLength()));
+    uint8_t* out = dst.Data();
+    for (uint32_t i = 0; i < n; i++) {
+      std::memmove(out, base + r[2 * i], r[2 * i + 1]);  // memmove: dst may be a view of the mapping itself
+      out += r[2 * i + 1];
+    }
+    return Napi::Number::New(env, static_cast<double>(total));
+  }
+
   // Drops the references (the mapping may be unmapped now); idempotent.
   void Close(const Napi::CallbackInfo&) {
     closed_ = true;
@@ -502,7 +538,7 @@ class Virtqueue : public Napi::ObjectWrap<Virtqueue> {
   std::vector<uint16_t> next_;      // driver's copy of each descriptor's next
   std::vector<uint16_t> chainLen_;  // descriptors held by each head in flight (0: free)
   std::vector<uint32_t> segScratch_;  // post()'s copy of segs, kept for its capacity
-  std::vector<uint32_t> lendScratch_;  // lendBatch()'s copy of ranges, likewise
+  std::vector<uint32_t> rangeScratch_;  // lendBatch()'s and copyOut()'s copy of ranges, likewise
   uint16_t freeHead_ = 0;
   uint32_t numFree_ = 0;
   uint16_t availIdx_ = 0;  // shadow of avail->idx

@@ -114,6 +114,8 @@ export interface NativeVirtqueue {
   lendBatch(ranges: Uint32Array, n: number, out: unknown[]): number;
   /** revoke() for buffers[0..n) in one call (each must be an ArrayBuffer, checked before any is detached). */
   revokeAll(buffers: readonly unknown[], n: number): void;
+  /** Copies the n (offset, len) pairs of ranges one after the other into dst from byte 0 (all checked first); returns the bytes copied. */
+  copyOut(ranges: Uint32Array, n: number, dst: Uint8Array): number;
 }
 
 /** One region for NativeBinding.deviceMemoryMap (see DeviceMemoryRegion in virtio/device-memory.ts). */

@@ -336,6 +336,21 @@ export class Virtqueue implements Disposable {
     return buffers;
   }
 
+  /**
+   * Copies `n` ranges of the queue's memory region (`ranges`: pairs (offset,
+   * len), offsets as in postEncoded) one after the other into `dst` from its
+   * byte 0, in one addon call; returns the bytes copied. Every pair is
+   * checked first (ERR_VHOST_OUT_OF_RANGE when one is outside the region or
+   * the total does not fit `dst`; nothing copied then).
+   */
+  copyOut(ranges: Uint32Array, n: number, dst: Uint8Array): number {
+    const vq = this.#live('copyOut');
+    if (!(ranges instanceof Uint32Array)) throw invalidArg('ranges', 'must be a Uint32Array of (offset, len) pairs');
+    checkInt(n, 'n', 0, ranges.length >> 1, plain);
+    if (!(dst instanceof Uint8Array)) throw invalidArg('dst', 'must be a Uint8Array');
+    return vq.copyOut(ranges, n, dst);
+  }
+
   /** Buffers lend() made that are not revoked yet (neither by revoke() nor by closing the memory). */
   get lentCount(): number {
     return this.#lent.size;

@@ -649,3 +649,66 @@ describe('encodeChains and Virtqueue.create validation', () => {
     expect(thrown(() => Virtqueue.create({ memory: mem, size: 8, desc: 0n, avail: 0x100n, used: 0x200n, kick: null })).code).toBe('ERR_VHOST_CLOSED');
   });
 });
+
+describe('Virtqueue.copyOut: one addon call copies a batch of ranges', () => {
+  test('copies each (offset, len) pair in order into dst from byte 0 and returns the bytes; only the first n pairs', () => {
+    const r = rig(16);
+    try {
+      const off = Number(BUFS - REGION_GPA);
+      const mem = r.mem.view(BUFS, 4096);
+      for (let i = 0; i < 4096; i++) mem[i] = (i * 7 + 3) & 0xff;
+      const ranges = Uint32Array.of(off + 100, 5, off + 4000, 96, off, 1, off + 7, 0, off + 9, 9);
+      const dst = Buffer.alloc(120, 0xee);
+      expect(r.vq.copyOut(ranges, 4, dst)).toBe(102);
+      const want = Buffer.concat([mem.subarray(100, 105), mem.subarray(4000, 4096), mem.subarray(0, 1)]);
+      expect(dst.subarray(0, 102).equals(want)).toBe(true);
+      expect(dst.subarray(102).every((b) => b === 0xee)).toBe(true); // nothing past the total (pair 5 is beyond n)
+      mem[100] ^= 0xff;
+      expect(dst[0]).toBe(want[0]); // a copy, not a view
+      expect(r.vq.copyOut(ranges, 0, new Uint8Array(0))).toBe(0);
+    } finally {
+      r.close();
+    }
+  });
+
+  test('a pair outside the region or a total larger than dst copies nothing (ERR_VHOST_OUT_OF_RANGE); bad arguments are typed; after close ERR_VHOST_CLOSED', () => {
+    const r = rig(16);
+    try {
+      const off = Number(BUFS - REGION_GPA);
+      r.mem.view(BUFS, 64).fill(0x5a);
+      const dst = new Uint8Array(64);
+      for (const bad of [[REGION_SIZE - 10, 11], [REGION_SIZE, 1], [0xffff_ffff, 2]]) {
+        expect(thrown(() => r.vq.copyOut(Uint32Array.of(off, 8, bad[0], bad[1]), 2, dst))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE', message: expect.stringContaining('range 1') });
+        expect(dst.every((b) => b === 0)).toBe(true); // the good pair before it was not copied either
+      }
+      expect(thrown(() => r.vq.copyOut(Uint32Array.of(off, 40, off, 40), 2, dst))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE', message: expect.stringContaining('80 bytes, dst only 64') });
+      expect(dst.every((b) => b === 0)).toBe(true);
+      expect(thrown(() => r.vq.copyOut(Uint32Array.of(off, 4), 2, dst))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' }); // n beyond the pairs given
+      expect(thrown(() => r.vq.copyOut([off, 4] as never, 1, dst))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      expect(thrown(() => r.vq.copyOut(Uint32Array.of(off, 4), 1, new Uint16Array(4) as never))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      r.vq.close();
+      expect(thrown(() => r.vq.copyOut(Uint32Array.of(off, 4), 1, dst))).toMatchObject({ code: 'ERR_VHOST_CLOSED' });
+    } finally {
+      r.close();
+    }
+  });
+
+  test('the addon door itself checks dst, n against ranges and the total; dst may be a view of the mapping itself', () => {
+    const mem = GuestMemory.create({ regions: [{ gpa: 0n, size: 1 << 16 }] });
+    try {
+      const place = placeVirtqueue(8, 0n);
+      const all = mem.view(0n, 1 << 16);
+      const vq = native.virtqueueCreate(all.buffer as ArrayBuffer, 0n, { size: 8, desc: Number(place.desc), avail: Number(place.avail), used: Number(place.used), eventIdx: true, indirect: false }, null);
+      expect(thrown(() => vq.copyOut(Uint32Array.of(0x8000, 4), 1, new Int8Array(4) as never))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      expect(thrown(() => vq.copyOut(Uint32Array.of(0x8000, 4), 2, new Uint8Array(8)))).toMatchObject({ code: 'ERR_VHOST_OUT_OF_RANGE' });
+      expect(thrown(() => vq.copyOut(Int32Array.of(0x8000, 4) as never, 1, new Uint8Array(8)))).toMatchObject({ code: 'ERR_VHOST_INVALID_ARG' });
+      for (let i = 0; i < 16; i++) all[0x8000 + i] = i;
+      // Overlapping source and destination inside the mapping: a memmove, so the bytes arrive as they were.
+      expect(vq.copyOut(Uint32Array.of(0x8000, 16), 1, all.subarray(0x8004, 0x8014))).toBe(16);
+      expect([...all.subarray(0x8004, 0x8014)]).toEqual([...Array(16).keys()]);
+      vq.close();
+    } finally {
+      mem.close();
+    }
+  });
+});

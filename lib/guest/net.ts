@@ -181,7 +181,9 @@ export function planVirtioNetGuest(options: VirtioNetGuestOptions): GuestPlan {
  * Create with VirtioNetGuest.create(); close() (or `using`) stops the device
  * and releases everything the guest created. Events: 'frame' (Buffer, one
  * copy per frame), 'frames' (Buffer[]: the copies of one batch collected from
- * the used ring, after their 'frame' events), 'loans' (Uint8Array[]: frames
+ * the used ring, after their 'frame' events; a batch's copies are views of one
+ * Buffer filled by one addon call, so keeping one frame keeps that Buffer:
+ * Buffer.from() a frame you hold for long), 'loans' (Uint8Array[]: frames
  * lent in place, see giveBack()), 'drain', 'error' (e.g. the tap was
  * deleted), 'close'. pause() / resume()
  * (UserspaceGuest) stop the device mid-traffic (backend detached, rings
@@ -226,6 +228,15 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
   readonly #lendAt: Int32Array;
   #lendCount = 0;
   readonly #revoking: (ArrayBuffer | null)[] = [];
+  // Copies of the batch being collected, made together at its end (one addon call into one Buffer): (offset, len)
+  // of each frame in its RX slot and the slot to free then (-1 when the frame is also lent). #ordered holds the
+  // batch's copies in order: a Buffer for a frame reassembled from several slots, null for the next staged range.
+  readonly #copyRanges: Uint32Array;
+  readonly #copySlots: Int32Array;
+  #copyCount = 0;
+  readonly #ordered: (Buffer | null)[] = [];
+  /** Whether anyone takes copies of the batch being collected (see #wantsCopies). */
+  #copying = false;
   /** The batch being collected: copies for 'frames', frames for 'loans' (null when nobody listens). */
   #copies: Buffer[] | null = null;
   #lent: Uint8Array[] | null = null;
@@ -257,7 +268,20 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     this.#lendRanges = new Uint32Array(2 * n);
     this.#lendSlots = new Int32Array(n);
     this.#lendAt = new Int32Array(n);
+    this.#copyRanges = new Uint32Array(2 * n);
+    this.#copySlots = new Int32Array(n);
+    this.#zeroTxHeaders();
     this.#stats = { txFrames: 0, txBytes: 0, txCompleted: 0, txRingFull: 0, rxFrames: 0, rxBytes: 0, rxBuffersPosted: 0, rxAnswered: 0, rxUnclaimed: 0, rxLent: 0, rxBatches: 0, txRepliesDropped: 0, calls: { rx: 0, tx: 0 } };
+  }
+
+  /**
+   * Every TX slot starts with a zero virtio_net_hdr (no checksum or GSO
+   * offload), written once here instead of per frame: frames go in behind it
+   * (send, reserve, the responder) and the device only reads TX buffers.
+   */
+  #zeroTxHeaders(): void {
+    const pool = this.rings.txPool;
+    for (let slot = 0; slot < pool.count; slot++) pool.view(slot).fill(0, 0, VIRTIO_NET_HDR_SIZE);
   }
 
   /**
@@ -366,9 +390,7 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
         const frame = frames[sent + i];
         const slot = pool.alloc();
         slots[i] = slot;
-        const view = pool.view(slot);
-        view.fill(0, 0, VIRTIO_NET_HDR_SIZE); // no checksum / GSO offload
-        view.set(frame, VIRTIO_NET_HDR_SIZE);
+        pool.view(slot).set(frame, VIRTIO_NET_HDR_SIZE); // behind the zero header (#zeroTxHeaders)
         segs[3 * i] = pool.offset(slot);
         segs[3 * i + 1] = VIRTIO_NET_HDR_SIZE + frame.length;
         segs[3 * i + 2] = SEG_END;
@@ -412,7 +434,6 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
       return null;
     }
     const slot = pool.alloc();
-    pool.view(slot).fill(0, 0, VIRTIO_NET_HDR_SIZE); // no checksum / GSO offload
     const buffer = this.rings.txq.lend(pool.offset(slot) + VIRTIO_NET_HDR_SIZE, len);
     const k = this.#resCount++;
     this.#resSlots[k] = slot;
@@ -527,11 +548,13 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     const lending = this.listenerCount('loans') > 0;
     this.#copies = this.listenerCount('frames') > 0 ? [] : null;
     this.#lent = lending ? [] : null;
+    this.#copying = this.#wantsCopies();
     try {
-      for (let i = 0; i < n && !this.closed; i++) this.#rxBuffer(this.#rxUsed[2 * i], this.#rxUsed[2 * i + 1], lending);
-      if (this.closed) return;
+      for (let i = 0; i < n; i++) this.#rxBuffer(this.#rxUsed[2 * i], this.#rxUsed[2 * i + 1], lending);
       if (this.#lendCount > 0) this.#lendBatch();
       this.#flushReplies();
+      if (this.#ordered.length > 0) this.#deliverCopies();
+      if (this.closed) return;
       const copies = this.#copies;
       const lent = this.#lent;
       this.#copies = null;
@@ -550,7 +573,42 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
       this.#lendCount = 0;
       this.#copies = null;
       this.#lent = null;
+      if (this.#copyCount > 0) this.#releaseCopySlots();
+      this.#ordered.length = 0;
     }
+  }
+
+  /** Copies the batch's staged frames into one Buffer (one addon call), frees their slots, then delivers every copy in order. */
+  #deliverCopies(): void {
+    const k = this.#copyCount;
+    const ranges = this.#copyRanges;
+    let slab: Buffer | null = null;
+    if (k > 0) {
+      let total = 0;
+      for (let i = 0; i < k; i++) total += ranges[2 * i + 1];
+      slab = Buffer.allocUnsafe(total);
+      this.rings.rxq.copyOut(ranges, k, slab);
+      this.#releaseCopySlots();
+    }
+    const ordered = this.#ordered;
+    let at = 0;
+    let next = 0;
+    for (let i = 0; i < ordered.length && !this.closed; i++) {
+      let frame = ordered[i];
+      if (frame === null) {
+        const len = ranges[2 * next++ + 1];
+        frame = slab!.subarray(at, at + len);
+        at += len;
+      }
+      this.#deliverCopy(frame);
+    }
+  }
+
+  /** Frees the RX slots of the staged copies (those not lent as well). */
+  #releaseCopySlots(): void {
+    const k = this.#copyCount;
+    this.#copyCount = 0;
+    for (let i = 0; i < k; i++) if (this.#copySlots[i] >= 0) this.rings.rxPool.release(this.#copySlots[i]);
   }
 
   /** Lends the frames of this batch noted by #rxBuffer, in one addon call, into their places in #lent. */
@@ -566,7 +624,7 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     this.#stats.rxLent += k;
   }
 
-  /** Whether anyone takes copies: 'frame', 'frames' or a frames() iterator. */
+  /** Whether anyone takes copies: 'frame', 'frames' or a frames() iterator (asked once per batch). */
   #wantsCopies(): boolean {
     return this.#copies !== null || this.#consumers.size > 0 || this.listenerCount('frame') > 0;
   }
@@ -604,13 +662,20 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
       pool.release(slot);
       return;
     }
-    const copies = this.#wantsCopies();
+    const copies = this.#copying;
     if (!copies && !lending) {
       this.#stats.rxUnclaimed++;
       pool.release(slot);
       return;
     }
-    const copy = copies ? copyOut(view, VIRTIO_NET_HDR_SIZE, end) : null;
+    if (copies) {
+      // Copied with the batch's others at its end (#deliverCopies); the slot is freed then.
+      const k = this.#copyCount++;
+      this.#copyRanges[2 * k] = pool.offset(slot) + VIRTIO_NET_HDR_SIZE;
+      this.#copyRanges[2 * k + 1] = end - VIRTIO_NET_HDR_SIZE;
+      this.#copySlots[k] = lending ? -1 : slot;
+      this.#ordered.push(null);
+    }
     if (lending) {
       // Lent with the batch's others once it is collected (#lendBatch); its place in the batch is kept now.
       const k = this.#lendCount++;
@@ -619,10 +684,7 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
       this.#lendSlots[k] = slot;
       this.#lendAt[k] = this.#lent!.length;
       this.#lent!.push(EMPTY);
-    } else {
-      pool.release(slot);
     }
-    if (copy !== null) this.#deliverCopy(copy);
   }
 
   /** A frame reassembled from several buffers (already a copy). */
@@ -630,13 +692,13 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
     this.#stats.rxFrames++;
     this.#stats.rxBytes += frame.length;
     if (this.#plan.responder !== null && this.#answer(frame, 0, frame.length)) return;
-    const copies = this.#wantsCopies();
+    const copies = this.#copying;
     if (!copies && !lending) {
       this.#stats.rxUnclaimed++;
       return;
     }
     if (lending) this.#lent!.push(frame); // not a loan: giveBack() ignores it
-    if (copies) this.#deliverCopy(frame);
+    if (copies) this.#ordered.push(frame);
   }
 
   #deliverCopy(frame: Buffer): void {
@@ -673,7 +735,6 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
       pool.release(slot);
       return false;
     }
-    out.fill(0, 0, VIRTIO_NET_HDR_SIZE);
     const k = this.#replyCount++;
     this.#replySegs[3 * k] = pool.offset(slot);
     this.#replySegs[3 * k + 1] = VIRTIO_NET_HDR_SIZE + n;

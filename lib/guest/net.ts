@@ -556,17 +556,22 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
       if (this.#ordered.length > 0) this.#deliverCopies();
       if (this.closed) return;
       const copies = this.#copies;
-      const lent = this.#lent;
       this.#copies = null;
-      this.#lent = null;
       if (copies !== null && copies.length > 0) this.emit('frames', copies);
+      const lent = this.#lent; // kept in #lent until now: a throwing 'frame(s)' listener ends these loans below
+      this.#lent = null;
       if (lent !== null && lent.length > 0 && !this.closed) this.emit('loans', lent);
     } catch (e) {
-      // A throwing listener: frames lent in this batch and not yet delivered go back now, and so do
-      // the slots of frames that were to be lent at its end.
+      // A throwing listener: the rest of the batch is dropped, but not its slots. Frames lent in this
+      // batch and not yet delivered go back, so do the slots of frames that were to be lent or copied,
+      // and they go into the ring now (no call would come with the ring empty); what the device has
+      // used meanwhile is collected from an immediate.
       if (!this.closed) {
         for (let i = 0; i < this.#lendCount; i++) this.rings.rxPool.release(this.#lendSlots[i]);
         if (this.#lent !== null) this.#giveBackAll(this.#lent);
+        if (this.#copyCount > 0) this.#releaseCopySlots();
+        this.refillRx();
+        this.#scheduleRx();
       }
       throw e;
     } finally {

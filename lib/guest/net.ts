@@ -524,18 +524,23 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
   }
 
   /** Collects used RX buffers, delivers frames, refills; stops when a consumer is full. */
+  // As a virtio driver's NAPI poll: no calls while polling (each would be one more eventfd write for
+  // the device and a wake-up that finds the ring drained), re-armed once the ring is empty.
   #drainRx(): void {
     if (this.#draining || this.closed) return;
     this.#draining = true;
     try {
+      this.rings.rxq.disableCallbacks();
       for (;;) {
         const room = this.#rxRoom();
-        if (room <= 0) return; // paused: resumed by the iterator that makes room
+        if (room <= 0) return; // paused, calls off: resumed by the consumer that makes room (#scheduleRx)
         const n = this.rings.rxq.collectInto(this.#rxUsed, Math.min(this.queueSize, room));
         if (n > 0) this.#rxBatch(n);
         if (this.closed) return;
         this.refillRx();
-        if (n === 0 && !this.rings.rxq.enableCallbacks(false)) return;
+        if (n > 0) continue;
+        if (!this.rings.rxq.enableCallbacks(false)) return; // empty and re-armed
+        this.rings.rxq.disableCallbacks(); // entries came meanwhile: poll on
       }
     } finally {
       this.#draining = false;
@@ -578,7 +583,7 @@ export class VirtioNetGuest extends UserspaceGuest<RunningVhostNet> {
       this.#lendCount = 0;
       this.#copies = null;
       this.#lent = null;
-      if (this.#copyCount > 0) this.#releaseCopySlots();
+      this.#copyCount = 0; // their slots were freed by #deliverCopies or above (nothing to free once closed)
       this.#ordered.length = 0;
     }
   }

@@ -19,12 +19,20 @@ export interface Qsd {
   stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
-/** Exports `image` as vhost-user-blk at `sock` and waits for the socket to appear. */
+/**
+ * Exports `image` as vhost-user-blk at `sock` and waits until the daemon says it is ready.
+ * The socket file alone is not that: it exists from bind(), and a connect() that comes
+ * before listen() is refused (CI saw ECONNREFUSED once). qemu-storage-daemon documents its
+ * --pidfile as written after the exports are created, when clients may begin connecting.
+ */
 export async function startQsd(image: string, sock: string, { writable = true } = {}): Promise<Qsd> {
+  const pidFile = `${sock}.pid`;
   fs.rmSync(sock, { force: true });
+  fs.rmSync(pidFile, { force: true });
   const child = spawn(
     QSD,
     [
+      '--pidfile', pidFile,
       '--blockdev', `driver=file,node-name=f,filename=${image}`,
       '--export', `type=vhost-user-blk,id=e,node-name=f,addr.type=unix,addr.path=${sock},writable=${writable ? 'on' : 'off'}`,
     ],
@@ -38,11 +46,18 @@ export async function startQsd(image: string, sock: string, { writable = true } 
     await exited;
   };
   const end = Date.now() + 15_000;
-  while (!fs.existsSync(sock)) {
+  const ready = (): boolean => {
+    try {
+      return fs.readFileSync(pidFile, 'utf8').trim() === String(child.pid);
+    } catch {
+      return false;
+    }
+  };
+  while (!ready()) {
     if (child.exitCode !== null) throw new Error(`qemu-storage-daemon exited ${child.exitCode}: ${stderr}`);
     if (Date.now() > end) {
       await stop('SIGKILL');
-      throw new Error(`qemu-storage-daemon did not create ${sock} within 15 s: ${stderr}`);
+      throw new Error(`qemu-storage-daemon did not write ${pidFile} (ready to serve ${sock}) within 15 s: ${stderr}`);
     }
     await sleep(20);
   }

@@ -34,6 +34,7 @@ env: LINUX_VHOST_CACHE (kernel/initramfs cache, default ~/.cache/linux-vhost)
      LINUX_VHOST_VM_BOOT_TIMEOUT=S (fail if the command has not started after S seconds, default 120)
      LINUX_VHOST_VM_FREEZE_TIMEOUT=S (fail if qemu uses no CPU at all for S seconds, default 60, 0: off)
      LINUX_VHOST_VM_HEARTBEAT_TIMEOUT=S (fail if the VM's init has not beaten for S seconds, default 90, 0: off)
+     LINUX_VHOST_VM_BROKEN=FILE (stop the VM 30 s after a test in it writes FILE, in the share)
      LINUX_VHOST_VM_VERBOSE=1 (show kernel/init boot output on stderr)
      LINUX_VHOST_VM_APPEND="..." (extra kernel command line)
 passed into the VM when set: CI DEBUG NODE_OPTIONS TERM LINUX_VHOST_* JEST_*; LINUX_VHOST_IN_VM=1 is set.
@@ -299,6 +300,12 @@ apid=$!
 # stuck with qemu busy on both vCPUs and nothing moving for minutes; init writes
 # its uptime into the run share every 5 s, so no new beat for heartbeat_timeout
 # seconds once the command runs means stuck.
+# Broken: a test that found this VM's kernel broken (a nested QEMU that SIGKILL cannot end)
+# says so in $LINUX_VHOST_VM_BROKEN (scripts/fresh-vms.js); whatever runs after it in this VM
+# can only hang, so the VM is stopped 30 s later (time for the test's own report) instead of
+# at --timeout. A file there before the VM started is not this VM's.
+broken_file=${LINUX_VHOST_VM_BROKEN:-} broken_since=
+[ -z "$broken_file" ] || [ ! -e "$broken_file" ] || broken_file=
 started() { [ -e "$tmp/started" ] || [ -e "$tmp/guest/started" ]; }
 qemu_ticks() { # sets ticks_now: utime + stime of qemu, the child of timeout (pid in qemu.pid)
 	local tpid qemu stat
@@ -328,6 +335,10 @@ while kill -0 "$qpid" 2>/dev/null; do
 		if [ "$now" != "$beat" ]; then beat=$now beat_since=$(uptime_cs)
 		elif [ $(($(uptime_cs) - beat_since)) -ge $((heartbeat_timeout * 100)) ]; then touch "$tmp/stuck"; stop_qemu; break; fi
 	fi
+	if [ -n "$broken_file" ] && [ $((n % 10)) = 2 ] && [ -e "$broken_file" ]; then # once a second
+		if [ -z "$broken_since" ]; then broken_since=$(uptime_cs)
+		elif [ $(($(uptime_cs) - broken_since)) -ge 3000 ]; then touch "$tmp/broken"; stop_qemu; break; fi
+	fi
 	sleep 0.1
 done
 qrc=0; wait "$qpid" || qrc=$?
@@ -351,6 +362,10 @@ if [ -e "$tmp/frozen" ]; then
 fi
 if [ -e "$tmp/stuck" ]; then
 	log "the VM stopped responding: its init wrote no heartbeat for ${heartbeat_timeout}s (its kernel is stuck); qemu killed"
+	exit 125
+fi
+if [ -e "$tmp/broken" ]; then
+	log "a test found this VM broken ($(head -n 1 "$broken_file")); qemu stopped 30 s later"
 	exit 125
 fi
 [ ! -e "$tmp/output-closed" ] || exit 141 # like a command killed by SIGPIPE

@@ -120,6 +120,23 @@ maybe('scripts/vm.sh', () => {
     expect(r.closeMs! - r.startMs).toBeLessThan(45_000); // not the minute the command wanted
   }, 120_000);
 
+  test('a command that says the VM broke ($LINUX_VHOST_VM_BROKEN) and runs on is stopped 30 s later, exit 125, the reason printed', async () => {
+    // After a nested QEMU that SIGKILL cannot end, whatever runs next in that VM hangs (seen:
+    // the next test file waited in the stuck kernel until the part's timeout).
+    const share = path.resolve(__dirname, '../../../.vm-out');
+    fs.mkdirSync(share, { recursive: true });
+    const brokenFile = path.join(fs.mkdtempSync(path.join(share, 'broken-')), 'broken.txt');
+    try {
+      const r = await vm({ LINUX_VHOST_VM_BROKEN: brokenFile }, 'sh', '-c', 'echo "a stuck nested QEMU" >"$LINUX_VHOST_VM_BROKEN"; echo written; sleep 120');
+      expect(r.stdout).toContain('written');
+      expect(r.status).toBe(125);
+      expect(r.stderr).toContain('a test found this VM broken (a stuck nested QEMU); qemu stopped 30 s later');
+      expect(r.closeMs! - r.startMs).toBeLessThan(90_000); // not the two minutes the command wanted
+    } finally {
+      fs.rmSync(path.dirname(brokenFile), { recursive: true, force: true });
+    }
+  }, 180_000);
+
   test('module options on the kernel command line reach the modules init loads (as modprobe applies them)', async () => {
     // vhost's max_mem_regions (default 64) is the one a VMM with many memory regions raises.
     const r = await vm({ LINUX_VHOST_VM_APPEND: 'vhost.max_mem_regions=100' }, 'cat', '/sys/module/vhost/parameters/max_mem_regions');

@@ -40,8 +40,14 @@ function kvmUsable() {
   }
 }
 
-// Defined in every guest script: wait for a file the host drops with guest.signal().
-const SCRIPT_PRELUDE = 'lvg_wait() { while [ ! -e "/run/guest/$1" ]; do sleep 0.05; done; }\n';
+// Defined in every guest script: wait for a file the host drops with guest.signal(), and
+// start a heartbeat (a line every `$1` seconds, 2 by default, kept out of `lines`) that tells a
+// guest which stopped running from one which is running but has nothing to say: a waiting
+// test can then tell a guest hung by nested virtualization from a wrong answer.
+const HEARTBEAT = 'LVG_ALIVE';
+const SCRIPT_PRELUDE =
+  'lvg_wait() { while [ ! -e "/run/guest/$1" ]; do sleep 0.05; done; }\n' +
+  `lvg_heartbeat() { ( while :; do read up _ </proc/uptime; echo "${HEARTBEAT} $up"; sleep "\${1:-2}"; done ) & }\n`;
 
 /**
  * A booted guest. Console lines arrive as they come (`lines`, 'line' listeners);
@@ -61,6 +67,8 @@ class Guest {
     this.failure = undefined; // init's FAIL reason
     this.stderr = '';
     this.qemuExit = undefined; // QEMU's exit code or signal, once it is gone
+    /** Date.now() of the last console line, boot noise included: how long the guest has been silent. */
+    this.lastLineAt = bootedAt;
     this._waiters = new Set();
     this._started = false;
     let partial = '';
@@ -71,6 +79,8 @@ class Guest {
       partial = parts.pop();
       for (const raw of parts) {
         const line = raw.replace(/\r$/, '');
+        this.lastLineAt = Date.now();
+        if (line.startsWith(`${HEARTBEAT} `)) continue;
         const at = line.indexOf(marker);
         if (at >= 0) {
           const word = line.slice(at + marker.length);
@@ -143,7 +153,8 @@ class Guest {
       };
       const timer = setTimeout(() => {
         done();
-        reject(new Error(`timed out after ${ms} ms waiting for ${pattern} in the guest output:\n${this.lines.slice(-15).join('\n')}`));
+        const silent = ((Date.now() - this.lastLineAt) / 1000).toFixed(1);
+        reject(new Error(`timed out after ${ms} ms waiting for ${pattern} (the guest's last console line came ${silent} s ago) in the guest output:\n${this.lines.slice(-15).join('\n')}`));
       }, ms);
       const done = () => {
         clearTimeout(timer);
@@ -261,7 +272,7 @@ function taskStates(pid) {
 /**
  * Boots the guest and returns a Guest once QEMU is spawned.
  *   kernel, initrd   from buildInitramfs()
- *   script           POSIX sh run in the guest (lvg_wait is predefined)
+ *   script           POSIX sh run in the guest (lvg_wait and lvg_heartbeat are predefined)
  *   files            { name: contents } written next to it in the run share
  *   qemuArgs         device arguments (e.g. qemuArgs(...).args, or `-netdev tap,...`)
  *   spawn            (command, args, { stdio }) => ChildProcess; default child_process.spawn

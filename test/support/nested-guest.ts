@@ -2,6 +2,7 @@
 // benches share with the tests: a small Linux guest under QEMU running a
 // shell script, its console read line by line.
 import type { ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
 
 export interface GuestLine extends RegExpExecArray {
   lineIndex: number;
@@ -16,6 +17,8 @@ export interface Guest {
   lines: string[];
   /** Seconds from spawn to the script's start, once it started. */
   bootSeconds?: number;
+  /** Date.now() of the last console line (boot noise included), or of the spawn. */
+  lastLineAt: number;
   exited: Promise<{ code: number | null; signal: string | null }>;
   waitFor(pattern: RegExp, ms?: number, from?: number): Promise<GuestLine>;
   /** `promise`, or a rejection naming `what` if the guest ends first. */
@@ -54,3 +57,11 @@ interface NestedGuestModule {
 }
 
 export const ng = require('../../scripts/nested-guest') as NestedGuestModule;
+
+/**
+ * Tells scripts/test.js (through $LINUX_VHOST_VM_BROKEN) that this test VM, not the library,
+ * failed: it boots a fresh test VM for the nested files (scripts/fresh-vms.js).
+ */
+export function vmBroken(why: string): void {
+  if (process.env.LINUX_VHOST_VM_BROKEN) fs.writeFileSync(process.env.LINUX_VHOST_VM_BROKEN, `${why.split('\n')[0]}\n`);
+}

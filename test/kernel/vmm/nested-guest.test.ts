@@ -14,7 +14,7 @@ import * as vm from 'node:vm';
 import { prepareNetForVmm, prepareVsockForVmm, qemuArgs, spawnVmm } from '../../../lib/vmm/handoff';
 import * as vsock from '../../../lib/vsock/socket';
 import { describeKernel, sleep } from '../../support/helpers';
-import { ng, type Guest, type Sink } from '../../support/nested-guest';
+import { ng, vmBroken, type Guest, type Sink } from '../../support/nested-guest';
 
 const run = promisify(execFile);
 const HOST_IP = '10.79.0.1';
@@ -145,11 +145,6 @@ const GUEST_RUNS = 3;
 function guestTrouble(err: unknown): boolean {
   const e = err as NodeJS.ErrnoException;
   return e?.code === 'ETIMEDOUT' || /timed out after \d+ ms waiting for|guest exited while waiting|sink: (nothing in|no report from)|guest still running after/.test(String(e?.message));
-}
-
-/** Tells scripts/test.js (through $LINUX_VHOST_VM_BROKEN) that this test VM, not the library, failed. */
-function vmBroken(why: string): void {
-  if (process.env.LINUX_VHOST_VM_BROKEN) fs.writeFileSync(process.env.LINUX_VHOST_VM_BROKEN, `${why.split('\n')[0]}\n`);
 }
 
 describeKernel('nested guest on prepared fds (QEMU + KVM)', ['/dev/vhost-net', '/dev/vhost-vsock', '/dev/net/tun'], () => {

@@ -66,8 +66,8 @@ print("VSOCK", sys.argv[2], s.makefile("rb").readline().decode().strip(), flush=
 // waits for unplug<i> and for both to be gone. Its waits poll every 0.2 s with shell builtins
 // and one sleep(1) each. The guests that broke (panics in error_entry, guests that stopped, the
 // test VM's kernel with them) polled every 50 ms with ~80 new processes a second, each one page
-// faults that nested paging under TCG emulates; fewer of them is less exposure (a guess, and its
-// measure is in scripts/test.js's note on the hotplug part).
+// faults that nested paging under TCG emulates; fewer of them is less exposure (a guess; what
+// a loop measured after the change is in scripts/test.js, by HOTPLUG).
 const GUEST_SCRIPT = String.raw`
 vsockdevs() { ls /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/ 2>/dev/null | grep -c '^virtio'; }
 vsock_up() { for d in /sys/bus/virtio/drivers/vmw_vsock_virtio_transport/virtio*; do [ -e "$d" ] && return 0; done; return 1; }

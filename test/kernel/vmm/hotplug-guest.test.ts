@@ -9,10 +9,10 @@
 // tap is gone, and the same CID is free again for the next cycle.
 //
 // Accelerator: nested KVM (as nested-guest.test.ts), the HOTPLUG part of scripts/test.js:
-// it runs in a test VM of its own that is booted again when nested SVM under TCG breaks it. Why not plain TCG inside the TCG test VM: the
-// hot-unplug needs a booted guest that answers ACPI eject requests, and a guest
-// kernel under TCG-in-TCG takes minutes to boot and seconds per ACPI event,
-// which 20 cycles multiply; under nested KVM a cycle takes about a second.
+// it runs in a test VM of its own that is booted again when nested SVM under TCG breaks it.
+// Why not plain TCG inside the TCG test VM: the hot-unplug needs a booted guest that answers
+// ACPI eject requests, and a guest kernel under TCG-in-TCG takes minutes to boot and seconds
+// per ACPI event, which 20 cycles multiply; under nested KVM a cycle takes about 3 s.
 // LINUX_VHOST_HOTPLUG_ACCEL=tcg runs it under TCG anyway (generous timeouts).
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
